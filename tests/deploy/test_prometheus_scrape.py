@@ -83,12 +83,12 @@ def service(tmp_path: Path) -> Iterator[str]:
     """`python -m service` on a free loopback port, ready to serve; yields its base URL."""
     port = _free_port()
     log = tmp_path / "service.log"
-    env = {
-        **os.environ,
+    # Drop any IMDN_* from the caller's environment (API keys, devices...) so defaults apply.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMDN_")}
+    env |= {
         "IMDN_DEVICE": "cpu",
         "IMDN_MODELS": "x2",  # one model keeps start-up short; the test only needs scale=2
         "IMDN_DRAIN_TIMEOUT_S": "2",
-        "IMDN_API_KEYS": "",
         # The repo root first, so the checkout's packages are used even without `pip install .`.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
