@@ -8,6 +8,7 @@ with ``strict=True``; that is the parity check for this file.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NUM_FEATURES = 64
@@ -43,9 +44,14 @@ class ContrastChannelAttention(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N,C,H,W) -> (N,C,H,W)."""
-        contrast = channel_std(x) + x.mean(dim=(2, 3), keepdim=True)
+    def forward(self, x: torch.Tensor, contrast: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N,C,H,W) -> (N,C,H,W); contrast (N,C,1,1), if given, replaces x's own std + mean.
+
+        Tiled inference passes the whole image's statistics here, so every tile
+        is gated as the whole image would be.
+        """
+        if contrast is None:
+            contrast = channel_std(x) + x.mean(dim=(2, 3), keepdim=True)
         return x * self.conv_du(contrast)
 
 
@@ -64,15 +70,18 @@ class IMDB(nn.Module):
         self.c5 = conv(self.distilled * 4, channels, 1)
         self.cca = ContrastChannelAttention(self.distilled * 4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N,64,H,W) -> (N,64,H,W)."""
+    def distill(self, x: torch.Tensor) -> torch.Tensor:
+        """Progressive refinement: x (N,64,H,W) -> the four kept 16-channel parts, (N,64,H,W)."""
         split = (self.distilled, self.remaining)
         kept1, rest = torch.split(self.act(self.c1(x)), split, dim=1)
         kept2, rest = torch.split(self.act(self.c2(rest)), split, dim=1)
         kept3, rest = torch.split(self.act(self.c3(rest)), split, dim=1)
         kept4 = self.c4(rest)
-        distilled = torch.cat([kept1, kept2, kept3, kept4], dim=1)
-        return self.c5(self.cca(distilled)) + x
+        return torch.cat([kept1, kept2, kept3, kept4], dim=1)
+
+    def forward(self, x: torch.Tensor, contrast: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N,64,H,W) -> (N,64,H,W); contrast: optional (N,64,1,1) CCA statistics."""
+        return self.c5(self.cca(self.distill(x), contrast)) + x
 
 
 class _IMDNBody(nn.Module):
@@ -89,16 +98,66 @@ class _IMDNBody(nn.Module):
         self.c = nn.Sequential(conv(nf * num_blocks, nf, 1), nn.LeakyReLU(LRELU_SLOPE, inplace=True))
         self.LR_conv = conv(nf, nf, 3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N,3,H,W) float in [0,1] -> (N,3,s*H',s*W') (see subclasses for H', s)."""
+    def blocks(self) -> list[IMDB]:
+        return [getattr(self, f"IMDB{i}") for i in range(1, self.num_blocks + 1)]
+
+    def forward(self, x: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N,3,H,W) float in [0,1] -> (N,3,s*H',s*W') (see subclasses for H', s).
+
+        cca_contrast: optional (N, num_blocks, 64) CCA statistics to use instead
+        of the input's own (see ``cca_moments``).
+        """
         features = self.fea_conv(x)
+        # The 1x1 collection conv over the 6 concatenated block outputs is summed
+        # block by block: same result, without holding 6 feature maps at once.
+        fuse = self.c[0]
+        weights = fuse.weight.split(features.shape[1], dim=1)
+        collected = None
         out = features
-        block_outputs = []
-        for i in range(1, self.num_blocks + 1):
-            out = getattr(self, f"IMDB{i}")(out)
-            block_outputs.append(out)
-        fused = self.c(torch.cat(block_outputs, dim=1))
+        for i, block in enumerate(self.blocks()):
+            contrast = None if cca_contrast is None else cca_contrast[:, i, :, None, None].to(out.dtype)
+            out = block(out, contrast)
+            part = F.conv2d(out, weights[i])
+            collected = part if collected is None else collected + part
+        assert collected is not None
+        fused = self.c[1](collected + fuse.bias.view(1, -1, 1, 1))
         return self.upsampler(self.LR_conv(fused) + features)
+
+    @torch.no_grad()
+    def cca_moments(self, windows: torch.Tensor, mask: torch.Tensor,
+                    cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-block first and second moments of the CCA inputs over masked pixels of windows of one image.
+
+        windows: (N,3,h,w) crops of one image; mask: (N,1,h',w') bool at feature
+        resolution, True where a window's features equal the whole image's (away
+        from the crop edges). With cca_contrast (num_blocks, 64) the blocks are
+        gated by it; without, the windows are treated as one image: each block
+        is gated by statistics pooled over all masked pixels, so block k sees
+        what blocks < k would give on the whole image.
+        Returns (num_blocks, 3, 64): masked pixel count, sum, and sum of squares.
+        """
+        out = self.fea_conv(windows)
+        weight = mask.to(out.dtype)
+        count = weight.sum()
+        if count == 0:
+            raise ValueError("the mask selects no pixel")
+        moments = []
+        for i, block in enumerate(self.blocks()):
+            distilled = block.distill(out)
+            # float64 sums: millions of pixels, and the variance is a difference of them
+            total = (distilled * weight).sum(dim=(0, 2, 3), dtype=torch.float64)
+            squares = (distilled.pow(2) * weight).sum(dim=(0, 2, 3), dtype=torch.float64)
+            moments.append(torch.stack([count.to(torch.float64).expand_as(total), total, squares]))
+            contrast = contrast_from_moments(moments[-1]) if cca_contrast is None else cca_contrast[i]
+            out = block.c5(block.cca(distilled, contrast.to(out.dtype).view(1, -1, 1, 1))) + out
+        return torch.stack(moments)
+
+
+def contrast_from_moments(moments: torch.Tensor) -> torch.Tensor:
+    """(..., 3, C) count/sum/sum-of-squares -> (..., C) std + mean, as CCA computes it."""
+    count, total, squares = moments.unbind(-2)
+    mean = total / count
+    return (squares / count - mean * mean).clamp_min(0).sqrt() + mean
 
 
 class IMDN(_IMDNBody):

@@ -51,8 +51,13 @@ def contributions(
     return weights[:, used], idx[:, used]
 
 
-def _resize_axis(x: torch.Tensor, dim: int, out_length: int, scale: float, antialias: bool) -> torch.Tensor:
+def _resize_axis(
+    x: torch.Tensor, dim: int, out_length: int, scale: float, antialias: bool, window: tuple[int, int] | None = None
+) -> torch.Tensor:
     weights, idx = contributions(x.shape[dim], out_length, scale, antialias)
+    if window is not None:
+        weights, idx = weights[window[0] : window[1]], idx[window[0] : window[1]]
+        out_length = window[1] - window[0]
     # One strided gather per tap keeps memory at one output-sized buffer.
     shape = [1] * x.dim()
     shape[dim] = out_length
@@ -74,12 +79,16 @@ def imresize(
     scale: float | None = None,
     size: tuple[int, int] | None = None,
     antialias: bool = True,
+    window: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """image: (..., H, W) uint8/uint16/float -> (..., H', W') of the same dtype.
 
     Give ``scale`` (H' = ceil(scale*H)) or ``size`` = (H', W'). With a size, each
     axis uses its own scale out/in, as MATLAB does. Integer input is rounded
     and clamped after each pass; float input is not clamped.
+    ``window`` = (y0, y1, x0, x1) computes only that part of the output, equal
+    to cropping the full result but reading only the input pixels it needs:
+    this is how tiles are pre-scaled without the whole upscaled image in memory.
     """
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale or size")
@@ -105,7 +114,8 @@ def imresize(
     order = (0, 1) if scales[0] <= scales[1] else (1, 0)
     for axis in order:
         dim = image.dim() - 2 + axis
-        work = _resize_axis(work, dim, (out_h, out_w)[axis], scales[axis], antialias)
+        span = None if window is None else (window[2 * axis], window[2 * axis + 1])
+        work = _resize_axis(work, dim, (out_h, out_w)[axis], scales[axis], antialias, span)
         if integer:
             # MATLAB rounds half away from zero; values are non-negative after clamping.
             work = torch.floor(work.clamp(0, top) + 0.5)

@@ -1,0 +1,126 @@
+"""Inference backends: PyTorch (CPU or CUDA) and ONNX Runtime (CPU), behind one call signature.
+
+A backend is a Runner: ``runner(model_name, batch)`` with batch (N,3,h,w) float32 on
+the CPU in [0,1], returning (N,3,s*h,s*w) float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model.imdn import IMDN, IMDN_AS
+from model.weights import load_model, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> the first CUDA GPU if there is one, else the CPU; otherwise torch.device(name)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def load_models(names: list[str], weights: str = "default") -> dict[str, IMDN | IMDN_AS]:
+    """Load each model's weights ('default', 'official:DIR' or a folder) in eval mode on the CPU."""
+    return {name: load_model(name, resolve_weights(weights, name)) for name in names}
+
+
+class TorchRunner:
+    """PyTorch inference: channels_last, inference_mode; fp16 on CUDA (bf16 if asked)."""
+
+    def __init__(self, models: dict[str, IMDN | IMDN_AS], device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed tile shapes: let cuDNN pick its fastest kernels
+        self.models: dict[str, nn.Module] = {
+            name: model.to(self.device, self.dtype, memory_format=torch.channels_last).eval()
+            for name, model in models.items()
+        }
+
+    @torch.inference_mode()
+    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        x = batch.to(self.device, self.dtype, memory_format=torch.channels_last, non_blocking=True)
+        stats = None if cca_contrast is None else cca_contrast.to(self.device)
+        out = self.models[name](x, stats)
+        return out.float().cpu().contiguous()
+
+    @torch.inference_mode()
+    def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
+                    cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        x = windows.to(self.device, self.dtype, memory_format=torch.channels_last)
+        stats = None if cca_contrast is None else cca_contrast.to(self.device)
+        return self.models[name].cca_moments(x, mask.to(self.device), stats).cpu()  # type: ignore[operator]
+
+
+class EagerRunner:
+    """Plain fp32 eager PyTorch, NCHW: the paper authors' way; the baseline benchmarks compare against."""
+
+    def __init__(self, models: dict[str, IMDN | IMDN_AS]) -> None:
+        self.models = {name: m.float().eval() for name, m in models.items()}
+
+    @torch.inference_mode()
+    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        return self.models[name](batch.contiguous(), cca_contrast)
+
+    @torch.inference_mode()
+    def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
+                    cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        return self.models[name].cca_moments(windows, mask, cca_contrast)  # type: ignore[operator]
+
+
+def export_onnx(model: nn.Module, path: Path | None = None) -> bytes:
+    """Export with dynamic batch/height/width (opset 17). Returns the ONNX bytes (also written to path)."""
+    model = model.float().eval()
+    example = torch.rand(1, 3, 32, 32)
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model, (example,), buffer, input_names=["lr"], output_names=["sr"], opset_version=17,
+        dynamic_axes={"lr": {0: "n", 2: "h", 3: "w"}, "sr": {0: "n", 2: "sh", 3: "sw"}}, dynamo=False,
+    )
+    data = buffer.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+class OnnxRunner:
+    """ONNX Runtime on the CPU, exported from the same weights at start-up."""
+
+    def __init__(self, models: dict[str, IMDN | IMDN_AS], threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.sessions = {
+            name: ort.InferenceSession(export_onnx(model), options, providers=["CPUExecutionProvider"])
+            for name, model in models.items()
+        }
+        # A session is thread-safe, but two concurrent runs just fight over the same cores.
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, batch: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            (out,) = self.sessions[name].run(None, {"lr": batch.contiguous().numpy()})
+        return torch.from_numpy(out)
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True

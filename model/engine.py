@@ -1,0 +1,314 @@
+"""The upscaler: any size, any scale, in bounded memory, delivered in horizontal bands.
+
+Planning (which networks, which sizes) is a pure function of the request; the
+work is done through a ``Runner`` (model name, batch -> batch) so the service can
+put a batching pool behind it and a local tool can call the network directly.
+
+Scale policy:
+- exactly x2, x3 or x4 (per axis): the dedicated IMDN network;
+- any other scale up to 4: MATLAB bicubic pre-scaling to the target size, then
+  IMDN_AS (paper Sec. 3.3), with ACS for sides not divisible by 4;
+- above 4 (up to ``max_scale``): IMDN x4 first, then x2 if exactly 8 remains,
+  else the any-scale path for the remaining factor;
+- an explicit model (``x2``/``x3``/``x4``) runs that network and resizes its
+  result to the target with bicubic; ``as`` forces the any-scale path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from model.imdn import contrast_from_moments
+from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array
+from model.resize import imresize
+from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_samples, plan_tiles
+
+
+class Runner(Protocol):
+    """Runs the networks; the service puts its batching pool behind this."""
+
+    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,3,h,w) float32 CPU in [0,1], optional (N,6,64) CCA statistics -> (N,3,s*h,s*w) float32 CPU."""
+        ...
+
+    def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
+                    cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        """Windows of one image and their valid-feature mask -> (6,3,64) CCA moments (see IMDN.cca_moments)."""
+        ...
+
+
+NETWORK_SCALES = {"x2": 2, "x3": 3, "x4": 4, "as": 1}
+MODEL_CHOICES = ("auto", "x2", "x3", "x4", "as")
+# IMDN_AS reads its input at 1/4 resolution, so its receptive field is 4x wider.
+AS_CONTEXT = 4 * IMDN_CONTEXT
+# IMDN_AS works at 1/4 resolution after its two stride-2 convs.
+FEATURE_STRIDE = {"x2": 1, "x3": 1, "x4": 1, "as": 4}
+MAX_SAMPLE_WINDOWS = 64
+# Activation bytes per input pixel at fp32, measured with bench/memory.py-style probes:
+# IMDN keeps ~12 maps of 64 channels at input resolution; IMDN_AS at 1/16 of the pixels.
+BYTES_PER_INPUT_PIXEL = {"x2": 3300, "x3": 3500, "x4": 3800, "as": 360}
+
+
+class UpscaleError(ValueError):
+    """A request the engine cannot fulfil (bad scale, impossible size); the message says why."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a plan: run `model` (or plain bicubic when model is None) to reach `size` (h, w)."""
+
+    model: str | None
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Plan:
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    stages: tuple[Stage, ...]
+
+    @property
+    def models(self) -> list[str]:
+        return [s.model for s in self.stages if s.model]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return self.out_size[0] / self.in_size[0], self.out_size[1] / self.in_size[1]
+
+
+def target_size(in_size: tuple[int, int], scale: float | None, width: int | None, height: int | None,
+                max_scale: float) -> tuple[int, int]:
+    """Validate the request and return the output (height, width)."""
+    h, w = in_size
+    if scale is not None and (width is not None or height is not None):
+        raise UpscaleError("give either scale or width/height, not both")
+    if scale is None and width is None and height is None:
+        raise UpscaleError("give a scale or a target width/height")
+    if scale is not None:
+        if not math.isfinite(scale) or scale <= 1:
+            raise UpscaleError(f"scale must be a number greater than 1, got {scale}")
+        if scale > max_scale:
+            raise UpscaleError(f"scale {scale} is above the maximum of {max_scale}")
+        return max(h, round(h * scale)), max(w, round(w * scale))
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and value < 1:
+            raise UpscaleError(f"{name} must be a positive number of pixels, got {value}")
+    out_w = width if width is not None else max(w, round(w * (height or h) / h))
+    out_h = height if height is not None else max(h, round(h * (width or w) / w))
+    if out_h < h or out_w < w:
+        raise UpscaleError(f"target {out_w}x{out_h} is smaller than the input {w}x{h}: this service only enlarges")
+    if (out_h, out_w) == (h, w):
+        raise UpscaleError(f"target {out_w}x{out_h} is the input size: nothing to upscale")
+    if out_h > h * max_scale + 0.5 or out_w > w * max_scale + 0.5:
+        raise UpscaleError(f"target {out_w}x{out_h} is more than {max_scale}x the input {w}x{h}")
+    return out_h, out_w
+
+
+def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
+                 height: int | None = None, model: str = "auto", max_scale: float = 8.0) -> Plan:
+    """Request -> Plan (see the module docstring for the policy)."""
+    if model not in MODEL_CHOICES:
+        raise UpscaleError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES)}")
+    h, w = in_size
+    out = target_size(in_size, scale, width, height, max_scale)
+    exact = next((k for k in (2, 3, 4) if out == (k * h, k * w)), None)
+    if model in ("x2", "x3", "x4"):
+        k = NETWORK_SCALES[model]
+        stages = [Stage(model, (k * h, k * w))]
+        if stages[0].size != out:
+            stages.append(Stage(None, out))
+    elif model == "auto" and exact:
+        stages = [Stage(f"x{exact}", out)]
+    elif model == "auto" and (out[0] > 4 * h or out[1] > 4 * w):
+        first = (4 * h, 4 * w)
+        rest = "x2" if out == (2 * first[0], 2 * first[1]) else "as"
+        stages = [Stage("x4", first), Stage(rest, out)]
+    else:
+        stages = [Stage("as", out)]
+    return Plan(in_size, out, tuple(stages))
+
+
+def tile_core(model: str, budget_bytes: int, context: int) -> int:
+    """Largest core side (multiple of 4) whose tile window fits the activation budget."""
+    pixels = budget_bytes / BYTES_PER_INPUT_PIXEL[model]
+    window = int(math.sqrt(pixels))
+    core = (window - 2 * context) // 4 * 4
+    return max(32, core)
+
+
+class Upscaler:
+    """Runs plans through a Runner, tile by tile, yielding output bands top to bottom."""
+
+    def __init__(self, runner: Runner, budget_bytes: int = 512 * 2**20, max_batch: int = 4,
+                 max_scale: float = 8.0, tile_core_override: int | None = None, refine_stats: bool = True) -> None:
+        self.runner = runner
+        self.refine_stats = refine_stats
+        self.budget_bytes = budget_bytes
+        self.max_batch = max_batch
+        self.max_scale = max_scale
+        self.tile_core_override = tile_core_override
+
+    def plan(self, in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
+             height: int | None = None, model: str = "auto") -> Plan:
+        return plan_upscale(in_size, scale, width, height, model, self.max_scale)
+
+    # --- colour planes -------------------------------------------------------------
+
+    def color_bands(self, color: torch.Tensor, plan: Plan) -> Iterator[tuple[int, torch.Tensor]]:
+        """color (3,H,W) float in [0,1] -> (first output row, (3,rows,W') float) bands, top to bottom."""
+        source = color
+        for index, stage in enumerate(plan.stages):
+            bands = self._stage_bands(source, stage)
+            if index == len(plan.stages) - 1:
+                yield from bands
+            else:  # an intermediate result is needed whole by the next stage
+                source = torch.cat([band for _, band in bands], dim=1).clamp_(0, 1)
+
+    def _stage_bands(self, source: torch.Tensor, stage: Stage) -> Iterator[tuple[int, torch.Tensor]]:
+        if stage.model is None:
+            yield from self._resize_bands(source, stage.size)
+        elif stage.model == "as":
+            yield from self._any_scale_bands(source, stage.size)
+        else:
+            core = self.tile_core_override or tile_core(stage.model, self.budget_bytes, IMDN_CONTEXT)
+            rows = plan_tiles(source.shape[1], source.shape[2], core, IMDN_CONTEXT)
+
+            def crop(r: Span, c: Span) -> torch.Tensor:
+                return source[:, r.start : r.stop, c.start : c.stop]
+
+            contrast = self._image_contrast(stage.model, rows, source.shape[1:], crop, IMDN_CONTEXT)
+            yield from self._run_rows(stage.model, NETWORK_SCALES[stage.model], rows, crop, contrast)
+
+    def _resize_bands(self, source: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
+        band = 256
+        for top in range(0, size[0], band):
+            window = (top, min(size[0], top + band), 0, size[1])
+            yield top, imresize(source, size=size, window=window).clamp_(0, 1)
+
+    def _any_scale_bands(self, source: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Bicubic pre-scaling to `size`, then IMDN_AS (whole image with ACS, or aligned tiles)."""
+        h, w = size
+        if min(h, w) < 8:  # below ACS's smallest patch: pad the pre-scaled image and crop
+            up = imresize(source, size=size)
+            ph, pw = -(-max(h, 8) // 4) * 4, -(-max(w, 8) // 4) * 4
+            padded = F.pad(up[None], (0, pw - w, 0, ph - h), mode="replicate")[0]
+            out = self.runner("as", padded[None].contiguous())[0]
+            yield 0, out[:, :h, :w]
+            return
+
+        def read(rows: Span, cols: Span) -> torch.Tensor:
+            return imresize(source, size=size, window=(rows.start, rows.stop, cols.start, cols.stop))
+
+        core = self.tile_core_override or tile_core("as", self.budget_bytes, AS_CONTEXT)
+        contrast = None
+        if max(h, w) <= core + 2 * AS_CONTEXT:  # fits at once
+            if h % 4 == 0 and w % 4 == 0:
+                rows = [[Tile(Span(0, h), Span(0, w), Span(0, h), Span(0, w))]]
+            else:
+                rows = [acs_tiles(h, w)]  # the 4 patches run as one batch (paper Sec. 3.3)
+        else:
+            rows = plan_tiles(h, w, core, AS_CONTEXT, align=4)
+            contrast = self._image_contrast("as", rows, size, read, AS_CONTEXT)
+        yield from self._run_rows("as", 1, rows, read, contrast)
+
+    def _image_contrast(self, model: str, rows: list[list[Tile]], size: tuple[int, int] | torch.Size,
+                        read: Callable[[Span, Span], torch.Tensor], context: int) -> torch.Tensor | None:
+        """For a tiled image, the whole image's CCA statistics, so all tiles are gated alike.
+
+        Without this each tile would gate its channels by its own mean/std and
+        neighbouring tiles would disagree (measured: up to 23/255 at a 128 px core).
+        First an estimate from sample windows pooled as one image; then, if
+        ``refine_stats``, one pass over every tile's core with that estimate
+        gives the moments of the whole image (block 1 exact, later blocks off
+        only by the estimate's error squared). A single tile needs nothing.
+        """
+        if len(rows) == 1 and len(rows[0]) == 1:
+            return None
+        stride = FEATURE_STRIDE[model]
+        window_px = (4 * context) ** 2
+        max_windows = int(min(MAX_SAMPLE_WINDOWS, max(1, self.budget_bytes // (window_px * BYTES_PER_INPUT_PIXEL[model]))))
+        samples = plan_samples(int(size[0]), int(size[1]), max_windows, 2 * context, context, align=stride)
+        windows, mask = self._windows_and_mask(samples, read, stride)
+        contrast = contrast_from_moments(self.runner.cca_moments(model, windows, mask))
+        if not self.refine_stats:
+            return contrast
+        total = torch.zeros(0)
+        tiles = [t for row in rows for t in row]
+        for first in range(0, len(tiles), self.max_batch):
+            windows, mask = self._windows_and_mask(tiles[first : first + self.max_batch], read, stride)
+            moments = self.runner.cca_moments(model, windows, mask, contrast)
+            total = moments if first == 0 else total + moments
+        return contrast_from_moments(total)
+
+    @staticmethod
+    def _windows_and_mask(tiles: list[Tile], read: Callable[[Span, Span], torch.Tensor],
+                          stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tiles -> their input windows and a feature-resolution mask of their cores."""
+        windows = torch.stack([read(t.rows, t.cols) for t in tiles])
+        mask = torch.zeros(len(tiles), 1, windows.shape[2] // stride, windows.shape[3] // stride, dtype=torch.bool)
+        for i, t in enumerate(tiles):
+            y0, y1 = (t.core_rows.start - t.rows.start) // stride, -(-(t.core_rows.stop - t.rows.start) // stride)
+            x0, x1 = (t.core_cols.start - t.cols.start) // stride, -(-(t.core_cols.stop - t.cols.start) // stride)
+            mask[i, :, y0:y1, x0:x1] = True
+        return windows, mask
+
+    def _run_rows(self, model: str, scale: int, rows: list[list[Tile]],
+                  read: Callable[[Span, Span], torch.Tensor],
+                  contrast: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Run each row of tiles in batches and paste their cores into one band per row.
+
+        contrast: the whole image's (6,64) CCA statistics, given to every tile.
+        """
+        for row in rows:
+            top = min(t.core_rows.start for t in row)
+            bottom = max(t.core_rows.stop for t in row)
+            right = max(t.core_cols.stop for t in row)
+            band = torch.empty(3, (bottom - top) * scale, right * scale)
+            for first in range(0, len(row), self.max_batch):
+                group = row[first : first + self.max_batch]
+                batch = torch.stack([read(t.rows, t.cols) for t in group])
+                stats = None if contrast is None else contrast.expand(len(group), -1, -1)
+                outputs = self.runner(model, batch, stats)
+                for tile, out in zip(group, outputs, strict=True):
+                    y0 = (tile.core_rows.start - tile.rows.start) * scale
+                    x0 = (tile.core_cols.start - tile.cols.start) * scale
+                    ch, cw = tile.core_rows.size * scale, tile.core_cols.size * scale
+                    by, bx = (tile.core_rows.start - top) * scale, tile.core_cols.start * scale
+                    band[:, by : by + ch, bx : bx + cw] = out[:, y0 : y0 + ch, x0 : x0 + cw]
+            yield top * scale, band.clamp_(0, 1)
+
+    # --- whole pictures ------------------------------------------------------------
+
+    def picture_bands(self, picture: Picture, plan: Plan) -> Iterator[np.ndarray]:
+        """Picture -> (rows, W', C) uint8/uint16 bands of the output image, top to bottom."""
+        if picture.size != plan.in_size:
+            raise UpscaleError(f"plan is for {plan.in_size}, picture is {picture.size}")
+        out_h, out_w = plan.out_size
+        for top, color in self.color_bands(picture.color, plan):
+            alpha = None
+            if picture.alpha is not None:
+                window = (top, top + color.shape[1], 0, out_w)
+                alpha = imresize(picture.alpha, size=(out_h, out_w), window=window)
+            yield to_array(color, alpha, picture.gray, picture.bits)
+
+    def upscale_picture(self, picture: Picture, plan: Plan) -> np.ndarray:
+        """Picture -> whole (H',W',C) array."""
+        return np.concatenate(list(self.picture_bands(picture, plan)), axis=0)
+
+    def upscale(self, image: Image.Image | np.ndarray, scale: float | None = None, width: int | None = None,
+                height: int | None = None, model: str = "auto") -> Image.Image | np.ndarray:
+        """PIL image or (H,W[,C]) uint8/uint16 array -> the upscaled image of the same kind."""
+        picture = picture_from_pil(image) if isinstance(image, Image.Image) else picture_from_array(image)
+        plan = self.plan(picture.size, scale, width, height, model)
+        array = self.upscale_picture(picture, plan)
+        if isinstance(image, Image.Image):
+            return array_to_pil(array, picture.icc_profile)
+        return array[:, :, 0] if image.ndim == 2 else array

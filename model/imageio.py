@@ -1,0 +1,299 @@
+"""Image I/O: bytes or PIL images <-> ``Picture`` tensors, and band-streaming encoders.
+
+All colour-mode handling lives here, apart from the network: RGB and L run
+through the network (L as three equal channels), alpha is carried beside the
+colour and resized with bicubic, palettes become RGB(A), CMYK/YCCK JPEGs become
+RGB, 16-bit images are processed in float and come back as 16-bit. EXIF
+orientation is applied on decode; the ICC profile is carried to the output and
+other metadata is dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own bomb guard is replaced by the explicit pixel limit in decode().
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this service can read (unknown format, truncated, corrupt)."""
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """A recognised format that is not supported (e.g. a mode with no RGB meaning)."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than allowed; raised before its pixels are decoded."""
+
+
+@dataclass
+class Picture:
+    """An image ready for the network.
+
+    color: (3,H,W) float32 in [0,1]; alpha: (H,W) float32 in [0,1] or None;
+    gray: came in as one channel and goes out as one; bits: 8 or 16 per channel.
+    """
+
+    color: torch.Tensor
+    alpha: torch.Tensor | None = None
+    gray: bool = False
+    bits: int = 8
+    icc_profile: bytes | None = None
+    frames: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.color.shape[1]), int(self.color.shape[2])
+
+    @property
+    def channels(self) -> int:
+        """Channels of the output image: 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)."""
+        return (1 if self.gray else 3) + (self.alpha is not None)
+
+    @property
+    def mode(self) -> str:
+        if self.bits == 16:
+            return "I;16" if self.channels == 1 else {2: "LA", 3: "RGB", 4: "RGBA"}[self.channels] + ";16"
+        return {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[self.channels]
+
+
+def _array_to_tensor(array: np.ndarray, peak: float) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / peak)
+
+
+def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> Picture:
+    """(H,W), (H,W,1..4) uint8/uint16 (or float in [0,1]) -> Picture. Channels: L, LA, RGB, RGBA."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise UnsupportedImageError(f"expected an (H,W[,C]) array with 1-4 channels, got shape {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageDecodeError(f"image has no pixels ({array.shape[1]}x{array.shape[0]})")
+    if array.dtype == np.uint8:
+        bits, peak = 8, 255.0
+    elif array.dtype == np.uint16:
+        bits, peak = 16, 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        bits, peak = 8, 1.0
+    else:
+        raise UnsupportedImageError(f"unsupported pixel type {array.dtype}; use uint8, uint16 or float")
+    values = _array_to_tensor(array, peak).clamp_(0, 1)
+    gray = array.shape[2] in (1, 2)
+    has_alpha = array.shape[2] in (2, 4)
+    color = values[:, :, :1].expand(-1, -1, 3) if gray else values[:, :, :3]
+    alpha = values[:, :, -1].contiguous() if has_alpha else None
+    return Picture(color.permute(2, 0, 1).contiguous(), alpha, gray, bits, icc_profile)
+
+
+def _sixteen_bit_array(img: Image.Image) -> np.ndarray | None:
+    """16-bit grayscale PNGs open as mode I/I;16; return their uint16 samples, else None."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        data = np.asarray(img)
+        if img.mode == "I" and data.max(initial=0) > 65535:
+            raise UnsupportedImageError("32-bit integer images are not supported")
+        return data.astype(np.uint16)
+    return None
+
+
+def picture_from_pil(img: Image.Image) -> Picture:
+    """PIL image (any common mode) -> Picture; the ICC profile is kept."""
+    icc = img.info.get("icc_profile") or None
+    sixteen = _sixteen_bit_array(img)
+    if sixteen is not None:
+        return picture_from_array(sixteen, icc)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+        icc = None  # a CMYK profile does not describe the RGB result
+    elif img.mode in ("1", "L"):
+        img = img.convert("L")
+    elif img.mode in ("LA", "La", "PA"):
+        img = img.convert("LA")
+    elif img.mode in ("RGBA", "RGBa"):
+        img = img.convert("RGBA")
+    elif img.mode == "F":
+        return picture_from_array(np.clip(np.asarray(img), 0, 1), icc)
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return picture_from_array(np.asarray(img), icc)
+
+
+def probe(data: bytes) -> tuple[Image.Image, str]:
+    """Open the image header without decoding pixels -> (lazy image, format name)."""
+    if not data:
+        raise ImageDecodeError("the request body is empty: no image was sent")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise ImageDecodeError(f"not a recognised image format ({exc})") from exc
+    return img, (img.format or "unknown").lower()
+
+
+def decode(data: bytes, max_pixels: int | None = None) -> Picture:
+    """Encoded image bytes -> Picture (first frame of an animation, EXIF orientation applied).
+
+    Raises ImageTooLargeError before decoding if width*height > max_pixels (bombs
+    cost nothing), ImageDecodeError for anything unreadable.
+    """
+    img, fmt = probe(data)
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"image header says {width}x{height}: no pixels")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.seek(0)
+            img.load()
+            icc = img.info.get("icc_profile")
+            img = ImageOps.exif_transpose(img) or img
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, zlib.error) as exc:
+        raise ImageDecodeError(f"the {fmt} image is truncated or corrupt ({exc})") from exc
+    if icc and not img.info.get("icc_profile"):
+        img.info["icc_profile"] = icc
+    picture = picture_from_pil(img)
+    picture.frames = frames
+    return picture
+
+
+def to_array(color: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: int) -> np.ndarray:
+    """color (3,h,w) float, alpha (h,w) float or None -> (h,w,C) uint8/uint16 with C = 1..4."""
+    planes = [color.mean(dim=0, keepdim=True)] if gray else [color]
+    if alpha is not None:
+        planes.append(alpha[None])
+    stacked = torch.cat(planes).clamp_(0, 1).permute(1, 2, 0)
+    if bits == 16:
+        return stacked.mul(65535).round_().to(torch.int32).numpy().astype(np.uint16)
+    return stacked.mul(255).round_().to(torch.uint8).numpy()
+
+
+def array_to_pil(array: np.ndarray, icc_profile: bytes | None = None) -> Image.Image:
+    """(H,W,C) uint8/uint16 from to_array -> PIL image (16-bit colour is reduced to 8-bit, a PIL limit)."""
+    channels = array.shape[2]
+    if array.dtype == np.uint16:
+        if channels == 1:
+            img = Image.fromarray(array[:, :, 0].astype(np.uint16), mode="I;16")
+        else:
+            array = (array.astype(np.uint32) * 255 + 32767) // 65535
+            return array_to_pil(array.astype(np.uint8), icc_profile)
+    else:
+        img = Image.fromarray(array[:, :, 0] if channels == 1 else array, mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels])
+    if icc_profile:
+        img.info["icc_profile"] = icc_profile
+    return img
+
+
+# --- PNG streaming -----------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (gray, gray+alpha, RGB, RGBA)
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _paeth_filter(rows: np.ndarray, previous: np.ndarray, bpp: int) -> np.ndarray:
+    """Paeth-filter scanlines (PNG filter 4), vectorised: filters read unfiltered neighbours."""
+    x = rows.astype(np.int16)
+    above = np.concatenate([previous[None].astype(np.int16), x[:-1]])
+    left = np.zeros_like(x)
+    left[:, bpp:] = x[:, :-bpp]
+    upper_left = np.zeros_like(x)
+    upper_left[:, bpp:] = above[:, :-bpp]
+    p = left + above - upper_left
+    pa, pb, pc = np.abs(p - left), np.abs(p - above), np.abs(p - upper_left)
+    predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, above, upper_left))
+    filtered = ((x - predictor) & 0xFF).astype(np.uint8)
+    return np.concatenate([np.full((rows.shape[0], 1), 4, np.uint8), filtered], axis=1)
+
+
+class PNGStreamEncoder:
+    """Encode a PNG band by band: header first, then IDAT data as rows arrive.
+
+    ``header()`` then ``add(band)`` for each (rows, W, C) uint8/uint16 band top to
+    bottom, then ``finish()``; each returns the bytes ready to send. Memory is one
+    band, so the first bytes of a large image leave while later bands compute.
+    """
+
+    def __init__(self, width: int, height: int, channels: int, bits: int = 8, level: int = 6,
+                 icc_profile: bytes | None = None) -> None:
+        if channels not in PNG_COLOR_TYPES or bits not in (8, 16):
+            raise ValueError(f"unsupported PNG layout: {channels} channels, {bits} bits")
+        self.width, self.height, self.channels, self.bits = width, height, channels, bits
+        self.icc_profile = icc_profile
+        self.bpp = channels * bits // 8
+        self.rows_done = 0
+        self.previous = np.zeros(width * self.bpp, np.uint8)
+        # Paeth pays at the default level; at levels 0-1 speed matters more than size.
+        self.filtered = level >= 2
+        self.compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9)
+
+    def header(self) -> bytes:
+        ihdr = struct.pack(">IIBBBBB", self.width, self.height, self.bits, PNG_COLOR_TYPES[self.channels], 0, 0, 0)
+        out = PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
+        if self.icc_profile:
+            out += _chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(self.icc_profile))
+        return out
+
+    def add(self, band: np.ndarray) -> bytes:
+        rows, width, channels = band.shape
+        if width != self.width or channels != self.channels or self.rows_done + rows > self.height:
+            raise ValueError(f"band {band.shape} does not fit a {self.width}x{self.height}x{self.channels} PNG")
+        raw = np.ascontiguousarray(band.astype(">u2") if self.bits == 16 else band).view(np.uint8)
+        raw = raw.reshape(rows, width * self.bpp)
+        if self.filtered:
+            lines = _paeth_filter(raw, self.previous, self.bpp)
+        else:
+            lines = np.concatenate([np.zeros((rows, 1), np.uint8), raw], axis=1)
+        self.previous = raw[-1].copy()
+        self.rows_done += rows
+        data = self.compressor.compress(lines.tobytes())
+        return _chunk(b"IDAT", data) if data else b""
+
+    def finish(self) -> bytes:
+        if self.rows_done != self.height:
+            raise ValueError(f"PNG has {self.rows_done} of {self.height} rows")
+        return _chunk(b"IDAT", self.compressor.flush()) + _chunk(b"IEND", b"")
+
+
+def encode_png_stream(bands: Iterable[np.ndarray], width: int, height: int, channels: int, bits: int = 8,
+                      level: int = 6, icc_profile: bytes | None = None) -> Iterator[bytes]:
+    """Bands top to bottom -> PNG bytes in pieces (header, IDAT per band, end)."""
+    encoder = PNGStreamEncoder(width, height, channels, bits, level, icc_profile)
+    yield encoder.header()
+    for band in bands:
+        chunk = encoder.add(band)
+        if chunk:
+            yield chunk
+    yield encoder.finish()
+
+
+def encode_whole(array: np.ndarray, fmt: str, quality: int = 90, icc_profile: bytes | None = None) -> bytes:
+    """(H,W,C) array -> WebP or JPEG bytes (formats whose encoders need the whole image)."""
+    img = array_to_pil(array, icc_profile)
+    if fmt == "jpeg" and img.mode in ("LA", "RGBA"):
+        img = img.convert("L" if img.mode == "LA" else "RGB")  # JPEG has no alpha
+    if img.mode == "I;16":
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8), mode="L")
+    buffer = io.BytesIO()
+    options = {"quality": quality}
+    if icc_profile:
+        options["icc_profile"] = icc_profile  # type: ignore[assignment]
+    img.save(buffer, format=fmt.upper(), **options)
+    return buffer.getvalue()

@@ -1,0 +1,241 @@
+"""Train IMDN (x2/x3/x4) or IMDN_AS on a folder of HR images.
+
+    python -m model.train --scale 2 --data ../shared/data/train291 --out runs/x2
+    python -m model.train --scale 2 --out runs/x2          # same command again resumes
+    python -m model.train --model as --init runs/x2/best.safetensors --out runs/as
+
+Defaults follow the paper (Sec. 4.2): HR patch 192, batch 16, Adam (0.9, 0.999),
+lr 2e-4 halved every 200K iterations, L1 loss, flips and 90-degree rotations.
+``--schedule cosine`` with a larger lr and smaller patches reaches a usable model
+far sooner on a CPU. A run resumes exactly from ``OUT/last.pt`` (model,
+optimiser, schedule, step and RNG states); ``OUT/best.safetensors`` keeps the
+best validation PSNR, ``OUT/log.csv`` and ``OUT/curve.png`` the history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.data import PatchSampler, list_images, load_hr, load_pairs, load_real_pairs
+from model.evaluate import evaluate_set, read_uint8
+from model.imdn import IMDN, IMDN_AS, build_model
+from model.metrics import psnr
+from model.resize import imresize
+from model.weights import read_state_dict, save_weights
+
+log = logging.getLogger("model.train")
+AS_VALIDATION_SCALES = (1.5, 2.5, 3.3)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["x2", "x3", "x4", "as"], help="defaults to x<scale>")
+    p.add_argument("--scale", type=int, default=4, choices=[2, 3, 4])
+    p.add_argument("--data", type=Path, default=Path("../shared/data/train291"), help="folder of HR images")
+    p.add_argument("--real-pairs", type=Path, help="IMDN_AS: also train on same-size pairs (HR/, LR_same_size/)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (created; resumed if it has last.pt)")
+    p.add_argument("--iters", type=int, default=1_000_000)
+    p.add_argument("--patch", type=int, default=192, help="HR patch side")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--schedule", choices=["step", "cosine"], default="step")
+    p.add_argument("--lr-step", type=int, default=200_000, help="step schedule: halve lr every N iterations")
+    p.add_argument("--warmup", type=int, default=0, help="linear warm-up iterations")
+    p.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine schedule: final lr / lr")
+    p.add_argument("--beta2", type=float, default=0.999)
+    p.add_argument("--init", type=Path, help="start from the project's own .safetensors (matching tensors only)")
+    p.add_argument("--val", type=Path, default=Path("../shared/data/benchmarks/Set5"),
+                   help="benchmark set folder for validation (HR/ and LR_bicubic/)")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.model = args.model or f"x{args.scale}"
+    return args
+
+
+def lr_factor(step: int, args: argparse.Namespace) -> float:
+    """Multiplier on the base lr at `step` (0-based)."""
+    if args.warmup and step < args.warmup:
+        return (step + 1) / args.warmup
+    if args.schedule == "step":
+        return 0.5 ** (step // args.lr_step)
+    progress = min(1.0, (step - args.warmup) / max(1, args.iters - args.warmup))
+    return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def init_from(model: torch.nn.Module, path: Path) -> None:
+    """Copy every tensor whose name and shape match (e.g. the x2 body into x4 or AS)."""
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: --init takes the project's own .safetensors weights")
+    source = read_state_dict(path)
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
+
+
+@torch.inference_mode()
+def validate(model: IMDN | IMDN_AS, args: argparse.Namespace) -> float:
+    """Mean PSNR-Y on the validation set (AS: mean over shrink scales 1.5/2.5/3.3, bicubic round trip)."""
+    model.eval()
+    try:
+        if isinstance(model, IMDN):
+            return evaluate_set(model.cpu(), args.val, model.scale).psnr
+        scores = []
+        for hr_path in list_images(args.val / "HR"):
+            hr = read_uint8(hr_path).expand(3, -1, -1)
+            hr = hr[:, : hr.shape[1] // 4 * 4, : hr.shape[2] // 4 * 4]
+            for s in AS_VALIDATION_SCALES:
+                small = imresize(hr, size=(round(hr.shape[1] / s), round(hr.shape[2] / s)))
+                up = imresize(small.float() / 255, size=tuple(hr.shape[1:])).clamp(0, 1)
+                sr = model.cpu()(up[None])[0].clamp(0, 1).mul(255).round().to(torch.uint8)
+                scores.append(psnr(sr, hr, crop_border=4))
+        return sum(scores) / len(scores)
+    finally:
+        model.to(args.device).train()
+
+
+def write_plot(csv_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(csv_path.open()))
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(steps, [float(r["loss"]) for r in rows], color="tab:blue", label="L1 loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("L1 loss (running mean)")
+    val = [(int(r["step"]), float(r["val_psnr"])) for r in rows if r["val_psnr"]]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val, strict=True), "o-", color="tab:red", label="val PSNR-Y")
+        ax2.set_ylabel("validation PSNR-Y (dB)")
+    ax.set_title(csv_path.parent.name)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def make_sampler(args: argparse.Namespace) -> PatchSampler:
+    cache = args.out / "cache"
+    if args.model == "as":
+        real = load_real_pairs(args.real_pairs) if args.real_pairs else None
+        return PatchSampler(real, load_hr(args.data), scale=1, hr_patch=args.patch, seed=args.seed)
+    return PatchSampler(load_pairs(args.data, args.scale, cache), None, args.scale, args.patch, args.seed)
+
+
+def train(args: argparse.Namespace) -> float:
+    """Run (or resume) training; returns the best validation PSNR."""
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    # channels_last: ~1.4x faster convolutions on CPU (measured), and the layout tensor cores want.
+    model = build_model(args.model).to(args.device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, args.beta2))
+    sampler = make_sampler(args)
+    step, best = 0, -math.inf
+    last = args.out / "last.pt"
+    if last.is_file():
+        state: dict[str, Any] = torch.load(last, map_location=args.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best = state["step"], state["best"]
+        sampler.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed %s at step %d (best %.3f dB)", args.out, step, best)
+    elif args.init:
+        init_from(model, args.init)
+
+    def checkpoint() -> None:
+        tmp = last.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "best": best,
+                    "sampler_rng": sampler.state(), "torch_rng": torch.get_rng_state()}, tmp)
+        tmp.replace(last)  # atomic: an interrupted save never corrupts the resume point
+
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    csv_path = args.out / "log.csv"
+    new_log = not csv_path.is_file()
+    log_file = csv_path.open("a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "loss", "lr", "seconds_per_iter", "val_psnr"])
+    use_amp = args.device.startswith("cuda")
+    model.train()
+    running, since = math.nan, time.perf_counter()
+    bar = tqdm(total=args.iters, initial=step, desc=f"train {args.model}", mininterval=5 if sys.stderr.isatty() else 60)
+    try:
+        while step < args.iters and not stop:
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * lr_factor(step, args)
+            lr, hr = sampler.sample(args.batch)
+            lr = lr.to(args.device, memory_format=torch.channels_last, non_blocking=True)
+            hr = hr.to(args.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                loss = F.l1_loss(model(lr).float(), hr)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            running = loss.item() if math.isnan(running) else 0.98 * running + 0.02 * loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+            val_psnr = ""
+            if step % args.val_every == 0 or step == args.iters:
+                score = validate(model, args)
+                val_psnr = f"{score:.4f}"
+                if score > best:
+                    best = score
+                    save_weights(model, args.out / "best.safetensors",
+                                 {"model": args.model, "step": str(step), "val_psnr": val_psnr})
+                log.info("step %d: val PSNR %.3f dB (best %.3f)", step, score, best)
+            if step % args.save_every == 0 or val_psnr or step == args.iters:
+                elapsed = (time.perf_counter() - since) / max(1, args.save_every)
+                writer.writerow([step, f"{running:.5f}", f"{optimizer.param_groups[0]['lr']:.3e}", f"{elapsed:.3f}",
+                                 val_psnr])
+                log_file.flush()
+                since = time.perf_counter()
+                checkpoint()
+                if val_psnr:
+                    write_plot(csv_path, args.out / "curve.png")
+    finally:
+        bar.close()
+        checkpoint()
+        log_file.close()
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    best = train(args)
+    log.info("done: best validation PSNR %.3f dB, weights in %s", best, args.out / "best.safetensors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
