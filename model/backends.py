@@ -44,10 +44,10 @@ class TorchRunner:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed tile shapes: let cuDNN pick its fastest kernels
-        self.models: dict[str, nn.Module] = {
-            name: model.to(self.device, self.dtype, memory_format=torch.channels_last).eval()
-            for name, model in models.items()
-        }
+        self.models: dict[str, IMDN | IMDN_AS] = {}
+        for name, model in models.items():
+            model.to(self.device, self.dtype).eval()
+            self.models[name] = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @torch.inference_mode()
     def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,7 +61,7 @@ class TorchRunner:
                     cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
         x = windows.to(self.device, self.dtype, memory_format=torch.channels_last)
         stats = None if cca_contrast is None else cca_contrast.to(self.device)
-        return self.models[name].cca_moments(x, mask.to(self.device), stats).cpu()  # type: ignore[operator]
+        return self.models[name].cca_moments(x, mask.to(self.device), stats).cpu()
 
 
 class EagerRunner:
@@ -77,18 +77,33 @@ class EagerRunner:
     @torch.inference_mode()
     def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
                     cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
-        return self.models[name].cca_moments(windows, mask, cca_contrast)  # type: ignore[operator]
+        return self.models[name].cca_moments(windows, mask, cca_contrast)
 
 
-def export_onnx(model: nn.Module, path: Path | None = None) -> bytes:
+class _WithStatistics(nn.Module):
+    """Exports the network with whole-image CCA statistics as a second input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, cca_contrast: torch.Tensor) -> torch.Tensor:
+        return self.model(x, cca_contrast)
+
+
+def export_onnx(model: nn.Module, with_statistics: bool = False, path: Path | None = None) -> bytes:
     """Export with dynamic batch/height/width (opset 17). Returns the ONNX bytes (also written to path)."""
     model = model.float().eval()
-    example = torch.rand(1, 3, 32, 32)
+    example: tuple[torch.Tensor, ...] = (torch.rand(1, 3, 32, 32),)
+    names, axes = ["lr"], {"lr": {0: "n", 2: "h", 3: "w"}, "sr": {0: "n", 2: "sh", 3: "sw"}}
+    if with_statistics:
+        model = _WithStatistics(model)
+        example += (torch.rand(1, 6, 64),)
+        names.append("cca_contrast")
+        axes["cca_contrast"] = {0: "n"}
     buffer = io.BytesIO()
-    torch.onnx.export(
-        model, (example,), buffer, input_names=["lr"], output_names=["sr"], opset_version=17,
-        dynamic_axes={"lr": {0: "n", 2: "h", 3: "w"}, "sr": {0: "n", 2: "sh", 3: "sw"}}, dynamo=False,
-    )
+    torch.onnx.export(model, example, buffer, input_names=names,  # type: ignore[arg-type]
+                      output_names=["sr"], opset_version=17, dynamic_axes=axes, dynamo=False)
     data = buffer.getvalue()
     if path is not None:
         Path(path).write_bytes(data)
@@ -96,7 +111,8 @@ def export_onnx(model: nn.Module, path: Path | None = None) -> bytes:
 
 
 class OnnxRunner:
-    """ONNX Runtime on the CPU, exported from the same weights at start-up."""
+    """ONNX Runtime on the CPU, exported from the same weights at start-up (two graphs per model:
+    with and without whole-image statistics). Statistics passes stay in PyTorch."""
 
     def __init__(self, models: dict[str, IMDN | IMDN_AS], threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -106,16 +122,26 @@ class OnnxRunner:
         if threads:
             options.intra_op_num_threads = threads
         self.sessions = {
-            name: ort.InferenceSession(export_onnx(model), options, providers=["CPUExecutionProvider"])
+            (name, stats): ort.InferenceSession(export_onnx(model, stats), options, providers=["CPUExecutionProvider"])
             for name, model in models.items()
+            for stats in (False, True)
         }
+        self.torch = EagerRunner(models)
         # A session is thread-safe, but two concurrent runs just fight over the same cores.
         self.lock = threading.Lock()
 
-    def __call__(self, name: str, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        feeds = {"lr": batch.contiguous().numpy()}
+        if cca_contrast is not None:
+            feeds["cca_contrast"] = cca_contrast.float().contiguous().numpy()
         with self.lock:
-            (out,) = self.sessions[name].run(None, {"lr": batch.contiguous().numpy()})
+            (out,) = self.sessions[(name, cca_contrast is not None)].run(None, feeds)
         return torch.from_numpy(out)
+
+    def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
+                    cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        with self.lock:
+            return self.torch.cca_moments(name, windows, mask, cca_contrast)
 
 
 def onnx_available() -> bool:

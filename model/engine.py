@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.imdn import contrast_from_moments
 from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array
+from model.imdn import contrast_from_moments
 from model.resize import imresize
 from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_samples, plan_tiles
 
@@ -234,7 +234,8 @@ class Upscaler:
             return None
         stride = FEATURE_STRIDE[model]
         window_px = (4 * context) ** 2
-        max_windows = int(min(MAX_SAMPLE_WINDOWS, max(1, self.budget_bytes // (window_px * BYTES_PER_INPUT_PIXEL[model]))))
+        fitting = self.budget_bytes // (window_px * BYTES_PER_INPUT_PIXEL[model])
+        max_windows = int(min(MAX_SAMPLE_WINDOWS, max(1, fitting)))
         samples = plan_samples(int(size[0]), int(size[1]), max_windows, 2 * context, context, align=stride)
         windows, mask = self._windows_and_mask(samples, read, stride)
         contrast = contrast_from_moments(self.runner.cca_moments(model, windows, mask))

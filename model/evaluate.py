@@ -50,8 +50,7 @@ def find_sets(root: Path) -> list[Path]:
 def read_uint8(path: Path) -> torch.Tensor:
     """Image file -> (C,H,W) uint8 with C = 3 (RGB) or 1 (grayscale)."""
     with Image.open(path) as img:
-        img = img.convert("L" if img.mode in ("L", "I;16", "I") else "RGB")
-        array = np.asarray(img)
+        array = np.asarray(img.convert("L" if img.mode in ("L", "I;16", "I") else "RGB"))
     tensor = torch.from_numpy(array.copy())
     return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
 

@@ -137,7 +137,9 @@ def probe(data: bytes) -> tuple[Image.Image, str]:
         raise ImageDecodeError("the request body is empty: no image was sent")
     try:
         img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not a recognised image format: send a PNG, JPEG, WebP, GIF, BMP or TIFF") from exc
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise ImageDecodeError(f"not a recognised image format ({exc})") from exc
     return img, (img.format or "unknown").lower()
 
@@ -192,7 +194,8 @@ def array_to_pil(array: np.ndarray, icc_profile: bytes | None = None) -> Image.I
             array = (array.astype(np.uint32) * 255 + 32767) // 65535
             return array_to_pil(array.astype(np.uint8), icc_profile)
     else:
-        img = Image.fromarray(array[:, :, 0] if channels == 1 else array, mode={1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels])
+        mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+        img = Image.fromarray(array[:, :, 0] if channels == 1 else array, mode=mode)
     if icc_profile:
         img.info["icc_profile"] = icc_profile
     return img

@@ -7,6 +7,8 @@ with ``strict=True``; that is the parity check for this file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,7 +74,7 @@ class IMDB(nn.Module):
 
     def distill(self, x: torch.Tensor) -> torch.Tensor:
         """Progressive refinement: x (N,64,H,W) -> the four kept 16-channel parts, (N,64,H,W)."""
-        split = (self.distilled, self.remaining)
+        split = [self.distilled, self.remaining]
         kept1, rest = torch.split(self.act(self.c1(x)), split, dim=1)
         kept2, rest = torch.split(self.act(self.c2(rest)), split, dim=1)
         kept3, rest = torch.split(self.act(self.c3(rest)), split, dim=1)
@@ -110,7 +112,7 @@ class _IMDNBody(nn.Module):
         features = self.fea_conv(x)
         # The 1x1 collection conv over the 6 concatenated block outputs is summed
         # block by block: same result, without holding 6 feature maps at once.
-        fuse = self.c[0]
+        fuse: nn.Conv2d = self.c[0]  # type: ignore[assignment]
         weights = fuse.weight.split(features.shape[1], dim=1)
         collected = None
         out = features
@@ -120,6 +122,7 @@ class _IMDNBody(nn.Module):
             part = F.conv2d(out, weights[i])
             collected = part if collected is None else collected + part
         assert collected is not None
+        assert fuse.bias is not None
         fused = self.c[1](collected + fuse.bias.view(1, -1, 1, 1))
         return self.upsampler(self.LR_conv(fused) + features)
 
@@ -206,7 +209,7 @@ MODEL_NAMES = ("x2", "x3", "x4", "as")
 
 def build_model(name: str) -> IMDN | IMDN_AS:
     """'x2' | 'x3' | 'x4' | 'as' -> an untrained network."""
-    constructors = {"x2": imdn_x2, "x3": imdn_x3, "x4": imdn_x4, "as": imdn_as}
+    constructors: dict[str, Callable[[], IMDN | IMDN_AS]] = {"x2": imdn_x2, "x3": imdn_x3, "x4": imdn_x4, "as": imdn_as}
     if name not in constructors:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     return constructors[name]()

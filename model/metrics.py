@@ -30,7 +30,9 @@ def to_y(image: torch.Tensor) -> torch.Tensor:
     return torch.round(y.clamp(0, 255))
 
 
-def _prepare(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(
+    sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     if sr.shape != hr.shape:
         raise ValueError(f"images differ in shape: {tuple(sr.shape)} vs {tuple(hr.shape)}")
     if crop_border < 0:

@@ -11,7 +11,6 @@ mean/std) differs slightly between a tile and the whole image.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 # Receptive-field radius of IMDN in input pixels: 6 blocks x 4 stacked 3x3 convs,

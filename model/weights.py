@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.imdn import MODEL_NAMES, IMDN, IMDN_AS, build_model
+from model.imdn import IMDN, IMDN_AS, MODEL_NAMES, build_model
 
 # Where the project's own trained weights live, one file per model name.
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

@@ -1,0 +1,58 @@
+"""python -m service [--host H] [--port P]: serve with uvicorn; everything else comes from IMDN_* settings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from types import FrameType
+
+import uvicorn
+
+from service.app import create_app
+from service.config import get_settings
+from service.logs import configure_logging
+from service.state import ServiceState
+
+log = logging.getLogger("service")
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, report not-ready first, then let uvicorn finish in-flight requests and exit."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+        super().__init__(config)
+        self.service_state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.service_state.draining:
+            log.info("signal %d: draining (up to %.0f s for in-flight requests)", sig,
+                     self.service_state.settings.drain_timeout_s)
+        self.service_state.draining = True
+        self.service_state.metrics.ready.set(0)
+        super().handle_exit(sig, frame)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except Exception as exc:  # noqa: BLE001 - a settings error is the operator's to fix: say what, exit
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
+                            timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+                            log_level=settings.log_level.lower())
+    server = DrainingServer(config, app.state.service)
+    server.run()
+    # uvicorn sets started=False if start-up (model loading) failed: exit non-zero so orchestrators notice.
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

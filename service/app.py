@@ -1,0 +1,105 @@
+"""create_app(): settings, lifespan (warm model pool), middleware, error mapping and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.config import Settings, get_settings
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.routes import RESULT_HEADERS, router
+from service.state import Admission, ServiceState, build_pool, parse_devices
+
+log = logging.getLogger("service")
+access_log = logging.getLogger("service.access")
+
+
+class RequestContextMiddleware:
+    """Request id in and out, latency/count metrics, and one log line per request, when its last byte is sent."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        # Accept a caller's id if it is sane; never echo arbitrary bytes into headers and logs.
+        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "other")
+            elapsed = time.perf_counter() - started
+            metrics = self.state.metrics
+            metrics.requests.labels(path, scope["method"], str(status)).inc()
+            metrics.latency.labels(path, scope["method"]).observe(elapsed)
+            if path not in ("/metrics", "/healthz", "/readyz"):
+                fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"],
+                          "status": status, "duration_s": round(elapsed, 4)}
+                fields.update(scope["state"].get("log_extra", {}))
+                access_log.info("request", extra={"fields": fields})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+    state = ServiceState(settings=settings, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics.watch_gpus(parse_devices(settings.device))
+        state.admission = Admission(settings.concurrency, settings.queue_size, metrics)
+        started = time.perf_counter()
+        # Loading and warming take seconds: off the loop, so /healthz answers meanwhile.
+        state.pool = await asyncio.to_thread(build_pool, settings, metrics, state)
+        state.ready = True
+        metrics.ready.set(1)
+        log.info("ready: models %s on %s (%s) in %.1f s", ",".join(settings.models), ",".join(state.devices),
+                 state.backend, time.perf_counter() - started)
+        try:
+            yield
+        finally:
+            state.ready = False
+            metrics.ready.set(0)
+            state.pool.close()
+
+    app = FastAPI(
+        title="IMDN super-resolution",
+        version="0.1.0",
+        description="Single-image super-resolution with IMDN (Hui et al., ACM MM 2019): any size, any scale, "
+        "streamed PNGs. Errors are RFC 9457 problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=RESULT_HEADERS, max_age=600)
+    app.add_middleware(RequestContextMiddleware, state=state)
+    return app

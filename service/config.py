@@ -1,0 +1,81 @@
+"""Service settings: one pydantic-settings class, read from IMDN_* environment variables and .env."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model.imdn import MODEL_NAMES
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; validated at start-up. Lists are comma-separated in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="IMDN_", env_file=".env", extra="ignore")
+
+    # Models and devices
+    device: str = Field("auto", description="auto (first GPU, else CPU), cpu, cuda, or a list: cuda:0,cuda:1")
+    models: CommaList = Field(default_factory=lambda: list(MODEL_NAMES), description="models to load")
+    weights: str = Field("default", description="'default' (bundled), 'official:DIR', or a folder of .safetensors")
+    backend: Literal["auto", "torch", "onnx"] = Field("auto", description="CPU backend; auto = onnx when installed")
+    replicas_per_device: int = Field(1, ge=1, le=16)
+    threads: int | None = Field(None, ge=1, description="CPU threads for inference (default: all cores)")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto = fp16 on GPU, fp32 on CPU")
+
+    # Tiling and batching
+    memory_budget_mb: int = Field(0, ge=0, description="activation memory per tile batch; 0 = by device")
+    tile_size: int | None = Field(None, ge=32, description="force a tile core size in input pixels")
+    max_batch: int = Field(4, ge=1, le=256, description="tiles per network call, across requests")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    refine_stats: bool = Field(True, description="exact-er whole-image statistics for tiled images (costs a pass)")
+
+    # Admission
+    max_concurrent: int = Field(0, ge=0, description="requests processed at once; 0 = 2 per replica")
+    queue_size: int = Field(8, ge=0, description="requests waiting beyond those; more get 429")
+    request_timeout_s: float = Field(300.0, gt=0)
+    drain_timeout_s: float = Field(30.0, ge=0)
+
+    # Limits (imgproxy-like defaults)
+    max_upload_bytes: int = Field(32 * 2**20, ge=1)
+    max_input_pixels: int = Field(16_800_000, ge=1)
+    max_output_pixels: int = Field(67_108_864, ge=1)
+    max_scale: float = Field(8.0, gt=1, le=16)
+
+    # Output
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for streamed PNGs")
+
+    # HTTP
+    cors_origins: CommaList = Field(default_factory=list)
+    api_keys: CommaList = Field(default_factory=list, repr=False)
+    log_level: str = Field("info")
+    log_format: Literal["text", "json"] = Field("text")
+    warmup: bool = Field(True, description="run every model once at start-up")
+
+    @field_validator("models", "cors_origins", "api_keys", mode="before")
+    @classmethod
+    def split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def known_models(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in MODEL_NAMES]
+        if unknown or not value:
+            raise ValueError(f"models must be a non-empty subset of {list(MODEL_NAMES)}, got {value}")
+        return value
+
+    @property
+    def concurrency(self) -> int:
+        return self.max_concurrent or 2 * self.replicas_per_device
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,142 @@
+"""Domain errors -> RFC 9457 problem+json responses, mapped in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.engine import UpscaleError
+from model.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+
+log = logging.getLogger("service")
+PROBLEM_TYPE_BASE = "https://imdn-sr.dev/problems/"
+
+
+class ServiceError(Exception):
+    """An error with its HTTP status; `kind` names the problem type."""
+
+    status = 500
+    kind = "internal-error"
+    title = "Internal server error"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class BadRequestError(ServiceError):
+    status, kind, title = 400, "bad-request", "Bad request"
+
+
+class UnauthorizedError(ServiceError):
+    status, kind, title = 401, "unauthorized", "Missing or invalid API key"
+
+
+class PayloadTooLargeError(ServiceError):
+    status, kind, title = 413, "too-large", "Upload or image too large"
+
+
+class UnsupportedMediaError(ServiceError):
+    status, kind, title = 415, "unsupported-media-type", "Not a supported image"
+
+
+class UnprocessableImageError(ServiceError):
+    status, kind, title = 422, "unprocessable-image", "Image could not be decoded"
+
+
+class QueueFullError(ServiceError):
+    status, kind, title = 429, "queue-full", "Too many requests queued"
+
+
+class NotReadyError(ServiceError):
+    status, kind, title = 503, "not-ready", "Service not ready"
+
+
+class RequestTimeoutError(ServiceError):
+    status, kind, title = 504, "timeout", "Request took too long"
+
+
+class CancelledError(Exception):
+    """The client went away; its remaining work is dropped."""
+
+
+# Each documented error response, for the OpenAPI schema.
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "request_id": {"type": "string"},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+
+
+def problem_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
+    return {
+        e.status: {"description": e.title, "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
+        for e in errors
+    }
+
+
+def problem(request: Request, status: int, title: str, detail: str, kind: str,
+            headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {
+        "type": PROBLEM_TYPE_BASE + kind,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": getattr(request.state, "request_id", ""),
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def as_service_error(exc: Exception) -> ServiceError:
+    """Translate engine and image errors into their HTTP meaning."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, ImageTooLargeError):
+        return PayloadTooLargeError(str(exc))
+    if isinstance(exc, UnsupportedImageError):
+        return UnsupportedMediaError(str(exc))
+    if isinstance(exc, ImageDecodeError):
+        unknown = "not a recognised image format" in str(exc) or "body is empty" in str(exc)
+        return UnsupportedMediaError(str(exc)) if unknown else UnprocessableImageError(str(exc))
+    if isinstance(exc, UpscaleError):
+        return BadRequestError(str(exc))
+    return ServiceError("an unexpected error occurred; it has been logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        err = as_service_error(exc)
+        if err.status >= 500 and type(err) is ServiceError:
+            log.exception("unhandled error", exc_info=exc)
+        return problem(request, err.status, err.title, err.detail, err.kind, err.headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body"))
+            parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg")))
+        return problem(request, 400, BadRequestError.title, "; ".join(parts), BadRequestError.kind)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return problem(request, exc.status_code, str(exc.detail), str(exc.detail), kind, dict(exc.headers or {}))
+
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for error in (ServiceError, ImageDecodeError, ImageTooLargeError, UpscaleError, Exception):
+        app.add_exception_handler(error, on_service_error)

@@ -1,0 +1,93 @@
+"""Prometheus metrics: one registry per app, names prefixed ``imdn_``, base units, low-cardinality labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# Up to two minutes: large images at x4 on a CPU take that long.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GPUMemoryCollector(Collector):
+    """GPU memory per device, read at scrape time; registered only when CUDA is present."""
+
+    def __init__(self, devices: list[torch.device]) -> None:
+        self.devices = [d for d in devices if d.type == "cuda"]
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+        except Exception:  # noqa: BLE001 - NVML is optional: without it the total/used gauges are absent
+            self.nvml = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            "allocated": GaugeMetricFamily("imdn_gpu_memory_allocated_bytes", "Tensor memory allocated by PyTorch",
+                                           labels=["device"]),
+            "reserved": GaugeMetricFamily("imdn_gpu_memory_reserved_bytes", "Memory held by PyTorch's caching "
+                                          "allocator", labels=["device"]),
+            "peak": GaugeMetricFamily("imdn_gpu_memory_peak_bytes", "Peak tensor memory since start",
+                                      labels=["device"]),
+        }
+        nvml_total = GaugeMetricFamily("imdn_gpu_memory_total_bytes", "Device memory (NVML)", labels=["device"])
+        nvml_used = GaugeMetricFamily("imdn_gpu_memory_used_bytes", "Device memory in use, all processes (NVML)",
+                                      labels=["device"])
+        for device in self.devices:
+            label = [str(device)]
+            families["allocated"].add_metric(label, torch.cuda.memory_allocated(device))
+            families["reserved"].add_metric(label, torch.cuda.memory_reserved(device))
+            families["peak"].add_metric(label, torch.cuda.max_memory_allocated(device))
+            if self.nvml is not None:
+                handle = self.nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+                info = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+                nvml_total.add_metric(label, info.total)
+                nvml_used.add_metric(label, info.used)
+        yield from families.values()
+        if self.nvml is not None:
+            yield nvml_total
+            yield nvml_used
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("imdn_http_requests", "HTTP requests answered", ["route", "method", "status"],
+                                registry=r)
+        self.latency = Histogram("imdn_http_request_duration_seconds", "Time from request to last byte",
+                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("imdn_queue_wait_seconds", "Time a request waited for a processing slot",
+                                    buckets=FAST_BUCKETS, registry=r)
+        self.inference = Histogram("imdn_inference_seconds", "Network time per batch of tiles", ["model"],
+                                   buckets=FAST_BUCKETS, registry=r)
+        self.encode = Histogram("imdn_encode_seconds", "Encoding time per request", ["format"],
+                                buckets=FAST_BUCKETS, registry=r)
+        self.queue_depth = Gauge("imdn_queue_depth", "Requests admitted and waiting for a processing slot",
+                                 registry=r)
+        self.in_flight = Gauge("imdn_requests_in_flight", "Upscale requests admitted and not finished", registry=r)
+        self.tiles = Counter("imdn_tiles", "Tiles run through a network", ["model"], registry=r)
+        self.output_pixels = Counter("imdn_output_pixels", "Output pixels produced", ["model"], registry=r)
+        self.batch_size = Histogram("imdn_batch_size", "Tiles per network call", buckets=(1, 2, 4, 8, 16, 32, 64),
+                                    registry=r)
+        self.model_load = Gauge("imdn_model_load_seconds", "Time to load and warm each model", ["model"],
+                                registry=r)
+        self.ready = Gauge("imdn_ready", "1 when every model is loaded and warm and the service is not draining",
+                           registry=r)
+        self.rejected = Counter("imdn_rejected_requests", "Requests refused before processing", ["reason"],
+                                registry=r)
+
+    def observe_batch(self, model: str, size: int, seconds: float) -> None:
+        self.inference.labels(model).observe(seconds)
+        self.tiles.labels(model).inc(size)
+        self.batch_size.observe(size)
+
+    def watch_gpus(self, devices: list[torch.device]) -> None:
+        if any(d.type == "cuda" for d in devices):
+            self.registry.register(GPUMemoryCollector(devices))

@@ -1,0 +1,172 @@
+"""The warm model pool: replicas on devices, and a batching queue that knows nothing about HTTP.
+
+Engine threads call the pool like a Runner (`pool(name, batch)`); the call is
+queued, grouped with compatible work from other requests (same model, same tile
+shape) up to ``max_batch`` tiles or ``max_wait`` seconds, run on the first free
+replica, and each caller gets its own slice back. If a batch fails, every caller
+in it gets the exception; the replica's worker thread carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from model.backends import OnnxRunner, TorchRunner
+
+log = logging.getLogger("service.pool")
+
+Backend = TorchRunner | OnnxRunner
+
+
+@dataclass
+class Job:
+    """One caller's tiles for one network call."""
+
+    model: str
+    batch: torch.Tensor
+    contrast: torch.Tensor | None
+    future: Future[torch.Tensor] = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+    moments_mask: torch.Tensor | None = None  # set for a CCA-moments job (never merged)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return (self.model, tuple(self.batch.shape[1:]), self.contrast is not None, self.moments_mask is not None)
+
+
+@dataclass
+class Replica:
+    name: str
+    backend: Backend
+    thread: threading.Thread | None = None
+    batches: int = 0
+    failures: int = 0
+
+
+class ModelPool:
+    """Replicas behind one queue; callable as the engine's Runner."""
+
+    def __init__(self, backends: list[tuple[str, Backend]], max_batch: int = 4, max_wait_s: float = 0.002,
+                 on_batch: Callable[[str, int, float], None] | None = None) -> None:
+        if not backends:
+            raise ValueError("a pool needs at least one replica")
+        self.replicas = [Replica(name, backend) for name, backend in backends]
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.on_batch = on_batch
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        for replica in self.replicas:
+            replica.thread = threading.Thread(target=self._worker, args=(replica,), name=f"replica-{replica.name}",
+                                              daemon=True)
+            replica.thread.start()
+
+    # --- Runner protocol --------------------------------------------------------------
+
+    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        return self.submit(Job(name, batch, cca_contrast)).result()
+
+    def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
+                    cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        return self.submit(Job(name, windows, cca_contrast, moments_mask=mask)).result()
+
+    # --- queue -----------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Future[torch.Tensor]:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model pool is shut down")
+            self._queue.append(job)
+            self._cond.notify()
+        return job.future
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def alive(self) -> bool:
+        """True while every replica's worker thread is running."""
+        return not self._closed and all(r.thread is not None and r.thread.is_alive() for r in self.replicas)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for replica in self.replicas:
+            if replica.thread is not None:
+                replica.thread.join(timeout=5)
+        for job in self._queue:
+            job.future.set_exception(RuntimeError("the model pool shut down"))
+
+    def _take_group(self) -> list[Job] | None:
+        """Block for the first job, then gather compatible ones until the batch is full or max_wait passes."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            first = self._queue.popleft()
+            group, size = [first], first.batch.shape[0]
+            if first.moments_mask is not None:
+                return group
+            deadline = time.perf_counter() + self.max_wait_s
+            while size < self.max_batch:
+                match = next((j for j in self._queue if j.key == first.key
+                              and size + j.batch.shape[0] <= self.max_batch), None)
+                if match is not None:
+                    self._queue.remove(match)
+                    group.append(match)
+                    size += match.batch.shape[0]
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return group
+
+    def _worker(self, replica: Replica) -> None:
+        while True:
+            group = self._take_group()
+            if group is None:
+                return
+            group = [job for job in group if job.future.set_running_or_notify_cancel()]
+            if not group:
+                continue
+            try:
+                self._run(replica, group)
+            except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it; the worker lives on
+                replica.failures += 1
+                log.warning("replica %s: batch of %s failed: %s", replica.name, group[0].model, exc)
+                for job in group:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    def _run(self, replica: Replica, group: list[Job]) -> None:
+        first = group[0]
+        started = time.perf_counter()
+        if first.moments_mask is not None:
+            first.future.set_result(replica.backend.cca_moments(first.model, first.batch, first.moments_mask,
+                                                                first.contrast))
+            return
+        batch = torch.cat([job.batch for job in group]) if len(group) > 1 else first.batch
+        contrast = None
+        if first.contrast is not None:
+            contrast = torch.cat([job.contrast for job in group if job.contrast is not None])
+        out = replica.backend(first.model, batch, contrast)
+        replica.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(first.model, batch.shape[0], time.perf_counter() - started)
+        offset = 0
+        for job in group:
+            n = job.batch.shape[0]
+            job.future.set_result(out[offset : offset + n])
+            offset += n

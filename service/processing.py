@@ -1,0 +1,139 @@
+"""One upscale request from decoded picture to encoded bytes, run off the event loop.
+
+A worker thread pulls bands from the engine and encodes them; chunks cross to
+the event loop through a small bounded queue, so a slow client slows the work
+instead of piling up memory. A client that goes away sets the cancel flag and
+the thread stops before its next tile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model.engine import Plan, Runner, Upscaler
+from model.imageio import Picture, PNGStreamEncoder, encode_whole
+from service.errors import CancelledError, RequestTimeoutError
+
+CHUNKS_AHEAD = 4
+
+
+class RequestRunner:
+    """The pool as seen by one request: refuses further tiles once cancelled or past its deadline."""
+
+    def __init__(self, pool: Runner, cancel: threading.Event, deadline: float) -> None:
+        self.pool, self.cancel, self.deadline = pool, cancel, deadline
+
+    def _check(self) -> None:
+        if self.cancel.is_set():
+            raise CancelledError("client disconnected")
+        if time.monotonic() > self.deadline:
+            raise RequestTimeoutError("the request ran past its time limit")
+
+    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        self._check()
+        return self.pool(name, batch, cca_contrast)
+
+    def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
+                    cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        self._check()
+        return self.pool.cca_moments(name, windows, mask, cca_contrast)
+
+
+@dataclass
+class Timings:
+    decode: float = 0.0
+    queue: float = 0.0
+    inference: float = 0.0
+    encode: float = 0.0
+    bands: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def server_timing(self) -> str:
+        parts = [f"{name};dur={getattr(self, name) * 1000:.1f}" for name in ("decode", "queue", "inference", "encode")]
+        return ", ".join(parts)
+
+
+def encoded_chunks(upscaler: Upscaler, picture: Picture, plan: Plan, fmt: str, quality: int, png_level: int,
+                   timings: Timings) -> Iterator[bytes]:
+    """Picture -> encoded bytes in pieces; PNG streams band by band, WebP/JPEG come whole."""
+    bands = upscaler.picture_bands(picture, plan)
+    out_h, out_w = plan.out_size
+
+    def next_band() -> np.ndarray | None:
+        started = time.perf_counter()
+        band = next(bands, None)
+        timings.inference += time.perf_counter() - started
+        return band
+
+    if fmt == "png":
+        encoder = PNGStreamEncoder(out_w, out_h, picture.channels, picture.bits, png_level, picture.icc_profile)
+        pending = encoder.header()
+        while (band := next_band()) is not None:
+            started = time.perf_counter()
+            pending += encoder.add(band)
+            timings.encode += time.perf_counter() - started
+            timings.bands += 1
+            yield pending
+            pending = b""
+        yield pending + encoder.finish()
+        return
+    parts = []
+    while (band := next_band()) is not None:
+        parts.append(band)
+    started = time.perf_counter()
+    data = encode_whole(np.concatenate(parts), fmt, quality, picture.icc_profile)
+    timings.encode += time.perf_counter() - started
+    yield data
+
+
+async def run_in_thread(chunks: Iterator[bytes], cancel: threading.Event) -> AsyncGenerator[bytes, None]:
+    """Drive a blocking chunk iterator in a thread; yield its chunks on the event loop, in order.
+
+    Exceptions from the thread are re-raised here. If the consumer stops early
+    (client gone), the cancel flag is set and the thread winds down.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue(CHUNKS_AHEAD)
+
+    def put(item: tuple[str, object]) -> None:
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while not cancel.is_set():
+            try:
+                future.result(timeout=0.25)
+                return
+            except TimeoutError:
+                continue
+        future.cancel()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                put(("data", chunk))
+                if cancel.is_set():
+                    return
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which decides what it means
+            put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="upscale-request", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "data":
+                assert isinstance(value, bytes)
+                yield value
+            elif kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            else:
+                return
+    finally:
+        cancel.set()

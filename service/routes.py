@@ -1,0 +1,264 @@
+"""HTTP routes: parse, call the engine, shape the response."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from model.engine import Upscaler
+from model.imageio import decode
+from service.errors import (
+    BadRequestError,
+    NotReadyError,
+    PayloadTooLargeError,
+    QueueFullError,
+    RequestTimeoutError,
+    UnauthorizedError,
+    UnprocessableImageError,
+    UnsupportedMediaError,
+    problem_responses,
+)
+from service.processing import RequestRunner, Timings, encoded_chunks, run_in_thread
+from service.state import ServiceState
+from service.upload import UploadTimeoutError, read_image
+
+STATIC = Path(__file__).resolve().parent / "static"
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+# Headers a browser page on another origin may read (CORS exposes none by default).
+RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
+                  "X-Frames-Dropped"]
+
+router = APIRouter()
+
+
+class UpscaleParams(BaseModel):
+    """How to upscale; as query parameters, or as form fields beside a multipart upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float | None = Field(None, gt=1, allow_inf_nan=False,
+                                description="Scale factor > 1 (default 2 when no width/height is given)")
+    width: int | None = Field(None, ge=1, le=65535, description="Target width in pixels")
+    height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
+                               "give one of width/height to keep the aspect ratio")
+    model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
+        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, IMDN_AS otherwise")
+    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed")
+    quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_api_key(request: Request, state: StateDep) -> None:
+    keys = state.settings.api_keys
+    if not keys:
+        return
+    offered = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    # Compare against every key, each in constant time: timing reveals nothing about any key.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(offered.encode(), key.encode())
+    if not matched:
+        raise UnauthorizedError("send a valid API key in the X-API-Key header (or Authorization: Bearer)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+
+def merge_form_fields(params: UpscaleParams, fields: dict[str, str]) -> UpscaleParams:
+    if not fields:
+        return params
+    try:
+        return UpscaleParams.model_validate({**params.model_dump(exclude_unset=True), **fields})
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BadRequestError(detail) from exc
+
+
+UPSCALE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary", "description": "The image file"},
+                    **{name: {"type": "string", "description": f"Same as the `{name}` query parameter"}
+                       for name in ("scale", "width", "height", "model", "format", "quality")},
+                },
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+@router.post(
+    "/v1/superresolve",
+    summary="Upscale an image",
+    description=(
+        "Send an image (multipart field `image`, or the raw body with an `image/*` Content-Type) and get it back "
+        "upscaled. PNG output is streamed band by band as it is computed. Animated images: the first frame is "
+        "used (header `X-Frames-Dropped`). Response headers say what was done: `X-Model`, `X-Scale`, "
+        "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
+        "encode; for a streamed PNG, up to its first band)."
+    ),
+    response_class=Response,
+    responses={
+        200: {"description": "The upscaled image",
+              "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()}},
+        **problem_responses(BadRequestError, UnauthorizedError, UploadTimeoutError, PayloadTooLargeError,
+                            UnsupportedMediaError, UnprocessableImageError, QueueFullError, NotReadyError,
+                            RequestTimeoutError),
+    },
+    openapi_extra={"requestBody": UPSCALE_BODY},
+    dependencies=[Depends(require_api_key)],
+)
+async def superresolve(request: Request, params: Annotated[UpscaleParams, Query()], state: StateDep) -> Response:
+    settings = state.settings
+    if not state.is_ready() or state.admission is None or state.pool is None:
+        raise NotReadyError("the service is starting or draining; retry shortly", headers={"Retry-After": "5"})
+    admission, pool = state.admission, state.pool
+    admission.admit()
+    admitted = True
+    started = time.perf_counter()
+    deadline = time.monotonic() + settings.request_timeout_s
+    try:
+        data, fields = await read_image(request, settings.max_upload_bytes, settings.request_timeout_s)
+        params = merge_form_fields(params, fields)
+        timings = Timings()
+        decode_start = time.perf_counter()
+        picture = await asyncio.to_thread(decode, data, settings.max_input_pixels)
+        del data
+        timings.decode = time.perf_counter() - decode_start
+        scale = params.scale if params.scale is not None or params.width or params.height else 2.0
+        upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
+                            settings.tile_size, settings.refine_stats)
+        plan = upscaler.plan(picture.size, scale, params.width, params.height, params.model)
+        out_h, out_w = plan.out_size
+        if out_h * out_w > settings.max_output_pixels:
+            raise PayloadTooLargeError(f"the output would be {out_w}x{out_h} = {out_w * out_h:,} pixels; "
+                                       f"the limit is {settings.max_output_pixels:,}")
+        queue_start = time.perf_counter()
+        await admission.slot(max(0.0, deadline - time.monotonic()))
+        timings.queue = time.perf_counter() - queue_start
+        state.metrics.queue_wait.observe(timings.queue)
+    except BaseException:
+        admission.leave()
+        raise
+
+    cancel = threading.Event()
+    upscaler.runner = RequestRunner(pool, cancel, deadline)
+    chunks = run_in_thread(encoded_chunks(upscaler, picture, plan, params.format, params.quality,
+                                          settings.png_compress_level, timings), cancel)
+
+    def finish() -> None:
+        nonlocal admitted
+        if admitted:
+            admitted = False
+            admission.release_slot()
+            admission.leave()
+
+    try:
+        first = await chunks.__anext__()
+    except BaseException:
+        finish()
+        await chunks.aclose()
+        raise
+    model_names = "+".join(plan.models) or "bicubic"
+    request.state.log_extra = {
+        "model": model_names, "in": f"{picture.size[1]}x{picture.size[0]}", "out": f"{out_w}x{out_h}",
+        "format": params.format,
+    }
+    headers = {
+        "X-Model": model_names,
+        "X-Scale": f"{plan.scale[1]:.4g}x{plan.scale[0]:.4g}",
+        "X-Input-Size": f"{picture.size[1]}x{picture.size[0]}",
+        "X-Output-Size": f"{out_w}x{out_h}",
+        "Server-Timing": timings.server_timing(),
+        "Content-Disposition": f'inline; filename="upscaled.{params.format}"',
+        "Cache-Control": "no-store",
+    }
+    if picture.frames > 1:
+        headers["X-Frames-Dropped"] = str(picture.frames - 1)
+
+    async def body() -> object:
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+            state.metrics.encode.labels(params.format).observe(timings.encode)
+            state.metrics.output_pixels.labels(model_names).inc(out_w * out_h)
+            request.state.log_extra.update(inference_s=round(timings.inference, 4), encode_s=round(timings.encode, 4),
+                                           decode_s=round(timings.decode, 4), queue_s=round(timings.queue, 4),
+                                           total_s=round(time.perf_counter() - started, 4))
+        finally:
+            finish()
+            await chunks.aclose()
+
+    return StreamingResponse(body(), media_type=MEDIA_TYPES[params.format], headers=headers)  # type: ignore[arg-type]
+
+
+@router.get("/v1/models", summary="Loaded models, devices and weights",
+            dependencies=[Depends(require_api_key)], responses=problem_responses(UnauthorizedError))
+async def list_models(state: StateDep) -> dict[str, object]:
+    return {
+        "models": [vars(info) for info in state.models],
+        "devices": state.devices,
+        "backend": state.backend,
+        "replicas": len(state.pool.replicas) if state.pool else 0,
+        "max_scale": state.settings.max_scale,
+        "limits": {
+            "max_upload_bytes": state.settings.max_upload_bytes,
+            "max_input_pixels": state.settings.max_input_pixels,
+            "max_output_pixels": state.settings.max_output_pixels,
+        },
+        "ready": state.is_ready(),
+    }
+
+
+@router.get("/healthz", summary="Liveness: the process and its model workers are alive",
+            responses=problem_responses(NotReadyError))
+async def healthz(state: StateDep) -> dict[str, str]:
+    if state.pool is not None and not state.pool.alive():
+        raise NotReadyError("a model worker has stopped")
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: every model loaded and warm, not draining",
+            responses=problem_responses(NotReadyError))
+async def readyz(state: StateDep) -> dict[str, str]:
+    if state.draining:
+        raise NotReadyError("draining: finishing in-flight requests before shutdown")
+    if not state.is_ready():
+        raise NotReadyError("models are loading or a model worker has stopped")
+    return {"status": "ready"}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}})
+async def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False, response_model=None)
+async def index() -> Response:
+    page = STATIC / "index.html"
+    if page.is_file():
+        return FileResponse(page, media_type="text/html")
+    return JSONResponse({"service": "imdn-sr", "docs": "/docs", "endpoint": "POST /v1/superresolve"})

@@ -1,0 +1,168 @@
+"""What the app holds while it runs: the pool, its description, admission control and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
+from model.engine import AS_CONTEXT, BYTES_PER_INPUT_PIXEL, IMDN_CONTEXT, tile_core
+from model.imdn import count_parameters
+from model.weights import file_sha256, resolve_weights
+from service.config import Settings
+from service.errors import NotReadyError, QueueFullError
+from service.metrics import Metrics
+from service.pool import Backend, ModelPool
+
+log = logging.getLogger("service")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_BUDGET_MB = 768
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    scale: str
+    parameters: int
+    weights: str
+    sha256: str
+    load_seconds: float
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    pool: ModelPool | None = None
+    models: list[ModelInfo] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    backend: str = ""
+    budget_bytes: int = 0
+    ready: bool = False
+    draining: bool = False
+    admission: Admission | None = None
+
+    def is_ready(self) -> bool:
+        return self.ready and not self.draining and self.pool is not None and self.pool.alive()
+
+
+def parse_devices(spec: str) -> list[torch.device]:
+    if spec == "auto":
+        return [pick_device("auto")] if not torch.cuda.is_available() else [
+            torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if spec == "cuda":
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] or [pick_device("cuda")]
+    return [pick_device(part.strip()) for part in spec.split(",") if part.strip()]
+
+
+def memory_budget(settings: Settings, device: torch.device) -> int:
+    if settings.memory_budget_mb:
+        return settings.memory_budget_mb * 2**20
+    if device.type == "cuda":  # a quarter of the card per replica leaves room for the caching allocator
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.25 / settings.replicas_per_device)
+    return CPU_BUDGET_MB * 2**20
+
+
+def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> ModelPool:
+    """Load every model on every device (x replicas), warm them, and start the pool. Raises on bad weights."""
+    devices = parse_devices(settings.device)
+    threads = settings.threads or os.cpu_count() or 1
+    cpu_replicas = settings.replicas_per_device if any(d.type == "cpu" for d in devices) else 1
+    torch.set_num_threads(max(1, threads // cpu_replicas))
+    state.models = []
+    for name in settings.models:
+        path = resolve_weights(settings.weights, name)
+        started = time.perf_counter()
+        model = load_models([name], settings.weights)[name]
+        state.models.append(ModelInfo(name, "any (bicubic pre-scaling)" if name == "as" else name,
+                                      count_parameters(model), str(path), file_sha256(path),
+                                      time.perf_counter() - started))
+    backends: list[tuple[str, Backend]] = []
+    for device in devices:
+        for replica in range(settings.replicas_per_device):
+            models = load_models(settings.models, settings.weights)
+            use_onnx = device.type == "cpu" and (settings.backend == "onnx" or
+                                                  (settings.backend == "auto" and onnx_available()))
+            if use_onnx:
+                backend: Backend = OnnxRunner(models, threads=max(1, threads // cpu_replicas))
+                state.backend = "onnxruntime"
+            else:
+                dtype = None if settings.precision == "auto" else DTYPES[settings.precision]
+                backend = TorchRunner(models, device, dtype)
+                state.backend = f"torch-{str(backend.dtype).removeprefix('torch.')}"
+            backends.append((f"{device}#{replica}", backend))
+    state.devices = [str(d) for d in devices]
+    state.budget_bytes = memory_budget(settings, devices[0])
+    pool = ModelPool(backends, settings.max_batch, settings.max_wait_ms / 1000, metrics.observe_batch)
+    if settings.warmup:
+        warm(pool, settings, state)
+    for info in state.models:
+        metrics.model_load.labels(info.name).set(info.load_seconds)
+    return pool
+
+
+def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
+    """Run each model once per replica at the tile shape it will see (cuDNN picks kernels per shape)."""
+    gpu = any(d.startswith("cuda") for d in state.devices)
+    for info in state.models:
+        started = time.perf_counter()
+        context = AS_CONTEXT if info.name == "as" else IMDN_CONTEXT
+        side = 64
+        if gpu:
+            core = settings.tile_size or tile_core(info.name, state.budget_bytes, context)
+            side = core + 2 * context
+        side = max(8, side // 4 * 4)
+        for _ in pool.replicas:
+            pool(info.name, torch.rand(1, 3, side, side))
+        info.load_seconds += time.perf_counter() - started
+        log.info("model %s warm (%.2f s, %s bytes/px budget)", info.name, info.load_seconds,
+                 BYTES_PER_INPUT_PIXEL[info.name])
+
+
+class Admission:
+    """Bounded admission: `concurrency` requests run, `queue_size` wait, the rest get 429 at once."""
+
+    def __init__(self, concurrency: int, queue_size: int, metrics: Metrics) -> None:
+        self.concurrency = concurrency
+        self.capacity = concurrency + queue_size
+        self.admitted = 0
+        self.waiting = 0
+        self.slots = asyncio.Semaphore(concurrency)
+        self.metrics = metrics
+
+    def admit(self) -> None:
+        """Count a request in, or refuse it before its body is even read."""
+        if self.admitted >= self.capacity:
+            self.metrics.rejected.labels("queue_full").inc()
+            # A rough hint: a slot frees up about every few seconds under load.
+            raise QueueFullError(f"{self.admitted} requests are already queued or running; retry shortly",
+                                 headers={"Retry-After": "2"})
+        self.admitted += 1
+        self.metrics.in_flight.set(self.admitted)
+
+    def leave(self) -> None:
+        self.admitted -= 1
+        self.metrics.in_flight.set(self.admitted)
+
+    async def slot(self, timeout: float) -> None:
+        """Wait for a processing slot; 503 if none frees up in time."""
+        self.waiting += 1
+        self.metrics.queue_depth.set(self.waiting)
+        try:
+            await asyncio.wait_for(self.slots.acquire(), timeout)
+        except TimeoutError as exc:
+            self.metrics.rejected.labels("queue_timeout").inc()
+            raise NotReadyError("no processing slot became free in time; retry later",
+                                headers={"Retry-After": "5"}) from exc
+        finally:
+            self.waiting -= 1
+            self.metrics.queue_depth.set(self.waiting)
+
+    def release_slot(self) -> None:
+        self.slots.release()
