@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -55,6 +55,28 @@ MAX_SAMPLE_WINDOWS = 64
 # Activation bytes per input pixel at fp32, measured with bench/memory.py-style probes:
 # IMDN keeps ~12 maps of 64 channels at input resolution; IMDN_AS at 1/16 of the pixels.
 BYTES_PER_INPUT_PIXEL = {"x2": 3300, "x3": 3500, "x4": 3800, "as": 360}
+
+
+MIN_CORE = 32
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator failing (RuntimeError/MemoryError)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+@dataclass(frozen=True)
+class NetworkPass:
+    """One network over one image: `read(rows, cols)` gives any window of its input of `size` (h, w)."""
+
+    model: str
+    scale: int
+    size: tuple[int, int]
+    read: Callable[[Span, Span], torch.Tensor]
+    context: int
+    align: int
 
 
 class UpscaleError(ValueError):
@@ -141,7 +163,7 @@ def tile_core(model: str, budget_bytes: int, context: int) -> int:
     pixels = budget_bytes / BYTES_PER_INPUT_PIXEL[model]
     window = int(math.sqrt(pixels))
     core = (window - 2 * context) // 4 * 4
-    return max(32, core)
+    return max(MIN_CORE, core)
 
 
 class Upscaler:
@@ -178,14 +200,13 @@ class Upscaler:
         elif stage.model == "as":
             yield from self._any_scale_bands(source, stage.size)
         else:
-            core = self.tile_core_override or tile_core(stage.model, self.budget_bytes, IMDN_CONTEXT)
-            rows = plan_tiles(source.shape[1], source.shape[2], core, IMDN_CONTEXT)
-
             def crop(r: Span, c: Span) -> torch.Tensor:
                 return source[:, r.start : r.stop, c.start : c.stop]
 
-            contrast = self._image_contrast(stage.model, rows, source.shape[1:], crop, IMDN_CONTEXT)
-            yield from self._run_rows(stage.model, NETWORK_SCALES[stage.model], rows, crop, contrast)
+            size = (source.shape[1], source.shape[2])
+            work = NetworkPass(stage.model, NETWORK_SCALES[stage.model], size, crop, IMDN_CONTEXT, align=1)
+            yield from self._run_pass(work, self.tile_core_override or tile_core(stage.model, self.budget_bytes,
+                                                                                 IMDN_CONTEXT))
 
     def _resize_bands(self, source: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
         band = 256
@@ -207,20 +228,48 @@ class Upscaler:
         def read(rows: Span, cols: Span) -> torch.Tensor:
             return imresize(source, size=size, window=(rows.start, rows.stop, cols.start, cols.stop))
 
+        work = NetworkPass("as", 1, size, read, AS_CONTEXT, align=4)
         core = self.tile_core_override or tile_core("as", self.budget_bytes, AS_CONTEXT)
-        contrast = None
-        if max(h, w) <= core + 2 * AS_CONTEXT:  # fits at once
-            if h % 4 == 0 and w % 4 == 0:
-                rows = [[Tile(Span(0, h), Span(0, w), Span(0, h), Span(0, w))]]
-            else:
-                rows = [acs_tiles(h, w)]  # the 4 patches run as one batch (paper Sec. 3.3)
-        else:
-            rows = plan_tiles(h, w, core, AS_CONTEXT, align=4)
-            contrast = self._image_contrast("as", rows, size, read, AS_CONTEXT)
-        yield from self._run_rows("as", 1, rows, read, contrast)
+        if max(h, w) > core + 2 * AS_CONTEXT or (h % 4 == 0 and w % 4 == 0):
+            yield from self._run_pass(work, core)
+            return
+        try:  # fits at once, sides not divisible by 4: the paper's 4 patches, as one batch (Sec. 3.3)
+            band = self._run_row(work, acs_tiles(h, w), None)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            yield from self._run_pass(work, max(MIN_CORE, max(h, w) // 2 // 4 * 4))
+            return
+        yield 0, band
 
-    def _image_contrast(self, model: str, rows: list[list[Tile]], size: tuple[int, int] | torch.Size,
-                        read: Callable[[Span, Span], torch.Tensor], context: int) -> torch.Tensor | None:
+    def _run_pass(self, work: NetworkPass, core: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Tile the pass with `core`-pixel cores (one tile when it fits) and yield one band per tile row."""
+        rows = plan_tiles(work.size[0], work.size[1], core, work.context, work.align)
+        contrast = self._image_contrast(work, rows)
+        for row in rows:
+            yield row[0].core_rows.start * work.scale, self._run_row_retrying(work, row, contrast, core)
+
+    def _run_row_retrying(self, work: NetworkPass, row: list[Tile], contrast: torch.Tensor | None,
+                          core: int) -> torch.Tensor:
+        """Run one row; on out-of-memory, redo just that row with half-size tiles (down to MIN_CORE)."""
+        try:
+            return self._run_row(work, row, contrast)
+        except Exception as exc:
+            smaller = min(core, max(work.size)) // 2 // work.align * work.align
+            if not is_out_of_memory(exc) or smaller < MIN_CORE:
+                raise
+        top, bottom = row[0].core_rows.start, row[0].core_rows.stop
+        if contrast is None:  # the row was the whole image: now it is tiled, so tiles need shared statistics
+            contrast = self._image_contrast(work, plan_tiles(work.size[0], work.size[1], smaller, work.context,
+                                                             work.align))
+        # The finer rows that cover this band, their cores clipped to it (a window still holds its clipped core).
+        sub_rows = [[replace(t, core_rows=Span(max(top, t.core_rows.start), min(bottom, t.core_rows.stop)))
+                     for t in r]
+                    for r in plan_tiles(work.size[0], work.size[1], smaller, work.context, work.align)
+                    if r[0].core_rows.stop > top and r[0].core_rows.start < bottom]
+        return torch.cat([self._run_row_retrying(work, r, contrast, smaller) for r in sub_rows], dim=1)
+
+    def _image_contrast(self, work: NetworkPass, rows: list[list[Tile]]) -> torch.Tensor | None:
         """For a tiled image, the whole image's CCA statistics, so all tiles are gated alike.
 
         Without this each tile would gate its channels by its own mean/std and
@@ -232,20 +281,19 @@ class Upscaler:
         """
         if len(rows) == 1 and len(rows[0]) == 1:
             return None
-        stride = FEATURE_STRIDE[model]
-        window_px = (4 * context) ** 2
-        fitting = self.budget_bytes // (window_px * BYTES_PER_INPUT_PIXEL[model])
+        stride, context = FEATURE_STRIDE[work.model], work.context
+        fitting = self.budget_bytes // ((4 * context) ** 2 * BYTES_PER_INPUT_PIXEL[work.model])
         max_windows = int(min(MAX_SAMPLE_WINDOWS, max(1, fitting)))
-        samples = plan_samples(int(size[0]), int(size[1]), max_windows, 2 * context, context, align=stride)
-        windows, mask = self._windows_and_mask(samples, read, stride)
-        contrast = contrast_from_moments(self.runner.cca_moments(model, windows, mask))
+        samples = plan_samples(work.size[0], work.size[1], max_windows, 2 * context, context, align=stride)
+        windows, mask = self._windows_and_mask(samples, work.read, stride)
+        contrast = contrast_from_moments(self.runner.cca_moments(work.model, windows, mask))
         if not self.refine_stats:
             return contrast
         total = torch.zeros(0)
         tiles = [t for row in rows for t in row]
         for first in range(0, len(tiles), self.max_batch):
-            windows, mask = self._windows_and_mask(tiles[first : first + self.max_batch], read, stride)
-            moments = self.runner.cca_moments(model, windows, mask, contrast)
+            windows, mask = self._windows_and_mask(tiles[first : first + self.max_batch], work.read, stride)
+            moments = self.runner.cca_moments(work.model, windows, mask, contrast)
             total = moments if first == 0 else total + moments
         return contrast_from_moments(total)
 
@@ -261,30 +309,37 @@ class Upscaler:
             mask[i, :, y0:y1, x0:x1] = True
         return windows, mask
 
-    def _run_rows(self, model: str, scale: int, rows: list[list[Tile]],
-                  read: Callable[[Span, Span], torch.Tensor],
-                  contrast: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-        """Run each row of tiles in batches and paste their cores into one band per row.
+    def _run_row(self, work: NetworkPass, row: list[Tile], contrast: torch.Tensor | None) -> torch.Tensor:
+        """Run a row of tiles in batches and paste their cores into one band (3, rows*s, W*s).
 
         contrast: the whole image's (6,64) CCA statistics, given to every tile.
         """
-        for row in rows:
-            top = min(t.core_rows.start for t in row)
-            bottom = max(t.core_rows.stop for t in row)
-            right = max(t.core_cols.stop for t in row)
-            band = torch.empty(3, (bottom - top) * scale, right * scale)
-            for first in range(0, len(row), self.max_batch):
-                group = row[first : first + self.max_batch]
-                batch = torch.stack([read(t.rows, t.cols) for t in group])
-                stats = None if contrast is None else contrast.expand(len(group), -1, -1)
-                outputs = self.runner(model, batch, stats)
-                for tile, out in zip(group, outputs, strict=True):
-                    y0 = (tile.core_rows.start - tile.rows.start) * scale
-                    x0 = (tile.core_cols.start - tile.cols.start) * scale
-                    ch, cw = tile.core_rows.size * scale, tile.core_cols.size * scale
-                    by, bx = (tile.core_rows.start - top) * scale, tile.core_cols.start * scale
-                    band[:, by : by + ch, bx : bx + cw] = out[:, y0 : y0 + ch, x0 : x0 + cw]
-            yield top * scale, band.clamp_(0, 1)
+        scale = work.scale
+        top = min(t.core_rows.start for t in row)
+        bottom = max(t.core_rows.stop for t in row)
+        band = torch.empty(3, (bottom - top) * scale, work.size[1] * scale)
+        for first in range(0, len(row), self.max_batch):
+            group = row[first : first + self.max_batch]
+            outputs = self._run_group(work, group, contrast)
+            for tile, out in zip(group, outputs, strict=True):
+                y0 = (tile.core_rows.start - tile.rows.start) * scale
+                x0 = (tile.core_cols.start - tile.cols.start) * scale
+                ch, cw = tile.core_rows.size * scale, tile.core_cols.size * scale
+                by, bx = (tile.core_rows.start - top) * scale, tile.core_cols.start * scale
+                band[:, by : by + ch, bx : bx + cw] = out[:, y0 : y0 + ch, x0 : x0 + cw]
+        return band.clamp_(0, 1)
+
+    def _run_group(self, work: NetworkPass, group: list[Tile], contrast: torch.Tensor | None) -> list[torch.Tensor]:
+        """One batched call; if the batch runs out of memory, one tile at a time before giving up."""
+        batch = torch.stack([work.read(t.rows, t.cols) for t in group])
+        try:
+            return list(self.runner(work.model, batch, None if contrast is None else
+                                    contrast.expand(len(group), -1, -1)))
+        except Exception as exc:
+            if len(group) == 1 or not is_out_of_memory(exc):
+                raise
+        return [self.runner(work.model, batch[i : i + 1], None if contrast is None else contrast[None])[0]
+                for i in range(len(group))]
 
     # --- whole pictures ------------------------------------------------------------
 

@@ -143,12 +143,20 @@ class ModelPool:
                 continue
             try:
                 self._run(replica, group)
-            except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it; the worker lives on
+            except Exception as exc:  # every waiter must hear about it; the worker lives on
                 replica.failures += 1
                 log.warning("replica %s: batch of %s failed: %s", replica.name, group[0].model, exc)
                 for job in group:
                     if not job.future.done():
                         job.future.set_exception(exc)
+            except BaseException:
+                # The thread itself is going (interpreter exit, SystemExit): fail the waiters, and
+                # alive() turns False so /healthz and /readyz report it.
+                log.error("replica %s: worker thread stopped", replica.name)
+                for job in group:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError(f"model worker {replica.name} stopped"))
+                raise
 
     def _run(self, replica: Replica, group: list[Job]) -> None:
         first = group[0]
