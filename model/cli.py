@@ -1,0 +1,142 @@
+"""imdn-sr: the local command-line tool.
+
+    imdn-sr upscale photo.jpg scans/ --scale 3.5 -o out/
+    imdn-sr upscale in.png --width 1920 -o out/ --format webp
+    imdn-sr evaluate --weights default --data ../shared/data/benchmarks
+    imdn-sr train --scale 2 --out runs/x2
+    imdn-sr remote in.png --url http://127.0.0.1:8000 --scale 2 -o out/   (send to a running service)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
+from model.engine import MODEL_CHOICES, Runner, UpscaleError, Upscaler
+from model.imageio import ImageDecodeError, ImageTooLargeError, decode, encode_png_stream, encode_whole
+from model.weights import WeightsError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders -> the images directly inside them, sorted."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def make_runner(models: list[str], weights: str, device: str, backend: str) -> Runner:
+    loaded = load_models(models, weights)
+    target = pick_device(device)
+    if target.type == "cpu" and (backend == "onnx" or (backend == "auto" and onnx_available())):
+        return OnnxRunner(loaded, threads=torch.get_num_threads())
+    return TorchRunner(loaded, target)
+
+
+def output_name(path: Path, args: argparse.Namespace) -> str:
+    tag = f"x{args.scale:g}" if args.scale is not None else f"{args.width or ''}x{args.height or ''}"
+    return f"{path.stem}_{tag}.{args.format}"
+
+
+def upscale_command(args: argparse.Namespace) -> int:
+    files = expand_inputs(args.inputs)
+    if not files:
+        print("error: no images found", file=sys.stderr)
+        return 2
+    if args.scale is None and args.width is None and args.height is None:
+        args.scale = 2.0
+    runner = make_runner(["x2", "x3", "x4", "as"], args.weights, args.device, args.backend)
+    upscaler = Upscaler(runner, budget_bytes=args.memory_mb * 2**20, max_scale=args.max_scale)
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in tqdm(files, desc="upscale", unit="img", disable=len(files) < 2 or not sys.stderr.isatty()):
+        target = args.out / output_name(path, args)
+        try:
+            picture = decode(path.read_bytes(), args.max_pixels)
+            plan = upscaler.plan(picture.size, args.scale, args.width, args.height, args.model)
+            bands = upscaler.picture_bands(picture, plan)
+            partial = target.with_suffix(target.suffix + ".part")
+            with partial.open("wb") as out:
+                if args.format == "png":  # streamed: memory stays at one band even for huge outputs
+                    for chunk in encode_png_stream(bands, plan.out_size[1], plan.out_size[0], picture.channels,
+                                                   picture.bits, args.png_level, picture.icc_profile):
+                        out.write(chunk)
+                else:
+                    import numpy as np
+
+                    out.write(encode_whole(np.concatenate(list(bands)), args.format, args.quality,
+                                           picture.icc_profile))
+            partial.replace(target)
+            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {'+'.join(plan.models)})")
+        except (ImageDecodeError, ImageTooLargeError, UpscaleError, OSError) as exc:
+            failures += 1
+            print(f"error: {path}: {exc}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Subcommands that own their own parsers.
+    if argv[:1] == ["evaluate"]:
+        from model.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
+    if argv[:1] == ["train"]:
+        from model.train import main as train_main
+
+        return train_main(argv[1:])
+    if argv[:1] == ["remote"]:
+        from sr_client.cli import main as remote_main
+
+        return remote_main(argv[1:])
+
+    parser = argparse.ArgumentParser(prog="imdn-sr", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("evaluate", help="PSNR/SSIM on benchmark folders (python -m model.evaluate)")
+    sub.add_parser("train", help="train weights (python -m model.train)")
+    sub.add_parser("remote", help="send images to a running service")
+    up = sub.add_parser("upscale", help="upscale images or folders of images locally")
+    up.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    size = up.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, help="scale factor > 1 (default 2)")
+    size.add_argument("--width", type=int, help="target width (keeps aspect unless --height)")
+    up.add_argument("--height", type=int, help="target height")
+    up.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    up.add_argument("--model", choices=MODEL_CHOICES, default="auto")
+    up.add_argument("--format", choices=["png", "webp", "jpeg"], default="png")
+    up.add_argument("--quality", type=int, default=90)
+    up.add_argument("--png-level", type=int, default=6, help="zlib level 0-9 for PNG output")
+    up.add_argument("--weights", default="default", help="'default', 'official:DIR' or a folder")
+    up.add_argument("--device", default="auto")
+    up.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    up.add_argument("--threads", type=int, help="CPU threads")
+    up.add_argument("--memory-mb", type=int, default=768, help="activation memory budget per tile batch")
+    up.add_argument("--max-scale", type=float, default=8.0)
+    up.add_argument("--max-pixels", type=int, default=None, help="refuse inputs larger than this")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return upscale_command(args)
+    except (WeightsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
