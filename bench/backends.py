@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,7 +41,7 @@ def main() -> None:
     flops = conv_flops(models_for(args.weights, [name])[name], x)
 
     eager = EagerRunner(models_for(args.weights, [name]))
-    candidates = {"eager fp32 (NCHW)": lambda: eager(name, x)}
+    candidates: dict[str, Callable[[], torch.Tensor]] = {"eager fp32 (NCHW)": lambda: eager(name, x)}
     outputs = {}
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -64,8 +66,7 @@ def main() -> None:
         candidates = {"eager fp32 (NCHW)": run_eager_gpu}
         for dtype in (torch.float16, torch.bfloat16):
             runner = TorchRunner(models_for(args.weights, [name]), device, dtype)
-            candidates[f"torch {str(dtype).removeprefix('torch.')} channels_last"] = (
-                lambda r=runner: r(name, x))
+            candidates[f"torch {str(dtype).removeprefix('torch.')} channels_last"] = partial(runner, name, x)
     for label, fn in candidates.items():
         outputs[label] = fn()
     times = interleaved(candidates, args.rounds)
@@ -76,7 +77,7 @@ def main() -> None:
     reference = outputs["eager fp32 (NCHW)"]
     for label, samples in times.items():
         med = statistics.median(samples)
-        diff = (outputs[label].float().cpu() - reference.float().cpu()).abs().max().item() * 255  # type: ignore[union-attr]
+        diff = (outputs[label].float().cpu() - reference.float().cpu()).abs().max().item() * 255
         print(f"{label:<30} {med * 1000:10.1f} {median_ratio(base, samples):8.2f}x {flops / med / 1e9:8.1f} "
               f"{diff:8.3f}/255")
 

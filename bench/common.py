@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ def conv_flops(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+def interleaved(candidates: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
     """Time each candidate once per round, in turn, so machine noise hits all of them alike."""
     for fn in candidates.values():
         for _ in range(warmup):

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     tile_size: int | None = Field(None, ge=32, description="force a tile core size in input pixels")
     max_batch: int = Field(4, ge=1, le=256, description="tiles per network call, across requests")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
-    refine_stats: bool = Field(True, description="exact-er whole-image statistics for tiled images (costs a pass)")
+    refine_stats: bool = Field(False, description="tiled images: one more pass for near-exact whole-image "
+                               "statistics (about 2x the compute, and the first byte waits for it)")
 
     # Admission
     max_concurrent: int = Field(0, ge=0, description="requests processed at once; 0 = 2 per replica")

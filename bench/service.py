@@ -1,0 +1,216 @@
+"""Service benchmarks (issue 9), each printing ratios measured in the same run.
+
+    python bench/service.py overhead      # end-to-end POST time / engine time (256->x4, 1024->x2)
+    python bench/service.py throughput    # 1, 4, 16 concurrent clients vs the engine's single stream
+    python bench/service.py ttfb          # time to first byte / total, 2048x2048 -> x2
+    python bench/service.py memory        # server peak RSS vs output megapixels (1 .. 64 MP)
+    python bench/service.py all
+
+A uvicorn process is started on a loopback port with the settings given through
+the environment (IMDN_*); --weights picks the weights (default: the project's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available  # noqa: E402
+from model.engine import Upscaler  # noqa: E402
+from model.imageio import decode  # noqa: E402
+
+
+def test_image(side: int, seed: int = 0) -> bytes:
+    """A photo-like PNG: smooth gradients plus texture, so PNG sizes are realistic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side] / side
+    base = np.stack([np.sin(6 * x + 2 * y), np.cos(5 * y - 3 * x), np.sin(4 * (x + y))], axis=2) * 0.35 + 0.5
+    texture = rng.normal(0, 0.06, (side, side, 3))
+    pixels = np.clip((base + texture) * 255, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(weights: str, **env: str) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    environ = {**os.environ, "IMDN_WEIGHTS": weights, "IMDN_LOG_LEVEL": "warning", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], cwd=ROOT, env=environ)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise RuntimeError("the service did not become ready")
+        yield url, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def engine(weights: str) -> Upscaler:
+    """The engine exactly as the service builds it on this machine (same backend and budget)."""
+    models = load_models(["x2", "x3", "x4", "as"], weights)
+    runner = OnnxRunner(models, torch.get_num_threads()) if onnx_available() else TorchRunner(models)
+    return Upscaler(runner, budget_bytes=768 * 2**20, refine_stats=False)
+
+
+def engine_seconds(upscaler: Upscaler, data: bytes, scale: float, rounds: int) -> list[float]:
+    picture = decode(data)
+    plan = upscaler.plan(picture.size, scale)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _band in upscaler.picture_bands(picture, plan):
+            pass
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def post(client: httpx.Client, url: str, data: bytes, scale: float) -> tuple[float, float, int]:
+    """-> (seconds to first body byte, seconds to last byte, bytes)."""
+    start = time.perf_counter()
+    first, size = 0.0, 0
+    with client.stream("POST", f"{url}/v1/superresolve?scale={scale}", content=data,
+                       headers={"Content-Type": "image/png"}) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            if not first:
+                first = time.perf_counter() - start
+            size += len(chunk)
+    return first, time.perf_counter() - start, size
+
+
+def overhead(args: argparse.Namespace) -> None:
+    upscaler = engine(args.weights)
+    print("service overhead: end-to-end POST (decode + queue + inference + PNG encode + HTTP) / engine time")
+    print(f"{'case':<16} {'engine s':>9} {'service s':>10} {'ratio':>6}")
+    with server(args.weights) as (url, _), httpx.Client(timeout=600) as client:
+        for side, scale in ((256, 4), (1024, 2)):
+            data = test_image(side)
+            engine_times, service_times = [], []
+            for _ in range(args.rounds):  # interleaved: noise hits both alike
+                engine_times += engine_seconds(upscaler, data, scale, 1)
+                service_times.append(post(client, url, data, scale)[1])
+            e, s = statistics.median(engine_times), statistics.median(service_times)
+            print(f"{side}x{side} x{scale:<8g} {e:9.3f} {s:10.3f} {s / e:6.2f}")
+
+
+async def _clients(n: int, url: str, data: bytes, deadline: float, latencies: list[float],
+                   errors: list[int]) -> None:
+    await asyncio.gather(*(_client_loop(url, data, deadline, latencies, errors) for _ in range(n)))
+
+
+async def _client_loop(url: str, data: bytes, deadline: float, latencies: list[float], errors: list[int]) -> None:
+    async with httpx.AsyncClient(timeout=600) as client:
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            response = await client.post(f"{url}/v1/superresolve?scale=2", content=data,
+                                         headers={"Content-Type": "image/png"})
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors.append(response.status_code)
+                await asyncio.sleep(float(response.headers.get("Retry-After", "0.5")))
+
+
+def throughput(args: argparse.Namespace) -> None:
+    data = test_image(args.side)
+    upscaler = engine(args.weights)
+    single = statistics.median(engine_seconds(upscaler, data, 2, max(3, args.rounds)))
+    print(f"throughput: {args.side}x{args.side} -> x2 PNG, {args.duration:g} s per level; "
+          f"engine single stream {1 / single:.2f} img/s")
+    print(f"{'clients':>7} {'img/s':>7} {'ratio':>6} {'p50 s':>7} {'p95 s':>7} {'non-200':>8}")
+    queue = str(max(16, 2 * max(args.clients)))
+    with server(args.weights, IMDN_QUEUE_SIZE=queue) as (url, _):
+        for clients in args.clients:
+            latencies: list[float] = []
+            errors: list[int] = []
+            deadline = time.monotonic() + args.duration
+            start = time.perf_counter()
+            asyncio.run(_clients(clients, url, data, deadline, latencies, errors))
+            rate = len(latencies) / (time.perf_counter() - start)
+            q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else [float("nan")] * 19
+            print(f"{clients:7d} {rate:7.2f} {rate * single:6.2f} {statistics.median(latencies):7.2f} "
+                  f"{q[18]:7.2f} {len(errors):8d}")
+
+
+def ttfb(args: argparse.Namespace) -> None:
+    data = test_image(2048)
+    print("time to first byte vs total, 2048x2048 -> x2 PNG (8.4 MP... 16.8 MP out)")
+    with server(args.weights) as (url, _), httpx.Client(timeout=900) as client:
+        for _ in range(args.rounds):
+            first, total, size = post(client, url, data, 2)
+            print(f"first byte {first:6.2f} s, last byte {total:6.2f} s, ratio {first / total:.3f}, "
+                  f"{size / 1e6:.1f} MB")
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory(args: argparse.Namespace) -> None:
+    print("server peak RSS (VmHWM) after each request, growing output size (x2 from a square input)")
+    print(f"{'output MP':>9} {'input':>11} {'peak RSS MB':>12} {'seconds':>8}")
+    with server(args.weights) as (url, pid), httpx.Client(timeout=3600) as client:
+        print(f"{'(idle)':>9} {'':>11} {peak_rss(pid) / 2**20:12.0f}")
+        for megapixels in args.megapixels:
+            side = int((megapixels * 1e6 / 4) ** 0.5)
+            start = time.perf_counter()
+            post(client, url, test_image(side), 2)
+            print(f"{megapixels:9g} {f'{side}x{side}':>11} {peak_rss(pid) / 2**20:12.0f} "
+                  f"{time.perf_counter() - start:8.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["overhead", "throughput", "ttfb", "memory", "all"])
+    parser.add_argument("--weights", default="default")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--side", type=int, default=256, help="throughput: input side")
+    parser.add_argument("--duration", type=float, default=30, help="throughput: seconds per concurrency level")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--megapixels", type=float, nargs="+", default=[1, 4, 16, 36, 64])
+    args = parser.parse_args()
+    for name, fn in (("overhead", overhead), ("throughput", throughput), ("ttfb", ttfb), ("memory", memory)):
+        if args.what in (name, "all"):
+            fn(args)
+
+
+if __name__ == "__main__":
+    main()
