@@ -4,6 +4,7 @@
     python bench/service.py throughput    # 1, 4, 16 concurrent clients vs the engine's single stream
     python bench/service.py ttfb          # time to first byte / total, 2048x2048 -> x2
     python bench/service.py memory        # server peak RSS vs output megapixels (1 .. 64 MP)
+    python bench/service.py batching      # cross-request batching on/off, 1/8/32 clients, 64x64 -> x2
     python bench/service.py all
 
 A uvicorn process is started on a loopback port with the settings given through
@@ -197,17 +198,40 @@ def memory(args: argparse.Namespace) -> None:
                   f"{time.perf_counter() - start:8.1f}")
 
 
+def batching(args: argparse.Namespace) -> None:
+    data = test_image(64)
+    print("dynamic batching: many small requests (64x64 -> x2), IMDN_MAX_BATCH=1 vs 8 (max wait 2 ms)")
+    print(f"{'clients':>7} {'img/s b=1':>10} {'img/s b=8':>10} {'ratio':>6} {'p50 ms b=1':>11} {'p50 ms b=8':>11}")
+    results: dict[tuple[int, int], tuple[float, float]] = {}
+    for max_batch in (1, 8):
+        env = {"IMDN_MAX_BATCH": str(max_batch), "IMDN_MAX_WAIT_MS": "2", "IMDN_QUEUE_SIZE": "64",
+               "IMDN_MAX_CONCURRENT": "32"}
+        with server(args.weights, **env) as (url, _):
+            for clients in args.batch_clients:
+                latencies: list[float] = []
+                errors: list[int] = []
+                start = time.perf_counter()
+                asyncio.run(_clients(clients, url, data, time.monotonic() + args.duration, latencies, errors))
+                results[(max_batch, clients)] = (len(latencies) / (time.perf_counter() - start),
+                                                 statistics.median(latencies) * 1000)
+    for clients in args.batch_clients:
+        (r1, l1), (r8, l8) = results[(1, clients)], results[(8, clients)]
+        print(f"{clients:7d} {r1:10.1f} {r8:10.1f} {r8 / r1:6.2f} {l1:11.1f} {l8:11.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["overhead", "throughput", "ttfb", "memory", "all"])
+    parser.add_argument("what", choices=["overhead", "throughput", "ttfb", "memory", "batching", "all"])
     parser.add_argument("--weights", default="default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--side", type=int, default=256, help="throughput: input side")
     parser.add_argument("--duration", type=float, default=30, help="throughput: seconds per concurrency level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--megapixels", type=float, nargs="+", default=[1, 4, 16, 36, 64])
+    parser.add_argument("--batch-clients", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
-    for name, fn in (("overhead", overhead), ("throughput", throughput), ("ttfb", ttfb), ("memory", memory)):
+    for name, fn in (("overhead", overhead), ("throughput", throughput), ("ttfb", ttfb), ("memory", memory),
+                     ("batching", batching)):
         if args.what in (name, "all"):
             fn(args)
 
