@@ -205,7 +205,7 @@ def _decode_png16_color(data: bytes) -> np.ndarray | None:
         pos += 12 + length
     bpp, stride = 2 * channels, 2 * channels * width
     try:
-        raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+        raw = np.frombuffer(zlib.decompressobj().decompress(b"".join(idat), height * (stride + 1)), np.uint8)
     except zlib.error as exc:
         raise ImageDecodeError(f"the png image is corrupt ({exc})") from exc
     if raw.size < height * (stride + 1):
