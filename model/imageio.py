@@ -263,7 +263,7 @@ def array_to_pil(array: np.ndarray, icc_profile: bytes | None = None) -> Image.I
     channels = array.shape[2]
     if array.dtype == np.uint16:
         if channels == 1:
-            img = Image.fromarray(array[:, :, 0].astype(np.uint16), mode="I;16")
+            img = Image.fromarray(array[:, :, 0].astype(np.uint16))  # uint16 -> mode I;16
         else:
             array = (array.astype(np.uint32) * 255 + 32767) // 65535
             return array_to_pil(array.astype(np.uint8), icc_profile)
