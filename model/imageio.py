@@ -226,7 +226,6 @@ def decode(data: bytes, max_pixels: int | None = None) -> Picture:
         raise ImageDecodeError(f"image header says {width}x{height}: no pixels")
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
-    frames = int(getattr(img, "n_frames", 1) or 1)
     if fmt == "png" and width * height <= PNG16_COLOR_MAX_PIXELS:
         sixteen = _decode_png16_color(data)
         if sixteen is not None:
@@ -234,11 +233,12 @@ def decode(data: bytes, max_pixels: int | None = None) -> Picture:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            frames = int(getattr(img, "n_frames", 1) or 1)  # seeks through every frame: may hit the damage
             img.seek(0)
             img.load()
             icc = img.info.get("icc_profile")
             img = ImageOps.exif_transpose(img) or img
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, zlib.error) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, IndexError, zlib.error) as exc:
         raise ImageDecodeError(f"the {fmt} image is truncated or corrupt ({exc})") from exc
     if icc and not img.info.get("icc_profile"):
         img.info["icc_profile"] = icc
