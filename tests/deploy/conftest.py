@@ -44,3 +44,15 @@ def one(docs: list[dict], kind: str) -> dict:
     found = [d for d in docs if d["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
+
+
+def check_settings(env: dict[str, str]) -> None:
+    """Every IMDN_* variable must be a real setting of the service, with a value it accepts."""
+    config = pytest.importorskip("service.config", reason="service package not importable")
+    fields = config.Settings.model_fields
+    kwargs = {}
+    for key, value in env.items():
+        name = key.removeprefix("IMDN_").lower()
+        assert key.startswith("IMDN_") and name in fields, f"{key} is not a service setting"
+        kwargs[name] = value
+    config.Settings(_env_file=None, **kwargs)  # raises ValidationError on a bad value

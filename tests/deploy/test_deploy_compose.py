@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import REPO, yaml
+from conftest import REPO, check_settings, yaml
 
 REQUIRED_METRICS = (
     "imdn_http_requests_total",
@@ -52,7 +52,7 @@ def test_compose_imdn_service_is_hardened(compose):
     assert imdn["read_only"] is True
     assert any(t.split(":")[0] == "/tmp" for t in imdn["tmpfs"])
     assert imdn["environment"]["IMDN_DEVICE"] == "cpu"
-    assert all(key.startswith("IMDN_") for key in imdn["environment"])
+    check_settings(imdn["environment"])
     assert "/healthz" in " ".join(imdn["healthcheck"]["test"])
 
 
@@ -71,6 +71,7 @@ def test_gpu_override_reserves_a_gpu():
     assert imdn["build"]["dockerfile"] == "docker/Dockerfile.cuda"
     assert (REPO / imdn["build"]["dockerfile"]).is_file()
     assert imdn["environment"]["IMDN_DEVICE"] == "cuda"
+    check_settings(imdn["environment"])
     (device,) = imdn["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import one, render
+from conftest import check_settings, one, render
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate missing: pip install -r requirements-deploy.txt"
@@ -112,6 +112,7 @@ def test_config_sets_known_settings_only(overlay):
     _, docs = overlay
     data = _config(docs)
     assert all(re.fullmatch(r"IMDN_[A-Z0-9_]+", key) for key in data)
+    check_settings(data)
     assert {"IMDN_DEVICE", "IMDN_MODELS", "IMDN_DRAIN_TIMEOUT_S"} <= set(data)
     # The deployment must actually read the generated (hash-suffixed) ConfigMap.
     refs = [e["configMapRef"]["name"] for e in _container(docs)["envFrom"] if "configMapRef" in e]

@@ -78,6 +78,16 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
+def _untrained_weights(folder: Path) -> Path:
+    """Randomly initialised x2 weights: this test checks the metrics path, not image quality,
+    so it need not wait for the trained weights to be committed."""
+    from model.imdn import build_model
+    from model.weights import save_weights
+
+    save_weights(build_model("x2"), folder / "imdn_x2.safetensors")
+    return folder
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[str]:
     """`python -m service` on a free loopback port, ready to serve; yields its base URL."""
@@ -92,6 +102,8 @@ def service(tmp_path: Path) -> Iterator[str]:
         # The repo root first, so the checkout's packages are used even without `pip install .`.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+    if not (REPO / "model/weights/imdn_x2.safetensors").is_file():
+        env["IMDN_WEIGHTS"] = str(_untrained_weights(tmp_path / "weights"))
     proc = _start([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], log, env)
     url = f"http://127.0.0.1:{port}"
     try:
