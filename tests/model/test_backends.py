@@ -1,0 +1,122 @@
+"""Backends: TorchRunner, EagerRunner and OnnxRunner compute the same network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.backends import EagerRunner, TorchRunner, export_onnx, load_models, onnx_available, pick_device
+from model.engine import Upscaler
+from model.imdn import contrast_from_moments
+from model.weights import save_weights
+
+# The legacy (TorchScript) ONNX exporter is chosen on purpose; its deprecation notes are not test failures.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+
+
+@pytest.fixture(scope="module")
+def x2_model(random_models):
+    return {"x2": random_models["x2"]}
+
+
+@pytest.fixture(scope="module")
+def torch_runner(x2_model):
+    return TorchRunner(x2_model)
+
+
+@pytest.fixture(scope="module")
+def onnx_runner(x2_model):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install .[onnx])")
+    from model.backends import OnnxRunner
+
+    return OnnxRunner(x2_model, threads=1)
+
+
+def _batch(seed: int, shape=(2, 3, 17, 23)) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.rand(*shape)
+
+
+def test_torch_runner_output_contract(torch_runner):
+    out = torch_runner("x2", _batch(0))
+    assert out.shape == (2, 3, 34, 46)
+    assert out.dtype == torch.float32 and out.device.type == "cpu" and out.is_contiguous()
+
+
+def test_eager_runner_equals_torch_runner(random_models, torch_runner):
+    eager = EagerRunner({"x2": random_models["x2"]})
+    batch = _batch(1)
+    torch.testing.assert_close(eager("x2", batch), torch_runner("x2", batch), rtol=1e-5, atol=1e-5)
+
+
+def test_eager_runner_statistics_equal_torch_runner(random_models, torch_runner):
+    eager = EagerRunner({"x2": random_models["x2"]})
+    windows = _batch(2, (2, 3, 12, 12))
+    mask = torch.zeros(2, 1, 12, 12, dtype=torch.bool)
+    mask[:, :, 2:10, 2:10] = True
+    a, b = eager.cca_moments("x2", windows, mask), torch_runner.cca_moments("x2", windows, mask)
+    assert a.shape == (6, 3, 64)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    contrast = contrast_from_moments(a).float()[None].expand(2, -1, -1)
+    torch.testing.assert_close(eager("x2", windows, contrast), torch_runner("x2", windows, contrast),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_available():
+    assert onnx_available() == (pytest.importorskip("onnxruntime") is not None)
+
+
+def test_onnx_runner_equals_torch_runner(onnx_runner, torch_runner):
+    for seed, shape in ((3, (1, 3, 17, 23)), (4, (3, 3, 8, 5))):  # dynamic batch and size
+        batch = _batch(seed, shape)
+        out = onnx_runner("x2", batch)
+        assert out.shape == (shape[0], 3, 2 * shape[2], 2 * shape[3]) and out.dtype == torch.float32
+        torch.testing.assert_close(out, torch_runner("x2", batch), rtol=0, atol=1e-4)
+
+
+def test_onnx_runner_is_an_engine_runner(onnx_runner, torch_runner, make_image):
+    """The engine calls runner(name, batch, cca_contrast) and runner.cca_moments(...) on any backend."""
+    batch = _batch(5, (2, 3, 12, 12))
+    contrast = contrast_from_moments(torch_runner.cca_moments("x2", batch, torch.ones(2, 1, 12, 12, dtype=torch.bool)))
+    contrast = contrast.float()[None].expand(2, -1, -1)
+    torch.testing.assert_close(onnx_runner("x2", batch, contrast), torch_runner("x2", batch, contrast),
+                               rtol=0, atol=1e-4)
+    image = make_image(40, 36, seed=3)
+    tiled_onnx = Upscaler(onnx_runner, tile_core_override=16).upscale(image, scale=2)
+    tiled_torch = Upscaler(torch_runner, tile_core_override=16).upscale(image, scale=2)
+    assert tiled_onnx.shape == (80, 72, 3)
+    assert np.abs(tiled_onnx.astype(np.int16) - tiled_torch.astype(np.int16)).max() <= 1
+
+
+def test_export_onnx_writes_file(random_models, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install .[onnx])")
+    path = tmp_path / "x3.onnx"
+    data = export_onnx(random_models["x3"], path=path)
+    assert path.read_bytes() == data
+    graph = onnx.load_from_string(data).graph
+    assert [i.name for i in graph.input][0] == "lr" and [o.name for o in graph.output] == ["sr"]
+
+
+def test_load_models_from_folder(tmp_path):
+    torch.manual_seed(6)
+    from model.imdn import build_model
+
+    originals = {name: build_model(name) for name in ("x2", "as")}
+    for name, model in originals.items():
+        save_weights(model, tmp_path / f"imdn_{name}.safetensors")
+    loaded = load_models(["x2", "as"], str(tmp_path))
+    assert loaded.keys() == {"x2", "as"}
+    for name, model in loaded.items():
+        assert not model.training
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, originals[name].state_dict()[key])
+
+
+def test_pick_device():
+    assert pick_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            pick_device("cuda:0")
