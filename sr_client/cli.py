@@ -1,0 +1,62 @@
+"""Command line: upscale files and folders through a running service.
+
+    python -m sr_client photos/ extra.jpg --url http://127.0.0.1:8000 --scale 2 -o out/
+
+Exit status: 0 when every image was upscaled, 1 when some failed, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from sr_client.client import DEFAULT_URL, FORMATS, MODELS, RetryPolicy, upscale_folder
+
+
+def build_parser(prog: str = "python -m sr_client") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Upscale images with a running IMDN service.")
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (non-images are skipped)")
+    parser.add_argument("--url", default=os.environ.get("IMDN_SR_URL", DEFAULT_URL),
+                        help="service base URL (default: $IMDN_SR_URL or %(default)s)")
+    size = parser.add_argument_group("size", "give --scale, or --width and/or --height (default: --scale 2)")
+    size.add_argument("--scale", type=float, help="scale factor > 1, e.g. 2 or 3.3")
+    size.add_argument("--width", type=int, help="target width in pixels")
+    size.add_argument("--height", type=int, help="target height in pixels (one of the two keeps the aspect ratio)")
+    parser.add_argument("--model", choices=MODELS, default="auto")
+    parser.add_argument("--format", choices=(*FORMATS, "jpg"), default="png", help="output format (default png)")
+    parser.add_argument("--quality", type=int, help="WebP/JPEG quality 1-100")
+    parser.add_argument("-o", "--out-dir", help="where to write <stem>_x<scale>.<format> (default: beside each input)")
+    parser.add_argument("-j", "--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    parser.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist")
+    parser.add_argument("--api-key", default=os.environ.get("IMDN_SR_API_KEY"),
+                        help="sent as X-API-Key (default: $IMDN_SR_API_KEY)")
+    parser.add_argument("--retries", type=int, default=4, help="retries after 429/503 per image (default 4)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m sr_client") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.scale is not None and (args.width is not None or args.height is not None):
+        parser.error("give either --scale or --width/--height, not both")
+    if args.concurrency < 1 or args.retries < 0:
+        parser.error("--concurrency must be >= 1 and --retries >= 0")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+    summary = upscale_folder(
+        args.inputs, args.out_dir, url=args.url, concurrency=args.concurrency, scale=args.scale, width=args.width,
+        height=args.height, model=args.model, format=args.format, quality=args.quality, api_key=args.api_key,
+        overwrite=not args.skip_existing, recursive=args.recursive, progress=not args.quiet,
+        retry=RetryPolicy(attempts=args.retries + 1),
+    )
+    for source, reason in summary.failed.items():
+        print(f"failed: {source}: {reason}", file=sys.stderr)
+    print(summary, file=sys.stderr)
+    if not summary.written and not summary.failed and not summary.existing:
+        print("nothing to do: no images among the inputs", file=sys.stderr)
+        return 1
+    return 0 if summary.ok else 1

@@ -1,0 +1,299 @@
+"""sr_client against a real service process on loopback (random weights), plus its retry arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from live_server import LiveServer, live_server, png_bytes
+from PIL import Image
+
+from sr_client import AsyncSRClient, RetryEvent, RetryPolicy, SRClient, SRError, upscale_folder
+from sr_client.cli import main as cli_main
+from sr_client.client import parse_retry_after, parse_server_timing
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+# --- single images --------------------------------------------------------------------
+
+
+def test_upscale_sync_bytes(server: LiveServer):
+    with SRClient(server.url) as client:
+        result = client.upscale(png_bytes(20, 14), scale=2)
+    assert image_size(result.content) == (40, 28)
+    assert (result.media_type, result.model, result.scale) == ("image/png", "x2", "2x2")
+    assert (result.input_size, result.output_size) == ((20, 14), (40, 28))
+    assert result.request_id and result.attempts == 1
+    assert {"decode", "queue", "inference", "encode"} <= result.timings_ms.keys()
+
+
+def test_upscale_sync_path_to_width_as_webp(server: LiveServer, tmp_path: Path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes(16, 12))
+    with SRClient(server.url) as client:
+        result = client.upscale(source, width=24, format="webp", quality=80)
+    assert result.media_type == "image/webp" and result.format == "webp"
+    assert image_size(result.content) == (24, 18)  # one side given: the aspect ratio is kept
+    assert result.model == "as"
+
+
+def test_upscale_async_concurrent(server: LiveServer):
+    async def run() -> list:
+        async with AsyncSRClient(server.url) as client:
+            return await asyncio.gather(*(client.upscale(png_bytes(12, 10, seed), scale=s)
+                                          for seed, s in enumerate((2, 3))))
+
+    first, second = asyncio.run(run())
+    assert image_size(first.content) == (24, 20) and first.model == "x2"
+    assert image_size(second.content) == (36, 30) and second.model == "x3"
+
+
+def test_problem_json_becomes_sr_error(server: LiveServer, tmp_path: Path):
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    with SRClient(server.url) as client, pytest.raises(SRError) as caught:
+        client.upscale(not_an_image, scale=2)
+    err = caught.value
+    assert err.status == 415 and err.title == "Not a supported image"
+    assert "not a recognised image format" in err.detail
+    assert err.request_id and err.type.endswith("/unsupported-media-type")
+    assert not err.retryable
+
+
+def test_bad_scale_is_not_retried(server: LiveServer):
+    seen: list[RetryEvent] = []
+    with SRClient(server.url, on_retry=seen.append) as client, pytest.raises(SRError) as caught:
+        client.upscale(png_bytes(8, 8), scale=50)
+    assert caught.value.status == 400 and "maximum" in caught.value.detail
+    assert seen == []
+
+
+def test_async_error_is_sr_error(server: LiveServer):
+    async def run() -> None:
+        async with AsyncSRClient(server.url) as client:
+            await client.upscale(b"GIF89a but not really", scale=2)
+
+    with pytest.raises(SRError) as caught:
+        asyncio.run(run())
+    assert caught.value.status in (415, 422) and caught.value.detail
+
+
+# --- folders --------------------------------------------------------------------------
+
+
+def make_folder(root: Path) -> Path:
+    root.mkdir()
+    for i, (w, h) in enumerate([(16, 12), (10, 10), (14, 8), (9, 13), (12, 16)]):
+        (root / f"img{i}.png").write_bytes(png_bytes(w, h, i))
+    (root / "readme.txt").write_text("not an image")
+    return root
+
+
+def test_upscale_folder_writes_every_image(server: LiveServer, tmp_path: Path):
+    src = make_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    summary = upscale_folder([src], out, url=server.url, concurrency=3, scale=2, progress=False)
+    assert summary.ok, summary.failed
+    assert [p.name for p in summary.written] == [f"img{i}_x2.png" for i in range(5)]
+    assert summary.skipped == [src / "readme.txt"]
+    for i in range(5):
+        w, h = image_size((src / f"img{i}.png").read_bytes())
+        assert image_size((out / f"img{i}_x2.png").read_bytes()) == (2 * w, 2 * h)
+    assert not list(out.glob(".*.part"))
+
+
+def test_upscale_folder_beside_inputs_and_rerun(server: LiveServer, tmp_path: Path):
+    src = make_folder(tmp_path / "in")
+    first = upscale_folder([src], url=server.url, concurrency=2, scale=3.3, format="jpeg", progress=False)
+    assert first.ok and len(first.written) == 5
+    assert image_size((src / "img0_x3.3.jpeg").read_bytes()) == (53, 40)  # round(16*3.3) x round(12*3.3)
+
+    # A rerun over the same folder skips its own outputs and, asked to, the files already written.
+    second = upscale_folder([src], url=server.url, scale=3.3, format="jpeg", overwrite=False, progress=False)
+    assert second.ok and second.written == []
+    assert sorted(p.name for p in second.existing) == [f"img{i}_x3.3.jpeg" for i in range(5)]
+    assert {p.name for p in second.skipped} == {"readme.txt"} | {f"img{i}_x3.3.jpeg" for i in range(5)}
+
+
+def test_upscale_folder_reports_failures_and_goes_on(server: LiveServer, tmp_path: Path):
+    src = make_folder(tmp_path / "in")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    summary = upscale_folder([src], tmp_path / "out", url=server.url, concurrency=4, progress=False)
+    assert list(summary.failed) == [src / "broken.png"]
+    assert len(summary.written) == 5 and not summary.ok
+
+
+def test_cli_writes_outputs(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    src = make_folder(tmp_path / "in")
+    code = cli_main([str(src / "img0.png"), str(src / "img1.png"), "--url", server.url, "--scale", "2",
+                     "-o", str(tmp_path / "out"), "--concurrency", "2", "-q"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x2.png", "img1_x2.png"]
+    assert "2 written" in capsys.readouterr().err
+
+
+def test_cli_rejects_scale_with_width():
+    with pytest.raises(SystemExit) as caught:
+        cli_main(["a.png", "--scale", "2", "--width", "100"])
+    assert caught.value.code == 2
+
+
+# --- admission: 429 with Retry-After, API keys ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict_server(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One request at a time and no queue, so a second concurrent request gets 429; API key required."""
+    with live_server(weights_dir, tmp_path_factory.mktemp("strict"), models="x2", max_concurrent="1",
+                     queue_size="0", api_keys="sekrit") as live:
+        yield live
+
+
+def in_flight(server: LiveServer) -> float:
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("imdn_requests_in_flight "):
+                return float(line.split()[1])
+    return 0.0
+
+
+class HeldUpload:
+    """A request whose body arrives only when told: it holds the service's one slot for as long as the test likes.
+
+    The service admits a request before reading its body, so half a body is a request in flight that costs
+    no CPU, unlike a large image, whose duration would depend on how busy the machine is.
+    """
+
+    def __init__(self, server: LiveServer, body: bytes, api_key: str) -> None:
+        self.body = body
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        head = (f"POST /v1/superresolve?scale=2 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                f"X-API-Key: {api_key}\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n")
+        self.sock.sendall(head.encode() + body[: len(body) // 2])
+
+    def release(self) -> None:
+        self.sock.sendall(self.body[len(self.body) // 2 :])
+
+    def status(self) -> int:
+        reply = b""
+        while b"\r\n" not in reply and (chunk := self.sock.recv(4096)):
+            reply += chunk
+        self.sock.close()
+        return int(reply.split(b" ", 2)[1])
+
+
+def test_retries_429_until_the_slot_frees(strict_server: LiveServer):
+    held = HeldUpload(strict_server, png_bytes(16, 16), "sekrit")
+    deadline = time.monotonic() + 10
+    while in_flight(strict_server) < 1:
+        assert time.monotonic() < deadline, "the held request was never admitted"
+        time.sleep(0.05)
+
+    seen: list[RetryEvent] = []
+
+    def on_retry(event: RetryEvent) -> None:
+        seen.append(event)
+        if len(seen) == 1:
+            held.release()  # the service finishes the held request while the client waits out Retry-After
+
+    policy = RetryPolicy(attempts=4, max_wait=5, jitter=0.2)
+    with SRClient(strict_server.url, api_key="sekrit", retry=policy, on_retry=on_retry) as client:
+        started = time.monotonic()
+        result = client.upscale(png_bytes(10, 10), scale=2)
+        waited = time.monotonic() - started
+
+    assert image_size(result.content) == (20, 20)
+    assert held.status() == 200
+    assert seen and seen[0].error.status == 429 and "retry" in seen[0].error.detail
+    retry_after = seen[0].error.retry_after
+    assert retry_after is not None and retry_after > 0
+    wait = min(retry_after, policy.max_wait)  # Retry-After honoured, within the policy's cap and jitter
+    assert wait <= seen[0].delay <= wait + policy.jitter
+    assert waited >= wait
+    assert result.attempts == len(seen) + 1
+
+
+def test_api_key_required(strict_server: LiveServer):
+    with SRClient(strict_server.url, retry=RetryPolicy(attempts=1)) as client, pytest.raises(SRError) as caught:
+        client.upscale(png_bytes(8, 8), scale=2)
+    assert caught.value.status == 401
+    with SRClient(strict_server.url, api_key="sekrit") as client:
+        assert client.models()["models"][0]["name"] == "x2"
+
+
+# --- retry arithmetic and 503 handling, without a server ----------------------------------------
+
+
+def test_parse_retry_after_forms():
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    later = (now + timedelta(seconds=7)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(later, now=now) == 7.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_retry_delay_caps_and_jitter():
+    policy = RetryPolicy(backoff=0.5, max_wait=4, jitter=0.25)
+    for _ in range(50):
+        assert 4 <= policy.delay(1, retry_after=600) <= 4.25  # a huge Retry-After is capped
+        assert 1 <= policy.delay(2, retry_after=None) <= 1.25  # backoff 0.5 * 2**(2-1)
+
+
+def test_parse_server_timing():
+    header = 'decode;dur=6.5, queue;dur=0.1;desc="wait", inference;dur=24.1, bad;dur=x, encode;dur=0.8'
+    assert parse_server_timing(header) == {"decode": 6.5, "queue": 0.1, "inference": 24.1, "encode": 0.8}
+
+
+def test_async_client_retries_503_then_succeeds():
+    calls: list[int] = []
+    png = png_bytes(4, 4)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        assert request.headers["x-api-key"] == "k"
+        if len(calls) < 3:
+            return httpx.Response(503, headers={"Retry-After": "0", "Content-Type": "application/problem+json"},
+                                  json={"title": "Service not ready", "detail": "warming up", "status": 503})
+        return httpx.Response(200, content=png, headers={"Content-Type": "image/png", "X-Model": "x2"})
+
+    async def run():
+        async with AsyncSRClient("http://sr.test", api_key="k", transport=httpx.MockTransport(handler),
+                                 retry=RetryPolicy(attempts=3, jitter=0)) as client:
+            return await client.upscale(b"...", scale=2)
+
+    result = asyncio.run(run())
+    assert result.content == png and result.attempts == 3 and len(calls) == 3
+
+
+def test_gives_up_after_the_last_attempt():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "0"}, json={"title": "Too many requests queued",
+                                                                         "detail": "busy"})
+
+    with SRClient("http://sr.test", transport=httpx.MockTransport(handler),
+                  retry=RetryPolicy(attempts=2, jitter=0)) as client, pytest.raises(SRError) as caught:
+        client.upscale(b"...", scale=2)
+    assert caught.value.status == 429 and caught.value.detail == "busy"
+
+
+def test_non_json_error_body():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text="<html>Bad Gateway</html>")
+
+    with SRClient("http://sr.test", transport=httpx.MockTransport(handler)) as client, \
+            pytest.raises(SRError) as caught:
+        client.upscale(b"...")
+    assert caught.value.status == 502 and caught.value.title == "Bad Gateway"
+    assert "Bad Gateway" in caught.value.detail
