@@ -120,12 +120,15 @@ def target_size(in_size: tuple[int, int], scale: float | None, width: int | None
             raise UpscaleError(f"scale must be a number greater than 1, got {scale}")
         if scale > max_scale:
             raise UpscaleError(f"scale {scale} is above the maximum of {max_scale}")
-        return max(h, round(h * scale)), max(w, round(w * scale))
+        out = (max(h, math.floor(h * scale + 0.5)), max(w, math.floor(w * scale + 0.5)))
+        if out == (h, w):
+            raise UpscaleError(f"scale {scale} leaves a {w}x{h} image the same size: nothing to upscale")
+        return out
     for name, value in (("width", width), ("height", height)):
         if value is not None and value < 1:
             raise UpscaleError(f"{name} must be a positive number of pixels, got {value}")
-    out_w = width if width is not None else max(w, round(w * (height or h) / h))
-    out_h = height if height is not None else max(h, round(h * (width or w) / w))
+    out_w = width if width is not None else max(w, math.floor(w * (height or h) / h + 0.5))
+    out_h = height if height is not None else max(h, math.floor(h * (width or w) / w + 0.5))
     if out_h < h or out_w < w:
         raise UpscaleError(f"target {out_w}x{out_h} is smaller than the input {w}x{h}: this service only enlarges")
     if (out_h, out_w) == (h, w):

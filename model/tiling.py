@@ -65,18 +65,25 @@ def acs_tiles(height: int, width: int, pad: int = 4) -> list[Tile]:
 
 
 def _axis_tiles(length: int, core: int, context: int, align: int) -> list[tuple[Span, Span]]:
-    """Split [0, length) into cores of `core` pixels, each read through a window of a fixed size.
+    """Split [0, length) into cores, each read through a window of one fixed size.
 
     The window is core + 2*context (or the whole axis if shorter), placed so the
     core sits inside it with `context` pixels on each side away from the image
-    border, its start a multiple of `align` where the border allows. With
-    `align` > 1 the window is a multiple of `align` too, so on an axis that
-    is not, the last window ends at the border off the grid, as ACS's do.
+    border, starting on a multiple of `align` unless it is pushed against the
+    far border. With `align` > 1 the window is a multiple of `align` too, so on
+    an axis that is not, the windows near the end are pushed off the grid
+    against the border, as ACS's patches are.
     """
     usable = length - length % align  # windows must be multiples of `align` too
     if usable < 1:
         raise ValueError(f"axis of {length} px is shorter than the alignment {align}")
     window = min(usable, core + 2 * context)
+    if window < length:
+        # Every core must fit inside a window with its context: cores shrink if the window is short.
+        core = min(core, window - 2 * context)
+        if core < align:  # an axis too short for any context: two windows meeting in the middle
+            half = length // 2
+            return [(Span(0, window), Span(0, half)), (Span(length - window, length), Span(half, length))]
     spans = []
     for start in range(0, length, core):
         owned = Span(start, min(length, start + core))
@@ -90,8 +97,8 @@ def plan_tiles(height: int, width: int, core: int, context: int = IMDN_CONTEXT, 
     """Overlapping tiles for a height x width input, grouped in rows (top to bottom).
 
     All tiles share one window size (so they batch together); with `align`=4 and
-    core/context multiples of 4, every window but the last on each axis starts
-    on the stride-4 grid IMDN_AS needs.
+    core/context multiples of 4, every window starts on the stride-4 grid
+    IMDN_AS needs, or ends on the image's far border.
     """
     if core < 1 or context < 0:
         raise ValueError(f"bad tile plan: core={core}, context={context}")
