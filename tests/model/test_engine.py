@@ -404,10 +404,10 @@ def test_picture_bands_alpha_follows_color_bands(runner, natural):
     assert np.all(np.concatenate(bands)[:, :, 3] == 200)
 
 
-# --- known bug ----------------------------------------------------------------------------
+# --- regression: short unaligned side on the tiled any-scale path ------------------------------
 
 
 def test_upscale_any_scale_tiled_with_short_unaligned_side(runner):
     up = Upscaler(runner, tile_core_override=32)
-    out = up.upscale(_gradient(41, 104, 3), scale=2.5)  # -> 102 x 260: rows 100-101 lie outside every window
-    assert out.shape == (102, 260, 3)
+    out = up.upscale(_gradient(41, 104, 3), scale=2.5)  # -> 103 x 260: 103 rows are not a multiple of 4
+    assert out.shape == (103, 260, 3)
