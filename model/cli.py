@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["remote"]:
         from sr_client.cli import main as remote_main
 
-        return remote_main(argv[1:])
+        return remote_main(argv[1:], prog="imdn-sr remote")
 
     parser = argparse.ArgumentParser(prog="imdn-sr", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

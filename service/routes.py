@@ -165,7 +165,7 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
     cancel = threading.Event()
     upscaler.runner = RequestRunner(pool, cancel, deadline)
     chunks = run_in_thread(encoded_chunks(upscaler, picture, plan, params.format, params.quality,
-                                          settings.png_compress_level, timings), cancel)
+                                          settings.png_compress_level, timings, cancel), cancel)
 
     def finish() -> None:
         nonlocal admitted
