@@ -1,0 +1,299 @@
+"""Shared fixtures for the service tests: random weights, settings, in-process apps, real uvicorn processes, images.
+
+In-process tests are ``async`` and run on anyio's pytest plugin (bundled with anyio, a FastAPI dependency):
+the app's own lifespan (``app.router.lifespan_context``) loads and warms the pool, and an
+``httpx.AsyncClient`` over ``httpx.ASGITransport`` talks to it. Process tests start
+``python -m service`` on a free loopback port and always terminate it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+if str(REPO) not in sys.path:  # `pytest tests/service` without the package installed
+    sys.path.insert(0, str(REPO))
+
+from fastapi import FastAPI  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from model.imdn import MODEL_NAMES, build_model  # noqa: E402
+from model.weights import save_weights  # noqa: E402
+from service.app import create_app  # noqa: E402
+from service.config import Settings  # noqa: E402
+
+PROBLEM_FIELDS = ("type", "title", "status", "detail")
+
+
+# --- environment and weights ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random-initialised weights for x2/x3/x4/as (seed 0): the project's own may still be training."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    for name in MODEL_NAMES:
+        save_weights(build_model(name), folder / f"imdn_{name}.safetensors")
+    return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def service_env(weights_dir: Path) -> Iterator[None]:
+    """No stray IMDN_* from the developer's shell; IMDN_WEIGHTS -> the random weights, one CPU thread."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [k for k in os.environ if k.startswith("IMDN_")]:
+            mp.delenv(name)
+        mp.setenv("IMDN_WEIGHTS", str(weights_dir))
+        mp.setenv("IMDN_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Session scope, so session-scoped async fixtures (the shared app) and the tests share one event loop."""
+    return "asyncio"
+
+
+# --- in-process apps --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def make_settings(weights_dir: Path) -> Callable[..., Settings]:
+    """Settings(**overrides) on the CPU, one thread, the random weights, and no .env file."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {"device": "cpu", "threads": 1, "weights": str(weights_dir)}
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@asynccontextmanager
+async def serve_in_process(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """create_app(settings) inside its lifespan, with an httpx client over the ASGI transport."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
+            yield app, client
+
+
+@pytest.fixture(scope="session")
+def start_app(
+    make_settings: Callable[..., Settings],
+) -> Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]]:
+    """`async with start_app(**overrides) as (app, client)`: a short-lived app with its own settings."""
+
+    def start(**overrides: object) -> AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]:
+        return serve_in_process(make_settings(**overrides))
+
+    return start
+
+
+# Limits of the shared app: small enough that a test can cross each with a tiny image.
+MAIN_LIMITS = {"max_upload_bytes": 150_000, "max_input_pixels": 128 * 128, "max_output_pixels": 300_000}
+
+
+@pytest.fixture(scope="session")
+def main_limits() -> dict[str, int]:
+    return dict(MAIN_LIMITS)
+
+
+@pytest.fixture(scope="session")
+async def main_app(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """One app with all four models and the default (auto) backend, shared by the tests that don't mutate it."""
+    async with serve_in_process(make_settings(**MAIN_LIMITS)) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def client(main_app: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return main_app[1]
+
+
+# --- images and answers -----------------------------------------------------------------
+
+
+def smooth_array(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A natural-ish (H,W,C) uint8 image: waves and gradients plus a little noise (compresses like a photo)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    planes = []
+    for _ in range(channels):
+        fy, fx, phase = rng.uniform(0.02, 0.12), rng.uniform(0.02, 0.12), rng.uniform(0, 2 * np.pi)
+        plane = 128 + 60 * np.sin(fy * y + fx * x + phase) + 40 * (x / max(1, width) - y / max(1, height))
+        planes.append(plane + rng.normal(0, 4, (height, width)))
+    return np.clip(np.stack(planes, axis=-1), 0, 255).round().astype(np.uint8)
+
+
+def encode_image(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> bytes:
+    """A width x height RGB image encoded as `fmt` (PIL format name)."""
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_array(height, width, seed=seed)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def make_image() -> Callable[..., bytes]:
+    """(width, height, fmt='PNG', seed=0) -> encoded image bytes."""
+    return encode_image
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decode fully (a truncated or corrupt file raises), return the PIL image."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.fixture(scope="session")
+def decode_image() -> Callable[[bytes], Image.Image]:
+    return open_image
+
+
+def check_problem(response: httpx.Response, status: int) -> dict[str, object]:
+    """Assert an RFC 9457 problem+json answer with `status`; return its body."""
+    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:300]}"
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict)
+    for name in PROBLEM_FIELDS:
+        assert name in body, f"problem body lacks {name!r}: {body}"
+    assert body["status"] == status
+    assert isinstance(body["type"], str) and body["type"]
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    return body
+
+
+@pytest.fixture(scope="session")
+def assert_problem() -> Callable[[httpx.Response, int], dict[str, object]]:
+    """(response, status) -> the problem+json body, after checking its shape."""
+    return check_problem
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus exposition text -> {(sample name, sorted labels): value}."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+@pytest.fixture(scope="session")
+def parse_metrics() -> Callable[[str], dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    return metric_samples
+
+
+# --- real uvicorn processes -------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    """A running `python -m service`; `log` has its stdout and stderr."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        """Poll /readyz until 200; -> seconds since start. Fails with the server's log if it dies or hangs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"service exited with {self.proc.returncode} before ready:\n{self.output()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"service not ready after {timeout} s:\n{self.output()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@contextmanager
+def run_service(log_dir: Path, env: dict[str, str] | None = None, *, weights: str | None = None,
+                wait: bool = True) -> Iterator[ServiceProcess]:
+    """Start `python -m service --host 127.0.0.1 --port <free>`; wait for /readyz; always stop it.
+
+    env: IMDN_* overrides (IMDN_THREADS=1 and IMDN_DEVICE=cpu unless given). weights: IMDN_WEIGHTS,
+    or None to leave it unset (the project's default weights). The child runs in `log_dir`, so
+    no .env file of the developer's is read.
+    """
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("IMDN_")}
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH", "")]))
+    child_env.update({"IMDN_THREADS": "1", "IMDN_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"})
+    if weights is not None:
+        child_env["IMDN_WEIGHTS"] = weights
+    child_env.update(env or {})
+    port = free_port()
+    log = log_dir / f"service-{port}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=log_dir, env=child_env, stdout=sink, stderr=subprocess.STDOUT)
+    service = ServiceProcess(proc, port, log)
+    try:
+        if wait:
+            service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def launch_service(
+    tmp_path_factory: pytest.TempPathFactory, weights_dir: Path,
+) -> Callable[..., AbstractContextManager[ServiceProcess]]:
+    """`with launch_service({"IMDN_...": ...}, wait=True, weights=...) as svc`: a process, stopped on exit.
+
+    weights defaults to the random weights; None leaves IMDN_WEIGHTS unset (the project's defaults).
+    """
+
+    def launch(env: dict[str, str] | None = None, *, wait: bool = True,
+               weights: str | None = str(weights_dir)) -> AbstractContextManager[ServiceProcess]:
+        return run_service(tmp_path_factory.mktemp("service"), env, weights=weights, wait=wait)
+
+    return launch
