@@ -30,7 +30,7 @@ class ImageDecodeError(ValueError):
 
 
 class UnsupportedImageError(ImageDecodeError):
-    """A recognised format that is not supported (e.g. a mode with no RGB meaning)."""
+    """Not an image format this service reads (or nothing at all), or a pixel layout it does not support."""
 
 
 class ImageTooLargeError(ValueError):
@@ -134,13 +134,14 @@ def picture_from_pil(img: Image.Image) -> Picture:
 def probe(data: bytes) -> tuple[Image.Image, str]:
     """Open the image header without decoding pixels -> (lazy image, format name)."""
     if not data:
-        raise ImageDecodeError("the request body is empty: no image was sent")
+        raise UnsupportedImageError("the request body is empty: no image was sent")
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not a recognised image format: send a PNG, JPEG, WebP, GIF, BMP or TIFF") from exc
+        raise UnsupportedImageError("not a recognised image format: send a PNG, JPEG, WebP, GIF, BMP or TIFF") from exc
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise ImageDecodeError(f"not a recognised image format ({exc})") from exc
+        # Pillow knew the format but could not read its header: a damaged file, not a foreign one.
+        raise ImageDecodeError(f"the image header is truncated or corrupt ({exc})") from exc
     return img, (img.format or "unknown").lower()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from types import FrameType
 
@@ -48,10 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
                             log_level=settings.log_level.lower())
-    server = DrainingServer(config, app.state.service)
+    state: ServiceState = app.state.service
+    server = DrainingServer(config, state)
+
+    def stop() -> None:  # called from the event loop when the model pool cannot start
+        server.should_exit = True
+
+    app.state.on_fatal = stop
+    # uvicorn re-raises a handled SIGTERM/SIGINT once it has drained, under the handlers found at
+    # start; these swallow it, so a drained shutdown returns normally and exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
     server.run()
-    # uvicorn sets started=False if start-up (model loading) failed: exit non-zero so orchestrators notice.
-    return 0 if server.started else 1
+    # uvicorn leaves started=False if start-up (bad weights) failed: exit non-zero so orchestrators notice.
+    return 0 if server.started and not state.startup_error else 1
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.metrics import Metrics
+from service.pool import ModelPool
 from service.routes import RESULT_HEADERS, router
-from service.state import Admission, ServiceState, build_pool, parse_devices
+from service.state import Admission, ServiceState, build_pool, check_weights, parse_devices
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
@@ -75,18 +76,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_gpus(parse_devices(settings.device))
         state.admission = Admission(settings.concurrency, settings.queue_size, metrics)
         started = time.perf_counter()
-        # Loading and warming take seconds: off the loop, so /healthz answers meanwhile.
-        state.pool = await asyncio.to_thread(build_pool, settings, metrics, state)
-        state.ready = True
-        metrics.ready.set(1)
-        log.info("ready: models %s on %s (%s) in %.1f s", ",".join(settings.models), ",".join(state.devices),
-                 state.backend, time.perf_counter() - started)
+        # Bad weights stop start-up here, before the port opens (uvicorn exits non-zero).
+        state.models = await asyncio.to_thread(check_weights, settings)
+        # Backends and warm-up take longer: in the background, so /healthz and /readyz (503) answer meanwhile.
+        loading = asyncio.create_task(asyncio.to_thread(build_pool, settings, metrics, state))
+
+        def loaded(task: asyncio.Task[ModelPool]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                state.startup_error = f"model pool failed to start: {task.exception()!r}"
+                log.error(state.startup_error)
+                if app.state.on_fatal is not None:
+                    app.state.on_fatal()
+                return
+            state.pool = task.result()
+            state.ready = True
+            metrics.ready.set(1)
+            log.info("ready: models %s on %s (%s) in %.1f s", ",".join(settings.models), ",".join(state.devices),
+                     state.backend, time.perf_counter() - started)
+
+        loading.add_done_callback(loaded)
         try:
             yield
         finally:
             state.ready = False
             metrics.ready.set(0)
-            state.pool.close()
+            if not loading.done():
+                await asyncio.wait([loading])
+            if state.pool is not None:
+                state.pool.close()
 
     app = FastAPI(
         title="IMDN super-resolution",
@@ -96,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = state
+    app.state.on_fatal = None  # set by `python -m service` to stop the server if the pool cannot start
     install_error_handlers(app)
     app.include_router(router)
     if settings.cors_origins:

@@ -109,8 +109,7 @@ def as_service_error(exc: Exception) -> ServiceError:
     if isinstance(exc, UnsupportedImageError):
         return UnsupportedMediaError(str(exc))
     if isinstance(exc, ImageDecodeError):
-        unknown = "not a recognised image format" in str(exc) or "body is empty" in str(exc)
-        return UnsupportedMediaError(str(exc)) if unknown else UnprocessableImageError(str(exc))
+        return UnprocessableImageError(str(exc))
     if isinstance(exc, UpscaleError):
         return BadRequestError(str(exc))
     return ServiceError("an unexpected error occurred; it has been logged")

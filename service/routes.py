@@ -68,7 +68,10 @@ def require_api_key(request: Request, state: StateDep) -> None:
     keys = state.settings.api_keys
     if not keys:
         return
-    offered = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    offered = request.headers.get("x-api-key", "")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if not offered and scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110 11.1)
+        offered = token.strip()
     # Compare against every key, each in constant time: timing reveals nothing about any key.
     matched = False
     for key in keys:
@@ -235,6 +238,8 @@ async def list_models(state: StateDep) -> dict[str, object]:
 @router.get("/healthz", summary="Liveness: the process and its model workers are alive",
             responses=problem_responses(NotReadyError))
 async def healthz(state: StateDep) -> dict[str, str]:
+    if state.startup_error:
+        raise NotReadyError(state.startup_error)
     if state.pool is not None and not state.pool.alive():
         raise NotReadyError("a model worker has stopped")
     return {"status": "ok"}

@@ -46,6 +46,7 @@ class ServiceState:
     budget_bytes: int = 0
     ready: bool = False
     draining: bool = False
+    startup_error: str | None = None
     admission: Admission | None = None
 
     def is_ready(self) -> bool:
@@ -69,20 +70,25 @@ def memory_budget(settings: Settings, device: torch.device) -> int:
     return CPU_BUDGET_MB * 2**20
 
 
-def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> ModelPool:
-    """Load every model on every device (x replicas), warm them, and start the pool. Raises on bad weights."""
-    devices = parse_devices(settings.device)
-    threads = settings.threads or os.cpu_count() or 1
-    cpu_replicas = settings.replicas_per_device if any(d.type == "cpu" for d in devices) else 1
-    torch.set_num_threads(max(1, threads // cpu_replicas))
-    state.models = []
+def check_weights(settings: Settings) -> list[ModelInfo]:
+    """Load each configured model once: missing or corrupt weights fail here, in well under a second,
+    before the server binds its port. Raises WeightsError naming the file."""
+    infos = []
     for name in settings.models:
         path = resolve_weights(settings.weights, name)
         started = time.perf_counter()
         model = load_models([name], settings.weights)[name]
-        state.models.append(ModelInfo(name, "any (bicubic pre-scaling)" if name == "as" else name,
-                                      count_parameters(model), str(path), file_sha256(path),
-                                      time.perf_counter() - started))
+        infos.append(ModelInfo(name, "any (bicubic pre-scaling)" if name == "as" else name,
+                               count_parameters(model), str(path), file_sha256(path), time.perf_counter() - started))
+    return infos
+
+
+def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> ModelPool:
+    """Put every model on every device (x replicas), warm them, and start the pool (after check_weights)."""
+    devices = parse_devices(settings.device)
+    threads = settings.threads or os.cpu_count() or 1
+    cpu_replicas = settings.replicas_per_device if any(d.type == "cpu" for d in devices) else 1
+    torch.set_num_threads(max(1, threads // cpu_replicas))
     backends: list[tuple[str, Backend]] = []
     for device in devices:
         for replica in range(settings.replicas_per_device):

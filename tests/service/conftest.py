@@ -8,6 +8,7 @@ the app's own lifespan (``app.router.lifespan_context``) loads and warms the poo
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -87,11 +88,22 @@ def make_settings(weights_dir: Path) -> Callable[..., Settings]:
     return make
 
 
+async def wait_ready(app: FastAPI, timeout: float = 120) -> None:
+    """The lifespan returns once the weights are checked; the pool warms in the background."""
+    state = app.state.service
+    deadline = time.monotonic() + timeout
+    while not state.ready:
+        assert state.startup_error is None, state.startup_error
+        assert time.monotonic() < deadline, "the model pool did not become ready"
+        await asyncio.sleep(0.02)
+
+
 @asynccontextmanager
 async def serve_in_process(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """create_app(settings) inside its lifespan, with an httpx client over the ASGI transport."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        await wait_ready(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
             yield app, client

@@ -130,9 +130,6 @@ async def test_superresolve_api_key_accepted(keyed: httpx.AsyncClient, make_imag
     assert response.headers["x-output-size"] == "32x32"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG service/routes.py require_api_key: removeprefix('Bearer ') is case-sensitive, but the auth scheme is "
-    "case-insensitive (RFC 9110 11.1): 'Authorization: bearer <key>' is refused with 401"))
 async def test_superresolve_api_key_bearer_any_case(keyed: httpx.AsyncClient,
                                                     make_image: Callable[..., bytes]) -> None:
     response = await keyed.post(URL, content=make_image(16, 16), headers={**PNG, "Authorization": f"bearer {KEYS[0]}"})
@@ -224,18 +221,14 @@ async def test_superresolve_truncated_png_422(client: httpx.AsyncClient, make_im
     assert str(body["type"]).endswith("/unprocessable-image")
 
 
-TRUNCATED_IS_415 = ("BUG model/imageio.py probe(): any OSError from Image.open is reported as 'not a recognised "
-                    "image format', which service/errors.py maps to 415; a recognised but truncated file should be 422")
-
-
 @pytest.mark.parametrize(
     ("fmt", "keep"),
     [
         ("JPEG", 0.8),
         ("GIF", 0.5),
         ("PNG", 0.99),
-        pytest.param("WEBP", 0.98, marks=pytest.mark.xfail(strict=True, reason=TRUNCATED_IS_415)),
-        pytest.param("JPEG", 0.1, marks=pytest.mark.xfail(strict=True, reason=TRUNCATED_IS_415)),  # in the header
+        pytest.param("WEBP", 0.98),
+        pytest.param("JPEG", 0.1),  # cut inside the header
     ],
     ids=["jpeg-data", "gif-data", "png-end", "webp-end", "jpeg-header"],
 )

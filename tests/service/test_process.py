@@ -212,10 +212,6 @@ def test_readyz_process_ready_after_warmup(default_server: Startup) -> None:
     assert httpx.get(default_server.url + "/healthz").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG service/app.py lifespan + uvicorn: uvicorn binds the port only after lifespan start-up, i.e. after "
-    "build_pool has loaded and warmed every model, so /readyz (and /healthz) are never served during warm-up: "
-    "connections are refused instead of the documented 503 (docs/deploy.md, issue 5)"))
 def test_readyz_process_503_during_warmup(default_server: Startup) -> None:
     statuses = [status for _, status in default_server.timeline]
     assert 503 in statuses[: statuses.index(200)], default_server.timeline
@@ -314,10 +310,6 @@ def test_sigterm_drain_stops_serving(drained: Drain) -> None:
     assert drained.readyz_after_exit is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG service/__main__.py: uvicorn.Server.capture_signals re-raises the captured SIGTERM after the graceful "
-    "shutdown, with the default handler restored, so the process dies by signal (returncode -15, shell 143) "
-    "instead of main() returning 0 (issue 5: 'then the process exits 0')"))
 def test_sigterm_drain_exits_zero(drained: Drain) -> None:
     assert drained.returncode == 0, drained.log[-2000:]
 
