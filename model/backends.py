@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,8 +103,12 @@ def export_onnx(model: nn.Module, with_statistics: bool = False, path: Path | No
         names.append("cca_contrast")
         axes["cca_contrast"] = {0: "n"}
     buffer = io.BytesIO()
-    torch.onnx.export(model, example, buffer, input_names=names,  # type: ignore[arg-type]
-                      output_names=["sr"], opset_version=17, dynamic_axes=axes, dynamo=False)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose (fast, no onnxscript tracing); its deprecation
+        # notices would otherwise print on every start-up.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, buffer, input_names=names,  # type: ignore[arg-type]
+                          output_names=["sr"], opset_version=17, dynamic_axes=axes, dynamo=False)
     data = buffer.getvalue()
     if path is not None:
         Path(path).write_bytes(data)

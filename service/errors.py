@@ -65,6 +65,11 @@ class CancelledError(Exception):
     """The client went away; its remaining work is dropped."""
 
 
+class ClientDisconnectedError(ServiceError):
+    # nginx's convention: nobody reads this response, but logs and metrics say what happened.
+    status, kind, title = 499, "client-closed-request", "Client closed the request"
+
+
 # Each documented error response, for the OpenAPI schema.
 PROBLEM_SCHEMA = {
     "type": "object",

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,6 +19,7 @@ from model.engine import Upscaler
 from model.imageio import decode
 from service.errors import (
     BadRequestError,
+    ClientDisconnectedError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
@@ -111,6 +113,19 @@ UPSCALE_BODY = {
 }
 
 
+async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: threading.Event) -> bytes:
+    """Wait for the first encoded bytes, dropping the work if the client hangs up meanwhile."""
+    pending = asyncio.ensure_future(chunks.__anext__())
+    while True:
+        done, _ = await asyncio.wait({pending}, timeout=0.25)
+        if done:
+            return pending.result()
+        if await request.is_disconnected():
+            cancel.set()  # the worker stops before its next tile
+            pending.cancel()
+            raise ClientDisconnectedError("client disconnected before the first byte")
+
+
 @router.post(
     "/v1/superresolve",
     summary="Upscale an image",
@@ -178,7 +193,7 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
             admission.leave()
 
     try:
-        first = await chunks.__anext__()
+        first = await first_chunk(request, chunks, cancel)
     except BaseException:
         finish()
         await chunks.aclose()
