@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `pytest tests/client` without the package installed
     sys.path.insert(0, str(REPO))
 
-from live_server import LiveServer, live_server, random_weights  # noqa: E402
+from tests.client.live_server import LiveServer, live_server, random_weights  # noqa: E402
 
 
 @pytest.fixture(scope="session")

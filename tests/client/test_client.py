@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import LiveServer, live_server, png_bytes
 from PIL import Image
 
 from sr_client import AsyncSRClient, RetryEvent, RetryPolicy, SRClient, SRError, upscale_folder
 from sr_client.cli import main as cli_main
 from sr_client.client import parse_retry_after, parse_server_timing
+from tests.client.live_server import LiveServer, live_server, png_bytes
 
 
 def image_size(data: bytes) -> tuple[int, int]:

@@ -6,7 +6,8 @@ import json
 import re
 
 import pytest
-from conftest import REPO, check_settings, yaml
+
+from tests.deploy.conftest import REPO, check_settings, yaml
 
 REQUIRED_METRICS = (
     "imdn_http_requests_total",

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+
+from tests.deploy.conftest import REPO
 
 DOCKERFILES = ("docker/Dockerfile.cpu", "docker/Dockerfile.cuda")
 RUN_CMD = ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000"]

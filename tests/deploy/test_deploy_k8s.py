@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import check_settings, one, render
+
+from tests.deploy.conftest import check_settings, one, render
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate missing: pip install -r requirements-deploy.txt"

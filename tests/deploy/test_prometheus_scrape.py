@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, yaml
+
+from tests.deploy.conftest import REPO, yaml
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(

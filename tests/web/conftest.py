@@ -15,7 +15,7 @@ for path in (REPO, REPO / "tests" / "client"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from live_server import LiveServer, live_server, random_weights  # noqa: E402
+from tests.client.live_server import LiveServer, live_server, random_weights  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_server import LiveServer, png_bytes
+
+from tests.client.live_server import LiveServer, png_bytes
 
 WAIT_MS = 60_000  # a busy 2-core machine; the requests themselves take well under a second
 
