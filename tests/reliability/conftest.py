@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-from reliability_support import write_random_weights
+
+from tests.reliability.reliability_support import write_random_weights
 
 # `pytest tests/reliability --hypothesis-profile=long` (this conftest is loaded before the option is read
 # when the folder or one of its files is on the command line); IMDN_FUZZ_EXAMPLES overrides the count.

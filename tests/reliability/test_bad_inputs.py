@@ -22,7 +22,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from reliability_support import (
+
+from tests.reliability.reliability_support import (
     InProcessApp,
     RealServer,
     animated,

@@ -23,7 +23,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from reliability_support import (
+
+from model.backends import TorchRunner
+from model.engine import Upscaler
+from model.imdn import build_model
+from tests.reliability.reliability_support import (
     InProcessApp,
     RealServer,
     check_error,
@@ -36,10 +40,6 @@ from reliability_support import (
     server_env,
     write_random_weights,
 )
-
-from model.backends import TorchRunner
-from model.engine import Upscaler
-from model.imdn import build_model
 
 
 class FaultyRunner:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_support import (
+
+from tests.reliability.reliability_support import (
     InProcessApp,
     RealServer,
     animated,
@@ -190,7 +191,7 @@ def openapi_schema(openapi_server: RealServer) -> object:
 
 
 if schemathesis is not None:
-    from schemathesis.specs.openapi.checks import positive_data_acceptance
+    from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
     schema = schemathesis.pytest.from_fixture("openapi_schema")
 
@@ -198,9 +199,11 @@ if schemathesis is not None:
     @settings(max_examples=SCHEMA_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     def test_openapi_schemathesis(case: object) -> None:
         """Every operation, every documented input form: no 5xx, and responses conform to the document
-        (status codes, content types, problem+json schema, headers). Skipped: positive_data_acceptance,
-        see test_openapi_form_fields_are_typed."""
-        case.call_and_validate(timeout=20, excluded_checks=[positive_data_acceptance])  # type: ignore[attr-defined]
+        (status codes, content types, problem+json schema, headers). Not checked: positive_data_acceptance
+        (see test_openapi_form_fields_are_typed) and negative_data_rejection, which flags multipart "arrays"
+        that serialize to no field at all, i.e. valid requests (schemathesis 4.32.5, found in a long run)."""
+        case.call_and_validate(timeout=20,  # type: ignore[attr-defined]
+                               excluded_checks=[positive_data_acceptance, negative_data_rejection])
 else:
     def test_openapi_schemathesis() -> None:
         pytest.skip("schemathesis is not installed (pip install schemathesis)")

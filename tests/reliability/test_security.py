@@ -17,7 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_support import (
+
+from service.config import Settings
+from tests.reliability.reliability_support import (
     REPO,
     InProcessApp,
     RealServer,
@@ -29,8 +31,6 @@ from reliability_support import (
     noise,
     with_png_size,
 )
-
-from service.config import Settings
 
 SMALL_PNG = encode(noise(16, 16))
 
