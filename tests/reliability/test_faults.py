@@ -369,10 +369,10 @@ def test_client_disconnect_frees_its_work(app: InProcessApp, replica: object) ->
                    "cancel is set")
 def test_client_disconnect_leaves_no_thread_behind(app: InProcessApp, replica: object) -> None:
     earlier = request_threads()
-    # Leave while the request thread waits for the next band (each band takes > 0.3 s here).
-    replica.backend = FaultyRunner(replica.backend, delay=0.3)  # type: ignore[attr-defined]
+    # Leave while the request thread waits for the next band (each band takes > 0.5 s here).
+    replica.backend = FaultyRunner(replica.backend, delay=0.5)  # type: ignore[attr-defined]
     app.call(disconnecting_request, app, TALL, "scale=2", 0.1, timeout=30)
-    assert wait_until(lambda: not (request_threads() - earlier), 5), \
+    assert wait_until(lambda: not (request_threads() - earlier), 3), \
         f"still running: {sorted(t.name for t in request_threads() - earlier)}"
 
 
