@@ -107,12 +107,26 @@ def _sixteen_bit_array(img: Image.Image) -> np.ndarray | None:
     return None
 
 
+def with_color_key(array: np.ndarray, key: object) -> np.ndarray:
+    """Gray or RGB (H,W[,C]) + a tRNS colour key -> the same with an alpha channel (0 where the key matches)."""
+    planes = array[:, :, None] if array.ndim == 2 else array
+    key_values = np.asarray(key if isinstance(key, tuple) else (key,), dtype=planes.dtype)
+    if key_values.size != planes.shape[2]:
+        return array  # a key that does not fit the layout: ignore it, as decoders do
+    opaque = np.iinfo(planes.dtype).max
+    alpha = np.where((planes == key_values).all(axis=2), 0, opaque).astype(planes.dtype)
+    return np.concatenate([planes, alpha[:, :, None]], axis=2)
+
+
 def picture_from_pil(img: Image.Image) -> Picture:
     """PIL image (any common mode) -> Picture; the ICC profile is kept."""
     icc = img.info.get("icc_profile") or None
+    key = img.info.get("transparency")  # PNG tRNS colour key for gray/RGB images
     sixteen = _sixteen_bit_array(img)
     if sixteen is not None:
-        return picture_from_array(sixteen, icc)
+        return picture_from_array(sixteen if key is None else with_color_key(sixteen, key), icc)
+    if img.mode in ("L", "RGB") and key is not None and not isinstance(key, bytes):
+        return picture_from_array(with_color_key(np.asarray(img), key), icc)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
@@ -215,6 +229,19 @@ def _decode_png16_color(data: bytes) -> np.ndarray | None:
     return pixels.view(">u2").reshape(height, width, channels).astype(np.uint16)
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def oriented(array: np.ndarray, orientation: int) -> np.ndarray:
+    """(H,W,C) as stored -> as it should be seen, for EXIF orientation 1-8 (what ImageOps.exif_transpose does)."""
+    turns = {1: (False, 0), 2: (True, 0), 3: (False, 2), 4: (True, 2), 5: (True, 1), 6: (False, 3),
+             7: (True, 3), 8: (False, 1)}
+    mirror, quarter_turns = turns.get(orientation, (False, 0))
+    if mirror:
+        array = array[:, ::-1]
+    return np.ascontiguousarray(np.rot90(array, quarter_turns))
+
+
 def decode(data: bytes, max_pixels: int | None = None) -> Picture:
     """Encoded image bytes -> Picture (first frame of an animation, EXIF orientation applied).
 
@@ -227,14 +254,16 @@ def decode(data: bytes, max_pixels: int | None = None) -> Picture:
         raise ImageDecodeError(f"image header says {width}x{height}: no pixels")
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
-    if fmt == "png" and width * height <= PNG16_COLOR_MAX_PIXELS:
-        sixteen = _decode_png16_color(data)
-        if sixteen is not None:
-            return picture_from_array(sixteen, img.info.get("icc_profile"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frames = int(getattr(img, "n_frames", 1) or 1)  # seeks through every frame: may hit the damage
+            sixteen = _decode_png16_color(data) if fmt == "png" and width * height <= PNG16_COLOR_MAX_PIXELS else None
+            if sixteen is not None:
+                picture = picture_from_array(oriented(sixteen, img.getexif().get(EXIF_ORIENTATION, 1)),
+                                             img.info.get("icc_profile"))
+                picture.frames = frames
+                return picture
             img.seek(0)
             img.load()
             icc = img.info.get("icc_profile")

@@ -47,6 +47,7 @@ class Replica:
     name: str
     backend: Backend
     thread: threading.Thread | None = None
+    dead: bool = False
     batches: int = 0
     failures: int = 0
 
@@ -85,6 +86,8 @@ class ModelPool:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model pool is shut down")
+            if all(r.dead for r in self.replicas):
+                raise RuntimeError("every model worker has stopped")
             self._queue.append(job)
             self._cond.notify()
         return job.future
@@ -153,7 +156,13 @@ class ModelPool:
                 # The thread itself is going (interpreter exit, SystemExit): fail the waiters, and
                 # alive() turns False so /healthz and /readyz report it.
                 log.error("replica %s: worker thread stopped", replica.name)
-                for job in group:
+                replica.dead = True
+                stranded = list(group)
+                if all(r.dead for r in self.replicas):  # nobody left to run what is queued
+                    with self._cond:
+                        stranded += list(self._queue)
+                        self._queue.clear()
+                for job in stranded:
                     if not job.future.done():
                         job.future.set_exception(RuntimeError(f"model worker {replica.name} stopped"))
                 raise

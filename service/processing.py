@@ -85,7 +85,12 @@ def prefetched(items: Iterator[T], cancel: threading.Event) -> Iterator[T]:
 
     threading.Thread(target=produce, name="upscale-bands", daemon=True).start()
     while True:
-        kind, value = handoff.get()
+        try:
+            kind, value = handoff.get(timeout=0.25)
+        except queue.Empty:
+            if cancel.is_set():  # the producer stopped without a word: nobody wants the rest
+                return
+            continue
         if kind == "end":
             return
         if kind == "error":

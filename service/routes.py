@@ -35,6 +35,8 @@ from service.upload import UploadTimeoutError, read_image
 
 STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+# The formats' own limits (libwebp: 16383; libjpeg via Pillow: 65500); PNG has none that matters here.
+FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
                   "X-Frames-Dropped"]
@@ -102,8 +104,8 @@ UPSCALE_BODY = {
                 "required": ["image"],
                 "properties": {
                     "image": {"type": "string", "format": "binary", "description": "The image file"},
-                    **{name: {"type": "string", "description": f"Same as the `{name}` query parameter"}
-                       for name in ("scale", "width", "height", "model", "format", "quality")},
+                    **{name: {**schema, "description": f"Same as the `{name}` query parameter"}
+                       for name, schema in UpscaleParams.model_json_schema()["properties"].items()},
                 },
             }
         },
@@ -169,6 +171,10 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
                             settings.tile_size, settings.refine_stats)
         plan = upscaler.plan(picture.size, scale, params.width, params.height, params.model)
         out_h, out_w = plan.out_size
+        side_limit = FORMAT_MAX_SIDE.get(params.format)
+        if side_limit is not None and max(out_h, out_w) > side_limit:
+            raise PayloadTooLargeError(f"{params.format.upper()} images are limited to {side_limit} pixels a side; "
+                                       f"the output would be {out_w}x{out_h}: use format=png")
         if out_h * out_w > settings.max_output_pixels:
             raise PayloadTooLargeError(f"the output would be {out_w}x{out_h} = {out_w * out_h:,} pixels; "
                                        f"the limit is {settings.max_output_pixels:,}")

@@ -295,9 +295,6 @@ def test_16bit_color_png_inflate_bomb(app: InProcessApp) -> None:
     assert elapsed < 3.0, f"{elapsed:.2f} s: the whole stream was inflated"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG model/imageio.py decode(): the 16-bit colour PNG path returns before "
-                   "ImageOps.exif_transpose (and before setting frames), so an eXIf orientation is ignored for "
-                   "16-bit colour PNGs while 8-bit ones are rotated")
 def test_16bit_color_png_exif_orientation(app: InProcessApp) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -337,9 +334,6 @@ def test_gray_alpha_png(app: InProcessApp) -> None:
     assert img.mode == "LA"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG model/imageio.py picture_from_pil(): tRNS colour-key transparency of "
-                   "RGB, L and 16-bit gray PNGs (info['transparency'] as a colour) is dropped; only palette "
-                   "transparency becomes alpha, so transparent pixels come back opaque")
 @pytest.mark.parametrize("kind", ["rgb-trns", "gray16-trns"])
 def test_color_key_transparency_kept(app: InProcessApp, kind: str) -> None:
     if kind == "rgb-trns":
@@ -368,9 +362,6 @@ def test_other_output_formats(app: InProcessApp, fmt: str) -> None:
     check_image(app.upscale(SMALL_PNG, f"scale=2&format={fmt}&quality=50"), (32, 32), fmt=fmt)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG service/routes.py superresolve(): no per-format size check; WebP "
-                   "cannot exceed 16383 px a side and JPEG 65500, so a thin image upscaled to WebP/JPEG fails in "
-                   "the encoder -> 500 (ValueError 'Image size exceeds WebP limit' / OSError 'broken data stream')")
 @pytest.mark.parametrize("fmt,width", [("webp", 5000), ("jpeg", 20000)])
 def test_output_past_the_format_limit(app: InProcessApp, fmt: str, width: int) -> None:
     response = app.upscale(encode(noise(1, width)), f"scale=4&format={fmt}")

@@ -235,10 +235,6 @@ def test_worker_thread_death_turns_health_red(weights_dir: Path) -> None:
         app.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG service/pool.py ModelPool._worker: when the last worker thread dies "
-                   "(BaseException) only its own batch is failed; jobs already queued behind it are never run nor "
-                   "failed, so a request waiting in the pool hangs (no deadline applies inside pool calls) until "
-                   "shutdown. Fix: on the way out, fail every queued job if no replica is left alive")
 @THREAD_DEATH
 def test_request_queued_behind_a_dying_worker_is_answered(weights_dir: Path) -> None:
     app = InProcessApp(make_settings(weights_dir, models=["x2"], max_concurrent=2))
@@ -361,12 +357,6 @@ def test_client_disconnect_frees_its_work(app: InProcessApp, replica: object) ->
         check_image(response, (32, 32))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG service/processing.py prefetched() (commit fa26857): on cancel the "
-                   "band thread's put() gives up without handing over 'end'/'error', while the request thread "
-                   "waits in handoff.get() with no timeout: after every client disconnect mid-stream one "
-                   "'upscale-request' thread stays blocked forever, holding the decoded picture and encoder "
-                   "(a thread and memory leak per disconnect). Fix: get(timeout=...) in a loop that returns once "
-                   "cancel is set")
 def test_client_disconnect_leaves_no_thread_behind(app: InProcessApp, replica: object) -> None:
     earlier = request_threads()
     # Leave while the request thread waits for the next band (each band takes > 0.5 s here).

@@ -209,10 +209,6 @@ else:
         pytest.skip("schemathesis is not installed (pip install schemathesis)")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG service/routes.py UPSCALE_BODY: the multipart form fields scale/width/"
-                   "height/model/format/quality are documented as free strings, so schema-valid requests (e.g. "
-                   "scale='') are rejected with 400 (schemathesis positive_data_acceptance, ST202); they should "
-                   "reuse the query parameters' schemas")
 def test_openapi_form_fields_are_typed(app: InProcessApp) -> None:
     document = app.request("GET", "/openapi.json").json()
     operation = document["paths"]["/v1/superresolve"]["post"]
