@@ -25,14 +25,14 @@ serve: install  ## start the service with the project's own default weights
 
 test: install-dev install-system  ## lint, type-check and run the whole test suite
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m mypy model service sr_client
+	$(PYTHON) -m mypy model service sr_client bench
 	$(PYTHON) -m pytest -q
 
 lint:
 	$(PYTHON) -m ruff check .
 
 typecheck:
-	$(PYTHON) -m mypy model service sr_client
+	$(PYTHON) -m mypy model service sr_client bench
 
 evaluate:  ## PSNR/SSIM of the default weights on ../shared benchmarks
 	$(PYTHON) -m model.evaluate --weights default --data ../shared/data/benchmarks --scale 2 3 4

@@ -319,7 +319,8 @@ def loaded_total(results: Results) -> int:
 def print_report(report: dict[str, object]) -> None:
     print(json.dumps(report, indent=2))
     if report["mode"] == "soak":
-        lat = report.get("latency_200_ms", {})
+        lat = report.get("latency_200_ms")
+        lat = lat if isinstance(lat, dict) else {}
         print(f"\nthroughput {report['throughput_rps']} req/s; latency p50 {lat.get('p50')} ms, p95 {lat.get('p95')} "
               f"ms, p99 {lat.get('p99')} ms; statuses {report['counts']}")
         rss = report.get("rss_mib")

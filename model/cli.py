@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
-from model.engine import MODEL_CHOICES, Runner, UpscaleError, Upscaler
+from model.engine import ANY_SCALE_METHODS, MODEL_CHOICES, Runner, UpscaleError, Upscaler
 from model.imageio import ImageDecodeError, ImageTooLargeError, decode, encode_png_stream, encode_whole
 from model.weights import WeightsError
 
@@ -59,7 +59,8 @@ def upscale_command(args: argparse.Namespace) -> int:
     if args.scale is None and args.width is None and args.height is None:
         args.scale = 2.0
     runner = make_runner(["x2", "x3", "x4", "as"], args.weights, args.device, args.backend)
-    upscaler = Upscaler(runner, budget_bytes=args.memory_mb * 2**20, max_scale=args.max_scale)
+    upscaler = Upscaler(runner, budget_bytes=args.memory_mb * 2**20, max_scale=args.max_scale,
+                        any_scale=args.any_scale)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in tqdm(files, desc="upscale", unit="img", disable=len(files) < 2 or not sys.stderr.isatty()):
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--threads", type=int, help="CPU threads")
     up.add_argument("--memory-mb", type=int, default=768, help="activation memory budget per tile batch")
     up.add_argument("--max-scale", type=float, default=8.0)
+    up.add_argument("--any-scale", choices=ANY_SCALE_METHODS, default="downscale",
+                    help="non-integer scales: 'as' (bicubic + IMDN_AS), 'downscale' (next integer IMDN, bicubic down)")
     up.add_argument("--max-pixels", type=int, default=None, help="refuse inputs larger than this")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

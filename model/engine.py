@@ -7,7 +7,9 @@ put a batching pool behind it and a local tool can call the network directly.
 Scale policy:
 - exactly x2, x3 or x4 (per axis): the dedicated IMDN network;
 - any other scale up to 4: MATLAB bicubic pre-scaling to the target size, then
-  IMDN_AS (paper Sec. 3.3), with ACS for sides not divisible by 4;
+  IMDN_AS (paper Sec. 3.3), with ACS for sides not divisible by 4 -- or, with
+  ``any_scale="downscale"``, the next integer IMDN and bicubic down to the target
+  (what the service uses while the project's IMDN_AS weights trail it: see README);
 - above 4 (up to ``max_scale``): IMDN x4 first, then x2 if exactly 8 remains,
   else the any-scale path for the remaining factor;
 - an explicit model (``x2``/``x3``/``x4``) runs that network and resizes its
@@ -17,7 +19,7 @@ Scale policy:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -28,7 +30,7 @@ from PIL import Image
 
 from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array
 from model.imdn import contrast_from_moments
-from model.resize import imresize
+from model.resize import contributions, imresize
 from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_samples, plan_tiles
 
 
@@ -47,6 +49,7 @@ class Runner(Protocol):
 
 NETWORK_SCALES = {"x2": 2, "x3": 3, "x4": 4, "as": 1}
 MODEL_CHOICES = ("auto", "x2", "x3", "x4", "as")
+ANY_SCALE_METHODS = ("as", "downscale")
 # IMDN_AS reads its input at 1/4 resolution, so its receptive field is 4x wider.
 AS_CONTEXT = 4 * IMDN_CONTEXT
 # IMDN_AS works at 1/4 resolution after its two stride-2 convs.
@@ -139,13 +142,27 @@ def target_size(in_size: tuple[int, int], scale: float | None, width: int | None
 
 
 def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
-                 height: int | None = None, model: str = "auto", max_scale: float = 8.0) -> Plan:
-    """Request -> Plan (see the module docstring for the policy)."""
+                 height: int | None = None, model: str = "auto", max_scale: float = 8.0,
+                 any_scale: str = "as", available: Collection[str] | None = None) -> Plan:
+    """Request -> Plan (see the module docstring for the policy).
+
+    any_scale: how `auto` reaches a non-integer scale up to 4: "as" (bicubic pre-scaling
+    then IMDN_AS, the paper's way) or "downscale" (the next integer IMDN, then bicubic down
+    to the target; bench/quality.py compares the two for a set of weights).
+    available: the models that can run (default: all); a plan never needs another one.
+    """
+
+    def loaded(name: str) -> bool:
+        return available is None or name in available
+
+    if any_scale not in ANY_SCALE_METHODS:
+        raise ValueError(f"any_scale must be one of {ANY_SCALE_METHODS}, got {any_scale!r}")
     if model not in MODEL_CHOICES:
         raise UpscaleError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES)}")
     h, w = in_size
     out = target_size(in_size, scale, width, height, max_scale)
     exact = next((k for k in (2, 3, 4) if out == (k * h, k * w)), None)
+    downscale_k = _smallest_loaded_scale(out, in_size, loaded) if any_scale == "downscale" else None
     if model in ("x2", "x3", "x4"):
         k = NETWORK_SCALES[model]
         stages = [Stage(model, (k * h, k * w))]
@@ -157,9 +174,21 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
         first = (4 * h, 4 * w)
         rest = "x2" if out == (2 * first[0], 2 * first[1]) else "as"
         stages = [Stage("x4", first), Stage(rest, out)]
+    elif model == "auto" and downscale_k is not None:
+        stages = [Stage(f"x{downscale_k}", (downscale_k * h, downscale_k * w)), Stage(None, out)]
     else:
         stages = [Stage("as", out)]
+    missing = [s.model for s in stages if s.model is not None and not loaded(s.model)]
+    if missing:
+        raise UpscaleError(f"model {missing[0]} is needed for this request but not loaded on this server")
     return Plan(in_size, out, tuple(stages))
+
+
+def _smallest_loaded_scale(out: tuple[int, int], in_size: tuple[int, int],
+                           loaded: Callable[[str], bool]) -> int | None:
+    """The smallest integer network scale that reaches `out` and is loaded, if any."""
+    needed = math.ceil(max(out[0] / in_size[0], out[1] / in_size[1]) - 1e-9)
+    return next((k for k in range(max(2, needed), 5) if loaded(f"x{k}")), None)
 
 
 def tile_core(model: str, budget_bytes: int, context: int) -> int:
@@ -170,12 +199,46 @@ def tile_core(model: str, budget_bytes: int, context: int) -> int:
     return max(MIN_CORE, core)
 
 
+def resize_band_stream(bands: Iterator[tuple[int, torch.Tensor]], in_height: int, out_size: tuple[int, int],
+                       rows_per_band: int = 128) -> Iterator[tuple[int, torch.Tensor]]:
+    """MATLAB-bicubic resize of an image that arrives as bands, emitted as bands.
+
+    Rows are resized first with the full-axis contributions (so the result equals a
+    whole-image resize up to float rounding), keeping only the input rows that later
+    output rows still need; columns are then resized band by band.
+    """
+    out_h, out_w = out_size
+    weights, idx = contributions(in_height, out_h, out_h / in_height)
+    held = torch.zeros(0)
+    held_from, received = 0, 0
+    pending = iter(bands)
+    for top in range(0, out_h, rows_per_band):
+        bottom = min(out_h, top + rows_per_band)
+        need_to = int(idx[top:bottom].max()) + 1
+        while received < need_to:
+            _, band = next(pending)
+            held = band if held.numel() == 0 else torch.cat([held, band], dim=1)
+            received += band.shape[1]
+        rows_w = weights[top:bottom].to(held.dtype)
+        local = idx[top:bottom] - held_from
+        rows = (held[:, local] * rows_w[None, :, :, None]).sum(dim=2)  # (3, rows, in_w)
+        yield top, imresize(rows, size=(bottom - top, out_w)).clamp_(0, 1)
+        if bottom < out_h:  # drop input rows no later output row reads
+            keep_from = int(idx[bottom:].min())
+            held, held_from = held[:, keep_from - held_from :], keep_from
+    for _ in pending:  # let the producing stage finish cleanly
+        pass
+
+
 class Upscaler:
     """Runs plans through a Runner, tile by tile, yielding output bands top to bottom."""
 
     def __init__(self, runner: Runner, budget_bytes: int = 512 * 2**20, max_batch: int = 4,
-                 max_scale: float = 8.0, tile_core_override: int | None = None, refine_stats: bool = True) -> None:
+                 max_scale: float = 8.0, tile_core_override: int | None = None, refine_stats: bool = True,
+                 any_scale: str = "as", available: Collection[str] | None = None) -> None:
         self.runner = runner
+        self.any_scale = any_scale
+        self.available = available
         self.refine_stats = refine_stats
         self.budget_bytes = budget_bytes
         self.max_batch = max_batch
@@ -184,19 +247,25 @@ class Upscaler:
 
     def plan(self, in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
              height: int | None = None, model: str = "auto") -> Plan:
-        return plan_upscale(in_size, scale, width, height, model, self.max_scale)
+        return plan_upscale(in_size, scale, width, height, model, self.max_scale, self.any_scale, self.available)
 
     # --- colour planes -------------------------------------------------------------
 
     def color_bands(self, color: torch.Tensor, plan: Plan) -> Iterator[tuple[int, torch.Tensor]]:
         """color (3,H,W) float in [0,1] -> (first output row, (3,rows,W') float) bands, top to bottom."""
         source = color
-        for index, stage in enumerate(plan.stages):
+        stages = list(plan.stages)
+        # A closing bicubic resize needs only a few rows of its input at a time: it follows the
+        # previous stage band by band instead of waiting for (and holding) all of it.
+        final_resize = stages.pop() if len(stages) > 1 and stages[-1].model is None else None
+        for index, stage in enumerate(stages):
             bands = self._stage_bands(source, stage)
-            if index == len(plan.stages) - 1:
-                yield from bands
-            else:  # an intermediate result is needed whole by the next stage
+            if index < len(stages) - 1:  # an intermediate network result is read anywhere by the next
                 source = torch.cat([band for _, band in bands], dim=1).clamp_(0, 1)
+            elif final_resize is None:
+                yield from bands
+            else:
+                yield from resize_band_stream(bands, stage.size[0], final_resize.size)
 
     def _stage_bands(self, source: torch.Tensor, stage: Stage) -> Iterator[tuple[int, torch.Tensor]]:
         if stage.model is None:

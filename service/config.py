@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     tile_size: int | None = Field(None, ge=32, description="force a tile core size in input pixels")
     max_batch: int = Field(4, ge=1, le=256, description="tiles per network call, across requests")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    any_scale: Literal["as", "downscale"] = Field(
+        "downscale", description="non-integer scales up to 4: 'as' (bicubic + IMDN_AS, the paper's way) or "
+        "'downscale' (next integer IMDN, then bicubic down; measured better with the current weights)")
     refine_stats: bool = Field(False, description="tiled images: one more pass for near-exact whole-image "
                                "statistics (about 2x the compute, and the first byte waits for it)")
 

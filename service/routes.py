@@ -55,7 +55,8 @@ class UpscaleParams(BaseModel):
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")
     model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
-        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, IMDN_AS otherwise")
+        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the configured any-scale "
+        "method (IMDN_ANY_SCALE); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS")
     format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
 
@@ -168,7 +169,7 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
         timings.decode = time.perf_counter() - decode_start
         scale = params.scale if params.scale is not None or params.width or params.height else 2.0
         upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
-                            settings.tile_size, settings.refine_stats)
+                            settings.tile_size, settings.refine_stats, settings.any_scale, settings.models)
         plan = upscaler.plan(picture.size, scale, params.width, params.height, params.model)
         out_h, out_w = plan.out_size
         side_limit = FORMAT_MAX_SIDE.get(params.format)
@@ -204,7 +205,7 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
         finish()
         await chunks.aclose()
         raise
-    model_names = "+".join(plan.models) or "bicubic"
+    model_names = "+".join(stage.model or "bicubic" for stage in plan.stages)
     request.state.log_extra = {
         "model": model_names, "in": f"{picture.size[1]}x{picture.size[0]}", "out": f"{out_w}x{out_h}",
         "format": params.format,

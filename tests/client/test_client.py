@@ -45,7 +45,7 @@ def test_upscale_sync_path_to_width_as_webp(server: LiveServer, tmp_path: Path):
         result = client.upscale(source, width=24, format="webp", quality=80)
     assert result.media_type == "image/webp" and result.format == "webp"
     assert image_size(result.content) == (24, 18)  # one side given: the aspect ratio is kept
-    assert result.model == "as"
+    assert result.model == "x2+bicubic"  # 1.5x: the service's default any-scale method
 
 
 def test_upscale_async_concurrent(server: LiveServer):

@@ -71,12 +71,12 @@ async def test_superresolve_octet_stream_body(client: httpx.AsyncClient, make_im
     ("query", "size", "model"),
     [
         ("scale=2", (64, 48), "x2"),
-        ("scale=2.5", (80, 60), "as"),
-        ("width=80", (80, 60), "as"),  # width only: height follows the aspect ratio
+        ("scale=2.5", (80, 60), "x3+bicubic"),  # the service's any-scale default: next integer IMDN, then down
+        ("width=80", (80, 60), "x3+bicubic"),  # width only: height follows the aspect ratio
         ("width=64", (64, 48), "x2"),  # ... and an exact x2 picks the x2 network
         ("height=72", (96, 72), "x3"),  # height only
-        ("width=70&height=50", (70, 50), "as"),  # both: exactly that size, aspect not kept
-        ("height=48&width=100", (100, 48), "as"),  # one side may stay as it is
+        ("width=70&height=50", (70, 50), "x3+bicubic"),  # both: exactly that size, aspect not kept
+        ("height=48&width=100", (100, 48), "x4+bicubic"),  # one side may stay as it is
     ],
 )
 async def test_superresolve_size_from(client: httpx.AsyncClient, make_image: Callable[..., bytes], query: str,
@@ -94,15 +94,15 @@ async def test_superresolve_size_from(client: httpx.AsyncClient, make_image: Cal
         ("model=auto&scale=2", (64, 48), "x2"),
         ("model=auto&scale=3", (96, 72), "x3"),
         ("model=auto&scale=4", (128, 96), "x4"),
-        ("model=auto&scale=1.5", (48, 36), "as"),
+        ("model=auto&scale=1.5", (48, 36), "x2+bicubic"),
         ("model=auto&scale=6", (192, 144), "x4+as"),
         ("model=auto&scale=8", (256, 192), "x4+x2"),
         ("model=x2&scale=2", (64, 48), "x2"),
         ("model=x3&scale=3", (96, 72), "x3"),
         ("model=x4&scale=4", (128, 96), "x4"),
         ("model=as&scale=2", (64, 48), "as"),
-        ("model=x2&scale=3", (96, 72), "x2"),  # the x2 network, then bicubic to the target
-        ("model=x4&width=40", (40, 30), "x4"),
+        ("model=x2&scale=3", (96, 72), "x2+bicubic"),  # the x2 network, then bicubic to the target
+        ("model=x4&width=40", (40, 30), "x4+bicubic"),
     ],
 )
 async def test_superresolve_model_choice(client: httpx.AsyncClient, make_image: Callable[..., bytes], query: str,
