@@ -5,7 +5,7 @@
 
 Prints seconds, MB and MB/s of raw pixels per encoder setting, median of --rounds.
 The service streams with model/imageio.PNGStreamEncoder (IMDN_PNG_COMPRESS_LEVEL);
-level 0 writes stored, unfiltered rows; 1-9 Paeth-filtered rows.
+level 0 writes stored, unfiltered rows; 1-9 Average-filtered rows.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
         return b"".join(encode_png_stream(bands, w, h, c, 8, level))
 
     cases = [(f"Pillow compress_level={lv}", lambda lv=lv: pillow(lv)) for lv in (0, 1, 6, 9)]
-    cases += [(f"stream level={lv} ({'Paeth' if lv >= 1 else 'unfiltered'})", lambda lv=lv: stream(lv))
+    cases += [(f"stream level={lv} ({'Average' if lv >= 1 else 'unfiltered'})", lambda lv=lv: stream(lv))
               for lv in (0, 1, 3, 6, 9)]
     for label, fn in cases:
         times, size = [], 0
