@@ -48,7 +48,7 @@ def main() -> None:
     hr_paths = sorted(p for p in (args.data / "HR").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     print(f"{args.data.name}, weights {args.weights}: PSNR-Y (dB) of the upscaler and of bicubic, "
           f"shrink by s then back")
-    print(f"{'scale':>6} {'bicubic':>8} " + " ".join(f"{m + ' (models)':>22} {'gain':>6}" for m in methods))
+    print(f"{'scale':>6} {'bicubic':>8} " + " ".join(f"{m + ' (models)':>24} {'gain':>6}" for m in methods))
     for s in args.scales:
         ours: dict[str, list[float]] = {m: [] for m in methods}
         models: dict[str, str] = {}
@@ -62,7 +62,7 @@ def main() -> None:
             crop = math.ceil(s)
             for method, upscaler in methods.items():
                 plan = upscaler.plan(picture.size, width=w, height=h)
-                models[method] = "+".join(plan.models) or "bicubic"
+                models[method] = "+".join(stage.model or "bicubic" for stage in plan.stages)
                 sr = torch.from_numpy(upscaler.upscale_picture(picture, plan)).permute(2, 0, 1)
                 ours[method].append(psnr(sr, hr, crop))
             back = to_array(imresize(small.float() / 255, size=(h, w)), None, False, 8)
@@ -71,7 +71,7 @@ def main() -> None:
         cells = []
         for method in methods:
             a = statistics.mean(ours[method])
-            cells.append(f"{f'{a:.2f} ({models[method]})':>22} {a - b:+6.2f}")
+            cells.append(f"{f'{a:.2f} ({models[method]})':>24} {a - b:+6.2f}")
         print(f"{s:6g} {b:8.2f} " + " ".join(cells))
 
 
