@@ -317,7 +317,9 @@ class Upscaler:
 
     def _run_pass(self, work: NetworkPass, core: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Tile the pass with `core`-pixel cores (one tile when it fits) and yield one band per tile row."""
-        rows = plan_tiles(work.size[0], work.size[1], core, work.context, work.align)
+        # A thin first row: the first band (and a streamed response's first byte) comes sooner.
+        first_row = max(work.align, core // 4 // work.align * work.align)
+        rows = plan_tiles(work.size[0], work.size[1], core, work.context, work.align, first_row)
         contrast = self._image_contrast(work, rows)
         for row in rows:
             yield row[0].core_rows.start * work.scale, self._run_row_retrying(work, row, contrast, core)
@@ -363,11 +365,11 @@ class Upscaler:
         if not self.refine_stats:
             return contrast
         total = torch.zeros(0)
-        tiles = [t for row in rows for t in row]
-        for first in range(0, len(tiles), self.max_batch):
-            windows, mask = self._windows_and_mask(tiles[first : first + self.max_batch], work.read, stride)
-            moments = self.runner.cca_moments(work.model, windows, mask, contrast)
-            total = moments if first == 0 else total + moments
+        for row in rows:  # batches within a row: rows may differ in window size
+            for first in range(0, len(row), self.max_batch):
+                windows, mask = self._windows_and_mask(row[first : first + self.max_batch], work.read, stride)
+                moments = self.runner.cca_moments(work.model, windows, mask, contrast)
+                total = moments if total.numel() == 0 else total + moments
         return contrast_from_moments(total)
 
     @staticmethod

@@ -64,7 +64,7 @@ def acs_tiles(height: int, width: int, pad: int = 4) -> list[Tile]:
     return [Tile(r, c, cr, cc) for r, cr in rows for c, cc in cols]
 
 
-def _axis_tiles(length: int, core: int, context: int, align: int) -> list[tuple[Span, Span]]:
+def _axis_tiles(length: int, core: int, context: int, align: int, start: int = 0) -> list[tuple[Span, Span]]:
     """Split [0, length) into cores, each read through a window of one fixed size.
 
     The window is core + 2*context (or the whole axis if shorter), placed so the
@@ -85,26 +85,36 @@ def _axis_tiles(length: int, core: int, context: int, align: int) -> list[tuple[
             half = length // 2
             return [(Span(0, window), Span(0, half)), (Span(length - window, length), Span(half, length))]
     spans = []
-    for start in range(0, length, core):
-        owned = Span(start, min(length, start + core))
-        first = max(0, (start - context) // align * align)
+    for begin in range(start, length, core):
+        owned = Span(begin, min(length, begin + core))
+        first = max(0, (begin - context) // align * align)
         first = min(first, length - window)
         spans.append((Span(first, first + window), owned))
     return spans
 
 
-def plan_tiles(height: int, width: int, core: int, context: int = IMDN_CONTEXT, align: int = 1) -> list[list[Tile]]:
+def plan_tiles(height: int, width: int, core: int, context: int = IMDN_CONTEXT, align: int = 1,
+               first_row_core: int | None = None) -> list[list[Tile]]:
     """Overlapping tiles for a height x width input, grouped in rows (top to bottom).
 
     All tiles share one window size (so they batch together); with `align`=4 and
     core/context multiples of 4, every window starts on the stride-4 grid
-    IMDN_AS needs, or ends on the image's far border.
+    IMDN_AS needs, or ends on the image's far border. `first_row_core` makes the
+    first row thinner (with its own, smaller windows) so that the first band of
+    a streamed result is ready sooner.
     """
     if core < 1 or context < 0:
         raise ValueError(f"bad tile plan: core={core}, context={context}")
     if align > 1 and (core % align or context % align):
         raise ValueError(f"core {core} and context {context} must be multiples of {align}")
     row_spans = _axis_tiles(height, core, context, align)
+    full_windows = height - height % align >= core + 2 * context  # no short-axis fallback in play
+    if first_row_core is not None and full_windows and len(row_spans) > 1 and first_row_core < core:
+        if first_row_core < 1 or first_row_core % align:
+            raise ValueError(f"first_row_core {first_row_core} must be a positive multiple of {align}")
+        first_window = min(height - height % align, first_row_core + 2 * context)
+        row_spans = [(Span(0, first_window), Span(0, first_row_core))]
+        row_spans += _axis_tiles(height, core, context, align, start=first_row_core)
     col_spans = _axis_tiles(width, core, context, align)
     return [[Tile(r, c, cr, cc) for c, cc in col_spans] for r, cr in row_spans]
 
