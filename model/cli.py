@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--device", default="auto")
     up.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
     up.add_argument("--threads", type=int, help="CPU threads")
-    up.add_argument("--memory-mb", type=int, default=768, help="activation memory budget per tile batch")
+    up.add_argument("--memory-mb", type=int, default=512, help="activation memory budget per network call")
     up.add_argument("--max-scale", type=float, default=8.0)
     up.add_argument("--any-scale", choices=ANY_SCALE_METHODS, default="downscale",
                     help="non-integer scales: 'as' (bicubic + IMDN_AS), 'downscale' (next integer IMDN, bicubic down)")

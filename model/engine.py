@@ -393,8 +393,11 @@ class Upscaler:
         top = min(t.core_rows.start for t in row)
         bottom = max(t.core_rows.stop for t in row)
         band = torch.empty(3, (bottom - top) * scale, work.size[1] * scale)
-        for first in range(0, len(row), self.max_batch):
-            group = row[first : first + self.max_batch]
+        # As many tiles per call as the memory budget holds (the budget sized one tile already).
+        window_bytes = row[0].rows.size * row[0].cols.size * BYTES_PER_INPUT_PIXEL[work.model]
+        per_call = max(1, min(self.max_batch, self.budget_bytes // window_bytes))
+        for first in range(0, len(row), per_call):
+            group = row[first : first + per_call]
             outputs = self._run_group(work, group, contrast)
             for tile, out in zip(group, outputs, strict=True):
                 y0 = (tile.core_rows.start - tile.rows.start) * scale

@@ -22,7 +22,7 @@ from service.pool import Backend, ModelPool
 log = logging.getLogger("service")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CPU_BUDGET_MB = 768
+CPU_BUDGET_MB = 512
 
 
 @dataclass
