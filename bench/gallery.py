@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}\n(trained weights not there yet? pass --weights DIR, or --weights random to try "
               "the script)", file=sys.stderr)
         return 2
-    upscaler = Upscaler(TorchRunner(models, pick_device(args.device)))
+    # The service's default any-scale method, so the gallery shows what users get.
+    upscaler = Upscaler(TorchRunner(models, pick_device(args.device)), any_scale="downscale")
     args.out.mkdir(parents=True, exist_ok=True)
 
     entries: list[Entry] = []
