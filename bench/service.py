@@ -170,7 +170,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 def ttfb(args: argparse.Namespace) -> None:
     data = test_image(2048)
-    print("time to first byte vs total, 2048x2048 -> x2 PNG (8.4 MP... 16.8 MP out)")
+    print("time to first byte vs total, 2048x2048 -> x2 PNG (16.8 MP out)")
     with server(args.weights) as (url, _), httpx.Client(timeout=900) as client:
         for _ in range(args.rounds):
             first, total, size = post(client, url, data, 2)
