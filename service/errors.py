@@ -61,7 +61,7 @@ class RequestTimeoutError(ServiceError):
     status, kind, title = 504, "timeout", "Request took too long"
 
 
-class CancelledError(Exception):
+class RequestCancelledError(Exception):
     """The client went away; its remaining work is dropped."""
 
 

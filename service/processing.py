@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 
 from model.engine import Plan, Runner, Upscaler
 from model.imageio import Picture, PNGStreamEncoder, encode_whole
-from service.errors import CancelledError, RequestTimeoutError
+from service.errors import RequestCancelledError, RequestTimeoutError
 
 CHUNKS_AHEAD = 4
 T = TypeVar("T")
@@ -35,7 +35,7 @@ class RequestRunner:
 
     def _check(self) -> None:
         if self.cancel.is_set():
-            raise CancelledError("client disconnected")
+            raise RequestCancelledError("client disconnected")
         if time.monotonic() > self.deadline:
             raise RequestTimeoutError("the request ran past its time limit")
 
@@ -56,7 +56,6 @@ class Timings:
     inference: float = 0.0
     encode: float = 0.0
     bands: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
     def server_timing(self) -> str:
         parts = [f"{name};dur={getattr(self, name) * 1000:.1f}" for name in ("decode", "queue", "inference", "encode")]
