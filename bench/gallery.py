@@ -32,8 +32,12 @@ sys.path.insert(0, str(ROOT))
 from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner, pick_device  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
-from model.evaluate import IMAGE_SUFFIXES, read_uint8  # noqa: E402
-from model.imageio import picture_from_array, to_array  # noqa: E402
+from model.evaluate import read_uint8  # noqa: E402
+from model.imageio import (  # noqa: E402
+    IMAGE_SUFFIXES,  # noqa: E402
+    picture_from_array,
+    to_array,
+)
 from model.metrics import psnr, to_y  # noqa: E402
 from model.resize import imresize  # noqa: E402
 from model.weights import WeightsError, file_sha256, resolve_weights  # noqa: E402

@@ -25,8 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
 from model.engine import ANY_SCALE_METHODS, Upscaler  # noqa: E402
-from model.evaluate import IMAGE_SUFFIXES, read_uint8  # noqa: E402
-from model.imageio import picture_from_array, to_array  # noqa: E402
+from model.evaluate import read_uint8  # noqa: E402
+from model.imageio import (  # noqa: E402
+    IMAGE_SUFFIXES,  # noqa: E402
+    picture_from_array,
+    to_array,
+)
 from model.metrics import psnr  # noqa: E402
 from model.resize import imresize  # noqa: E402
 
@@ -62,7 +66,7 @@ def main() -> None:
             crop = math.ceil(s)
             for method, upscaler in methods.items():
                 plan = upscaler.plan(picture.size, width=w, height=h)
-                models[method] = "+".join(stage.model or "bicubic" for stage in plan.stages)
+                models[method] = plan.label
                 sr = torch.from_numpy(upscaler.upscale_picture(picture, plan)).permute(2, 0, 1)
                 ours[method].append(psnr(sr, hr, crop))
             back = to_array(imresize(small.float() / 255, size=(h, w)), None, False, 8)

@@ -24,8 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
-from model.evaluate import IMAGE_SUFFIXES, read_uint8  # noqa: E402
-from model.imageio import picture_from_array  # noqa: E402
+from model.evaluate import read_uint8  # noqa: E402
+from model.imageio import (
+    IMAGE_SUFFIXES,  # noqa: E402
+    picture_from_array,  # noqa: E402
+)
 from model.metrics import psnr  # noqa: E402
 
 

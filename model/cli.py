@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
 from model.engine import ANY_SCALE_METHODS, MODEL_CHOICES, Runner, UpscaleError, Upscaler
-from model.imageio import ImageDecodeError, ImageTooLargeError, decode, encode_png_stream, encode_whole
+from model.imageio import IMAGE_SUFFIXES, ImageDecodeError, ImageTooLargeError, decode, encode_png_stream, encode_whole
 from model.weights import WeightsError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# The CLI also takes GIFs (their first frame).
+CLI_SUFFIXES = IMAGE_SUFFIXES | {".gif"}
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -30,7 +31,7 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in CLI_SUFFIXES))
         elif path.is_file():
             files.append(path)
         else:
@@ -81,7 +82,7 @@ def upscale_command(args: argparse.Namespace) -> int:
                     out.write(encode_whole(np.concatenate(list(bands)), args.format, args.quality,
                                            picture.icc_profile))
             partial.replace(target)
-            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {'+'.join(plan.models)})")
+            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {plan.label})")
         except (ImageDecodeError, ImageTooLargeError, UpscaleError, OSError) as exc:
             failures += 1
             print(f"error: {path}: {exc}", file=sys.stderr)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from model.evaluate import IMAGE_SUFFIXES, read_uint8
+from model.evaluate import read_uint8
+from model.imageio import IMAGE_SUFFIXES
 from model.resize import imresize
 
 log = logging.getLogger(__name__)

@@ -106,6 +106,11 @@ class Plan:
         return [s.model for s in self.stages if s.model]
 
     @property
+    def label(self) -> str:
+        """The steps, e.g. 'x2', 'x3+bicubic', 'x4+as' (the X-Model header)."""
+        return "+".join(stage.model or "bicubic" for stage in self.stages)
+
+    @property
     def scale(self) -> tuple[float, float]:
         return self.out_size[0] / self.in_size[0], self.out_size[1] / self.in_size[1]
 

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.imageio import IMAGE_SUFFIXES
 from model.imdn import IMDN
 from model.metrics import psnr, ssim
 from model.weights import WeightsError, load_model, resolve_weights
-
-IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
 
 @dataclass

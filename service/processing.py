@@ -55,7 +55,6 @@ class Timings:
     queue: float = 0.0
     inference: float = 0.0
     encode: float = 0.0
-    bands: int = 0
 
     def server_timing(self) -> str:
         parts = [f"{name};dur={getattr(self, name) * 1000:.1f}" for name in ("decode", "queue", "inference", "encode")]
@@ -120,7 +119,6 @@ def encoded_chunks(upscaler: Upscaler, picture: Picture, plan: Plan, fmt: str, q
             started = time.perf_counter()
             pending += encoder.add(band)
             timings.encode += time.perf_counter() - started
-            timings.bands += 1
             yield pending
             pending = b""
         yield pending + encoder.finish()

@@ -205,7 +205,7 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
         finish()
         await chunks.aclose()
         raise
-    model_names = "+".join(stage.model or "bicubic" for stage in plan.stages)
+    model_names = plan.label
     request.state.log_extra = {
         "model": model_names, "in": f"{picture.size[1]}x{picture.size[0]}", "out": f"{out_w}x{out_h}",
         "format": params.format,

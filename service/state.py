@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
-from model.engine import AS_CONTEXT, BYTES_PER_INPUT_PIXEL, IMDN_CONTEXT, tile_core
+from model.engine import AS_CONTEXT, IMDN_CONTEXT, tile_core
 from model.imdn import count_parameters
 from model.weights import file_sha256, resolve_weights
 from service.config import Settings
@@ -127,8 +127,7 @@ def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
         for _ in pool.replicas:
             pool(info.name, torch.rand(1, 3, side, side))
         info.load_seconds += time.perf_counter() - started
-        log.info("model %s warm (%.2f s, %s bytes/px budget)", info.name, info.load_seconds,
-                 BYTES_PER_INPUT_PIXEL[info.name])
+        log.info("model %s loaded and warm in %.2f s", info.name, info.load_seconds)
 
 
 class Admission:
