@@ -189,7 +189,8 @@ def memory(args: argparse.Namespace) -> None:
     print("server peak RSS (VmHWM) after each request, growing output size (x2 from a square input)")
     print(f"{'output MP':>9} {'input':>11} {'peak RSS MB':>12} {'seconds':>8}")
     # Big photo-like PNGs pass 32 MB: lift the upload limit for this measurement only.
-    with server(args.weights, IMDN_MAX_UPLOAD_BYTES=str(2**30)) as (url, pid), httpx.Client(timeout=3600) as client:
+    with server(args.weights, IMDN_MAX_UPLOAD_BYTES=str(2**30),
+                IMDN_REQUEST_TIMEOUT_S="3600") as (url, pid), httpx.Client(timeout=3600) as client:
         print(f"{'(idle)':>9} {'':>11} {peak_rss(pid) / 2**20:12.0f}")
         for megapixels in args.megapixels:
             side = int((megapixels * 1e6 / 4) ** 0.5)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array
+from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array, unit_float
 from model.imdn import contrast_from_moments
 from model.resize import contributions, imresize
 from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_samples, plan_tiles
@@ -204,6 +204,13 @@ def tile_core(model: str, budget_bytes: int, context: int) -> int:
     return max(MIN_CORE, core)
 
 
+def resize_unit(samples: torch.Tensor, size: tuple[int, int],
+                window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """MATLAB-bicubic resize of Picture samples (uint8 or float) to float32 in [0,1], unclamped."""
+    out = imresize(samples, size=size, window=window, float_output=True)
+    return out.div_(255) if samples.dtype == torch.uint8 else out
+
+
 def resize_band_stream(bands: Iterator[tuple[int, torch.Tensor]], in_height: int, out_size: tuple[int, int],
                        rows_per_band: int = 128) -> Iterator[tuple[int, torch.Tensor]]:
     """MATLAB-bicubic resize of an image that arrives as bands, emitted as bands.
@@ -257,7 +264,7 @@ class Upscaler:
     # --- colour planes -------------------------------------------------------------
 
     def color_bands(self, color: torch.Tensor, plan: Plan) -> Iterator[tuple[int, torch.Tensor]]:
-        """color (3,H,W) float in [0,1] -> (first output row, (3,rows,W') float) bands, top to bottom."""
+        """color (3,H,W) Picture samples -> (first output row, (3,rows,W') float in [0,1]) bands, top to bottom."""
         source = color
         stages = list(plan.stages)
         # A closing bicubic resize needs only a few rows of its input at a time: it follows the
@@ -279,7 +286,7 @@ class Upscaler:
             yield from self._any_scale_bands(source, stage.size)
         else:
             def crop(r: Span, c: Span) -> torch.Tensor:
-                return source[:, r.start : r.stop, c.start : c.stop]
+                return unit_float(source[:, r.start : r.stop, c.start : c.stop])
 
             size = (source.shape[1], source.shape[2])
             work = NetworkPass(stage.model, NETWORK_SCALES[stage.model], size, crop, IMDN_CONTEXT, align=1)
@@ -290,13 +297,13 @@ class Upscaler:
         band = 256
         for top in range(0, size[0], band):
             window = (top, min(size[0], top + band), 0, size[1])
-            yield top, imresize(source, size=size, window=window).clamp_(0, 1)
+            yield top, resize_unit(source, size, window).clamp_(0, 1)
 
     def _any_scale_bands(self, source: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
         """Bicubic pre-scaling to `size`, then IMDN_AS (whole image with ACS, or aligned tiles)."""
         h, w = size
         if min(h, w) < 8:  # below ACS's smallest patch: pad the pre-scaled image and crop
-            up = imresize(source, size=size)
+            up = resize_unit(source, size)
             ph, pw = -(-max(h, 8) // 4) * 4, -(-max(w, 8) // 4) * 4
             padded = F.pad(up[None], (0, pw - w, 0, ph - h), mode="replicate")[0]
             out = self.runner("as", padded[None].contiguous())[0]
@@ -304,7 +311,7 @@ class Upscaler:
             return
 
         def read(rows: Span, cols: Span) -> torch.Tensor:
-            return imresize(source, size=size, window=(rows.start, rows.stop, cols.start, cols.stop))
+            return resize_unit(source, size, (rows.start, rows.stop, cols.start, cols.stop))
 
         work = NetworkPass("as", 1, size, read, AS_CONTEXT, align=4)
         core = self.tile_core_override or tile_core("as", self.budget_bytes, AS_CONTEXT)
@@ -435,7 +442,7 @@ class Upscaler:
             alpha = None
             if picture.alpha is not None:
                 window = (top, top + color.shape[1], 0, out_w)
-                alpha = imresize(picture.alpha, size=(out_h, out_w), window=window)
+                alpha = resize_unit(picture.alpha, (out_h, out_w), window)
             yield to_array(color, alpha, picture.gray, picture.bits)
 
     def upscale_picture(self, picture: Picture, plan: Plan) -> np.ndarray:

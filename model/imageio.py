@@ -44,8 +44,11 @@ class ImageTooLargeError(ValueError):
 class Picture:
     """An image ready for the network.
 
-    color: (3,H,W) float32 in [0,1]; alpha: (H,W) float32 in [0,1] or None;
-    gray: came in as one channel and goes out as one; bits: 8 or 16 per channel.
+    color: (3,H,W) samples; alpha: (H,W) samples or None. Samples are uint8 for
+    8-bit images (a quarter of float32's memory: a 16 MP photo holds 48 MB, not
+    192 MB; ``unit_float`` converts the windows the network reads), float32 in
+    [0,1] otherwise. gray: came in as one channel and goes out as one; bits: 8
+    or 16 per channel of the output.
     """
 
     color: torch.Tensor
@@ -72,8 +75,9 @@ class Picture:
         return {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[self.channels]
 
 
-def _array_to_tensor(array: np.ndarray, peak: float) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / peak)
+def unit_float(samples: torch.Tensor) -> torch.Tensor:
+    """Picture samples (uint8, or float in [0,1]) -> float32 in [0,1]."""
+    return samples.float().div_(255) if samples.dtype == torch.uint8 else samples
 
 
 def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> Picture:
@@ -85,14 +89,15 @@ def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> P
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageDecodeError(f"image has no pixels ({array.shape[1]}x{array.shape[0]})")
     if array.dtype == np.uint8:
-        bits, peak = 8, 255.0
+        with warnings.catch_warnings():  # PIL's arrays are read-only; nothing writes into Picture samples
+            warnings.simplefilter("ignore", UserWarning)
+            bits, values = 8, torch.from_numpy(np.ascontiguousarray(array))
     elif array.dtype == np.uint16:
-        bits, peak = 16, 65535.0
+        bits, values = 16, torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / 65535.0)
     elif np.issubdtype(array.dtype, np.floating):
-        bits, peak = 8, 1.0
+        bits, values = 8, torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).clamp_(0, 1)
     else:
         raise UnsupportedImageError(f"unsupported pixel type {array.dtype}; use uint8, uint16 or float")
-    values = _array_to_tensor(array, peak).clamp_(0, 1)
     gray = array.shape[2] in (1, 2)
     has_alpha = array.shape[2] in (2, 4)
     color = values[:, :, :1].expand(-1, -1, 3) if gray else values[:, :, :3]
@@ -281,10 +286,11 @@ def decode(data: bytes, max_pixels: int | None = None) -> Picture:
 
 
 def to_array(color: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: int) -> np.ndarray:
-    """color (3,h,w) float, alpha (h,w) float or None -> (h,w,C) uint8/uint16 with C = 1..4."""
+    """color (3,h,w), alpha (h,w) or None, as float or Picture samples -> (h,w,C) uint8/uint16, C = 1..4."""
+    color = unit_float(color)
     planes = [color.mean(dim=0, keepdim=True)] if gray else [color]
     if alpha is not None:
-        planes.append(alpha[None])
+        planes.append(unit_float(alpha)[None])
     stacked = torch.cat(planes).clamp_(0, 1).permute(1, 2, 0)
     if bits == 16:
         return stacked.mul(65535).round_().to(torch.int32).numpy().astype(np.uint16)

@@ -174,17 +174,29 @@ class IMDN(_IMDNBody):
 
 
 class IMDN_AS(_IMDNBody):  # noqa: N801 - the paper's name
-    """IMDN for any scale: pre-upscaled x (N,3,H,W), H and W divisible by 4 -> (N,3,H,W)."""
+    """IMDN for any scale: pre-upscaled x (N,3,H,W), H and W divisible by 4 -> (N,3,H,W).
+
+    input_skip adds the input to the output, so the network learns only what
+    bicubic misses. The paper's network has no such skip and must rebuild every
+    pixel from quarter-resolution features; the project's weights use it
+    (recorded in their metadata, see ``model.weights``), the authors' do not.
+    The skip has no parameters, so both load into the same layout.
+    """
 
     # The input is the bicubic-upscaled image: the output has its size.
     scale = 1
 
-    def __init__(self, num_blocks: int = NUM_BLOCKS, nf: int = NUM_FEATURES) -> None:
+    def __init__(self, num_blocks: int = NUM_BLOCKS, nf: int = NUM_FEATURES, input_skip: bool = True) -> None:
         super().__init__(num_blocks, nf)
+        self.input_skip = input_skip
         self.fea_conv = nn.Sequential(
             conv(3, nf, 3, stride=2), nn.LeakyReLU(LRELU_SLOPE, inplace=True), conv(nf, nf, 3, stride=2)
         )
         self.upsampler = pixel_shuffle_upsampler(nf, 3, 4)
+
+    def forward(self, x: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().forward(x, cca_contrast)
+        return out + x if self.input_skip else out
 
 
 def imdn_x2() -> IMDN:

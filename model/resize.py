@@ -52,8 +52,10 @@ def contributions(
 
 
 def _resize_axis(
-    x: torch.Tensor, dim: int, out_length: int, scale: float, antialias: bool, window: tuple[int, int] | None = None
+    x: torch.Tensor, dim: int, out_length: int, scale: float, antialias: bool, window: tuple[int, int] | None,
+    compute: torch.dtype,
 ) -> torch.Tensor:
+    """Resize x along dim; samples are gathered before conversion to `compute`, so only the read ones are."""
     weights, idx = contributions(x.shape[dim], out_length, scale, antialias)
     if window is not None:
         weights, idx = weights[window[0] : window[1]], idx[window[0] : window[1]]
@@ -63,8 +65,8 @@ def _resize_axis(
     shape[dim] = out_length
     out = torch.zeros(0)
     for tap in range(idx.shape[1]):
-        w = weights[:, tap].to(x.dtype).reshape(shape)
-        term = x.index_select(dim, idx[:, tap]) * w
+        w = weights[:, tap].to(compute).reshape(shape)
+        term = x.index_select(dim, idx[:, tap]).to(compute) * w
         out = term if tap == 0 else out.add_(term)
     return out
 
@@ -80,6 +82,7 @@ def imresize(
     size: tuple[int, int] | None = None,
     antialias: bool = True,
     window: tuple[int, int, int, int] | None = None,
+    float_output: bool = False,
 ) -> torch.Tensor:
     """image: (..., H, W) uint8/uint16/float -> (..., H', W') of the same dtype.
 
@@ -89,6 +92,8 @@ def imresize(
     ``window`` = (y0, y1, x0, x1) computes only that part of the output, equal
     to cropping the full result but reading only the input pixels it needs:
     this is how tiles are pre-scaled without the whole upscaled image in memory.
+    ``float_output`` resizes integer input in float32 without rounding (the same
+    as converting it first, but only the pixels read are converted).
     """
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale or size")
@@ -108,15 +113,19 @@ def imresize(
         scales = (out_h / in_h, out_w / in_w)
 
     dtype = image.dtype
-    integer = not dtype.is_floating_point
-    work = image.to(torch.float64) if integer or dtype == torch.float64 else image
-    top = float(torch.iinfo(dtype).max) if integer else 0.0
+    rounded = not dtype.is_floating_point and not float_output
+    # MATLAB-exact integer passes work in float64; float_output only needs float32.
+    compute = torch.float32 if float_output else torch.float64
+    if dtype.is_floating_point:
+        compute = dtype
+    top = float(torch.iinfo(dtype).max) if rounded else 0.0
     order = (0, 1) if scales[0] <= scales[1] else (1, 0)
+    work = image
     for axis in order:
         dim = image.dim() - 2 + axis
         span = None if window is None else (window[2 * axis], window[2 * axis + 1])
-        work = _resize_axis(work, dim, (out_h, out_w)[axis], scales[axis], antialias, span)
-        if integer:
+        work = _resize_axis(work, dim, (out_h, out_w)[axis], scales[axis], antialias, span, compute)
+        if rounded:
             # MATLAB rounds half away from zero; values are non-negative after clamping.
             work = torch.floor(work.clamp(0, top) + 0.5)
-    return work.to(dtype)
+    return work if float_output else work.to(dtype)

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -85,10 +85,25 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     model.load_state_dict(state_dict, strict=True)
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's string metadata ({} for .pth checkpoints, which have none)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
 def load_model(name: str, path: Path) -> IMDN | IMDN_AS:
     """Build model `name` ('x2'|'x3'|'x4'|'as') and load weights from `path`, in eval mode."""
     model = build_model(name)
     load_into(model, read_state_dict(path), path)
+    if isinstance(model, IMDN_AS):
+        # Only weights that say so were trained with the input skip; the authors' were not.
+        model.input_skip = read_metadata(path).get("input_skip") == "true"
     return model.eval()
 
 
@@ -97,7 +112,10 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in strip_prefixes(model.state_dict()).items()}
-    save_file(tensors, str(path), metadata=metadata or {})
+    metadata = dict(metadata or {})
+    if isinstance(model, IMDN_AS):
+        metadata["input_skip"] = "true" if model.input_skip else "false"
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def file_sha256(path: Path) -> str:

@@ -20,7 +20,7 @@ from model.engine import (
     target_size,
     tile_core,
 )
-from model.imageio import picture_from_array
+from model.imageio import picture_from_array, unit_float
 from model.imdn import contrast_from_moments
 from model.tiling import IMDN_CONTEXT
 
@@ -313,7 +313,7 @@ def test_tiled_runs_with_whole_image_statistics(runner, natural, random_models):
     # A thin first row (8 px cores, for an early first band), then 3 rows; each row is one batch.
     assert len(spy.calls) == 4
     whole = contrast_from_moments(
-        random_models["x2"].cca_moments(picture.color[None], torch.ones(1, 1, 96, 96, dtype=torch.bool))
+        random_models["x2"].cca_moments(unit_float(picture.color)[None], torch.ones(1, 1, 96, 96, dtype=torch.bool))
     ).float()
     for index, (name, shape, contrast) in enumerate(spy.calls):
         rows = (8 if index == 0 else 32) + 2 * IMDN_CONTEXT

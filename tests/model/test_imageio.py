@@ -26,6 +26,7 @@ from model.imageio import (
     picture_from_pil,
     probe,
     to_array,
+    unit_float,
 )
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -194,7 +195,9 @@ def test_decode_png_rgb():
     array = _pattern(10, 12, 3)
     picture = decode(_save(Image.fromarray(array), "PNG"))
     assert picture.size == (10, 12) and picture.mode == "RGB" and picture.frames == 1
-    assert picture.color.dtype == torch.float32 and picture.color.shape == (3, 10, 12)
+    # 8-bit samples stay uint8 (a quarter of float32's memory); the engine converts what it reads
+    assert picture.color.dtype == torch.uint8 and picture.color.shape == (3, 10, 12)
+    assert torch.equal(unit_float(picture.color), torch.from_numpy(array).permute(2, 0, 1).float() / 255)
     assert np.array_equal(to_array(picture.color, picture.alpha, picture.gray, picture.bits), array)
 
 
@@ -214,7 +217,7 @@ def test_decode_cmyk_jpeg_to_rgb():
     picture = decode(_save(cmyk, "JPEG", quality=95))
     assert picture.mode == "RGB" and picture.alpha is None and not picture.gray
     assert picture.size == (8, 16)
-    red, green, blue = (float(picture.color[i].mean()) for i in range(3))
+    red, green, blue = (float(unit_float(picture.color)[i].mean()) for i in range(3))
     assert red > 0.8 and green < 0.2 and blue < 0.2
 
 
@@ -225,8 +228,8 @@ def test_decode_palette_with_transparency_gets_alpha():
     img.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
     picture = decode(_save(img, "PNG", transparency=0))
     assert picture.mode == "RGBA" and picture.alpha is not None
-    assert torch.all(picture.alpha[:, :4] == 0) and torch.all(picture.alpha[:, 4:] == 1)
-    assert torch.allclose(picture.color[:, 0, 5], torch.tensor([200, 100, 50]) / 255)
+    assert torch.all(picture.alpha[:, :4] == 0) and torch.all(picture.alpha[:, 4:] == 255)
+    assert torch.equal(picture.color[:, 0, 5], torch.tensor([200, 100, 50], dtype=torch.uint8))
 
 
 def test_decode_palette_without_transparency_is_rgb():

@@ -152,7 +152,8 @@ def _forward_with_concatenation(model: IMDN | IMDN_AS, x: torch.Tensor) -> torch
         out = block(out)
         outs.append(out)
     fused = model.c(torch.cat(outs, dim=1))
-    return model.upsampler(model.LR_conv(fused) + features)
+    out = model.upsampler(model.LR_conv(fused) + features)
+    return out + x if getattr(model, "input_skip", False) else out
 
 
 @pytest.mark.parametrize(("name", "size"), [("x2", (13, 17)), ("x4", (6, 5)), ("as", (24, 20))])
@@ -161,6 +162,19 @@ def test_fused_collection_equals_concatenation(random_models, name, size):
     model = random_models[name]
     x = torch.rand(2, 3, *size)
     torch.testing.assert_close(model(x), _forward_with_concatenation(model, x), rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_as_input_skip_adds_the_input(random_models):
+    model = random_models["as"]
+    x = torch.rand(1, 3, 16, 12)
+    assert model.input_skip  # the project's variant
+    with_skip = model(x)
+    model.input_skip = False  # the paper's
+    try:
+        torch.testing.assert_close(with_skip, model(x) + x)
+    finally:
+        model.input_skip = True
 
 
 def test_forward_is_differentiable():

@@ -109,6 +109,17 @@ def test_imresize_window_with_size_tiles_the_full_result():
     assert torch.equal(torch.cat(bands, dim=1), full)
 
 
+@pytest.mark.parametrize("window", [None, (3, 17, 5, 40)])
+def test_imresize_float_output_of_integers_equals_resizing_them_as_floats(window):
+    torch.manual_seed(9)
+    image = torch.randint(0, 256, (3, 23, 31), dtype=torch.uint8)
+    out = imresize(image, size=(41, 57), window=window, float_output=True)
+    assert out.dtype == torch.float32
+    expected = imresize(image.double(), size=(41, 57), window=window).float()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+    assert float(out.max()) > 255  # no clamping or rounding: bicubic overshoots at edges
+
+
 def test_imresize_uint16_keeps_type_and_range():
     torch.manual_seed(10)
     image = torch.randint(0, 65536, (1, 9, 8), dtype=torch.int64).to(torch.uint16)

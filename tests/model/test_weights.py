@@ -41,6 +41,24 @@ def test_save_weights_load_model_round_trip(tmp_path, name):
     assert all(v.dtype == torch.float32 for v in load_file(str(path)).values())
 
 
+@pytest.mark.parametrize("input_skip", [True, False])
+def test_as_input_skip_travels_in_the_metadata(tmp_path, input_skip):
+    model = build_model("as")
+    assert isinstance(model, IMDN_AS)
+    model.input_skip = input_skip
+    path = tmp_path / "imdn_as.safetensors"
+    save_weights(model, path)
+    loaded = load_model("as", path)
+    assert isinstance(loaded, IMDN_AS) and loaded.input_skip is input_skip
+
+
+def test_as_checkpoint_without_metadata_is_the_papers_network(tmp_path):
+    path = tmp_path / "IMDN_AS.pth"  # the authors' format: no metadata, no skip
+    torch.save(build_model("as").state_dict(), path)
+    loaded = load_model("as", path)
+    assert isinstance(loaded, IMDN_AS) and not loaded.input_skip
+
+
 def test_save_weights_strips_compile_and_dataparallel_wrappers(tmp_path):
     torch.manual_seed(5)
     model = imdn_x2()
@@ -193,6 +211,7 @@ def test_load_model_official_checkpoints_strict(official_dir, name):
     assert path.name == OFFICIAL_FILENAMES[name]
     model = load_model(name, path)  # load_into ends in load_state_dict(strict=True)
     assert isinstance(model, IMDN_AS if name == "as" else IMDN)
+    assert not getattr(model, "input_skip", False)
     expected = strip_prefixes(read_state_dict(path))
     assert expected.keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
