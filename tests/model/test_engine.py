@@ -413,3 +413,17 @@ def test_upscale_any_scale_tiled_with_short_unaligned_side(runner):
     up = Upscaler(runner, tile_core_override=32)
     out = up.upscale(_gradient(41, 104, 3), scale=2.5)  # -> 103 x 260: 103 rows are not a multiple of 4
     assert out.shape == (103, 260, 3)
+
+
+@pytest.mark.parametrize(("scale", "tile", "channels"), [(2, 32, 3), (2.5, None, 4), (2.5, 32, 3), (6, 32, 4)])
+def test_uint8_samples_give_the_same_result_as_float_samples(runner, natural, scale, tile, channels):
+    """8-bit pictures keep uint8 samples; the engine converts each window it reads, to the same result."""
+    image = natural[:40, :36]
+    if channels == 4:
+        image = np.concatenate([image, image[:, :, :1]], axis=2)
+    up = Upscaler(runner, tile_core_override=tile, budget_bytes=WHOLE_BUDGET)
+    samples = picture_from_array(image)
+    floats = picture_from_array(image.astype(np.float32) / 255)
+    assert samples.color.dtype == torch.uint8 and floats.color.dtype == torch.float32
+    plan = up.plan(samples.size, scale)
+    assert np.array_equal(up.upscale_picture(samples, plan), up.upscale_picture(floats, plan))
