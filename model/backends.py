@@ -129,9 +129,6 @@ class OnnxRunner:
         options.enable_cpu_mem_arena = False
         if threads:
             options.intra_op_num_threads = threads
-        # Idle worker threads would spin for a while after each run, taking the cores that
-        # decoding, encoding and the next tile's preparation need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {
             (name, stats): ort.InferenceSession(export_onnx(model, stats), options, providers=["CPUExecutionProvider"])
             for name, model in models.items()
