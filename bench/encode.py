@@ -5,7 +5,8 @@
 
 Prints seconds, MB and MB/s of raw pixels per encoder setting, median of --rounds.
 The service streams with model/imageio.PNGStreamEncoder (IMDN_PNG_COMPRESS_LEVEL);
-level 0 writes stored, unfiltered rows; 1-9 Average-filtered rows.
+level 0 writes stored, unfiltered rows; 1-9 Average-filtered rows, deflated by ISA-L at
+levels 1-3 (when python-isal is installed) and by zlib above.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import io
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import model.imageio  # noqa: E402
 from bench.service import test_image  # noqa: E402
 from model.imageio import encode_png_stream  # noqa: E402
 
@@ -48,13 +52,24 @@ def main() -> None:
         Image.fromarray(pixels).save(buffer, "PNG", compress_level=level)
         return buffer.getvalue()
 
-    def stream(level: int) -> bytes:
-        bands = (pixels[y : y + args.band] for y in range(0, h, args.band))
-        return b"".join(encode_png_stream(bands, w, h, c, 8, level))
+    isal = model.imageio.isal_zlib
 
-    cases = [(f"Pillow compress_level={lv}", lambda lv=lv: pillow(lv)) for lv in (0, 1, 6, 9)]
-    cases += [(f"stream level={lv} ({'Average' if lv >= 1 else 'unfiltered'})", lambda lv=lv: stream(lv))
-              for lv in (0, 1, 3, 6, 9)]
+    def stream(level: int, use_isal: bool) -> bytes:
+        bands = (pixels[y : y + args.band] for y in range(0, h, args.band))
+        model.imageio.isal_zlib = isal if use_isal else None  # type: ignore[assignment]
+        try:
+            return b"".join(encode_png_stream(bands, w, h, c, 8, level))
+        finally:
+            model.imageio.isal_zlib = isal
+
+    def deflater(level: int, use_isal: bool) -> str:
+        return "ISA-L" if isal is not None and use_isal and level in model.imageio.ISAL_LEVELS else "zlib"
+
+    cases: list[tuple[str, Callable[[], bytes]]] = [
+        (f"Pillow compress_level={lv}", partial(pillow, lv)) for lv in (0, 1, 6, 9)]
+    cases.append(("stream level=0 (unfiltered, stored)", partial(stream, 0, True)))
+    cases += [(f"stream level={lv} (Average, {deflater(lv, i)})", partial(stream, lv, i))
+              for lv, i in ((1, False), (1, True), (2, True), (3, True), (6, True), (9, True))]
     for label, fn in cases:
         times, size = [], 0
         for _ in range(args.rounds):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -16,6 +18,25 @@ from service.logs import configure_logging
 from service.state import ServiceState
 
 log = logging.getLogger("service")
+
+# glibc's mallopt parameter number for the arena limit (malloc.h).
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas() -> None:
+    """One malloc arena for all threads, as MALLOC_ARENA_MAX=1 does (glibc only; the environment wins).
+
+    A request's tiles are allocated and freed across the pool, band and encoder threads; with an
+    arena per thread, freed pages sit in one arena while another asks the kernel for fresh ones
+    (measured: 256x256 -> x4 requests about 8% slower, bench/service.py overhead).
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_ARENA_MAX, 1)
 
 
 class DrainingServer(uvicorn.Server):
@@ -39,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
+    limit_malloc_arenas()
     try:
         settings = get_settings()
     except Exception as exc:  # noqa: BLE001 - a settings error is the operator's to fix: say what, exit

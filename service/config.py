@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     max_scale: float = Field(8.0, gt=1, le=16)
 
     # Output
-    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for streamed PNGs")
+    png_compress_level: int = Field(1, ge=0, le=9,
+                                    description="deflate level for streamed PNGs: 0 stored, 1-3 ISA-L, 4-9 zlib")
 
     # HTTP
     cors_origins: CommaList = Field(default_factory=list)

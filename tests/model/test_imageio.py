@@ -476,3 +476,18 @@ def test_encode_whole_16bit_gray():
 def test_picture_properties():
     picture = Picture(torch.zeros(3, 2, 5), torch.zeros(2, 5), gray=False, bits=16)
     assert picture.size == (2, 5) and picture.channels == 4 and picture.mode == "RGBA;16"
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_png_stream_fast_levels_use_isal_and_decode_anywhere(level):
+    pytest.importorskip("isal")
+    from isal import isal_zlib
+
+    from model.imageio import deflate_compressor
+
+    assert isinstance(deflate_compressor(level), type(isal_zlib.compressobj(1)))
+    array = _pattern(37, 29, 3)
+    png = _encode(array, [10, 27], level)
+    raw = zlib.decompress(b"".join(p for k, p in _chunks(png) if k == b"IDAT"))  # a plain zlib stream
+    assert len(raw) == 37 * (1 + 29 * 3)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array)
