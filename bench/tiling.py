@@ -1,8 +1,12 @@
 """Tiled vs whole-image output on a benchmark set: the seam-free claim, measured.
 
     python bench/tiling.py --data ../shared/data/benchmarks/Set14 --scale 2 --core 128
+    python bench/tiling.py --scale 2.5 --core 128     # IMDN_AS (bicubic pre-scaling, then tiles)
 
-Each LR image is upscaled whole (one tile) and with forced tiles of `--core` pixels,
+Integer scales read the set's LR_bicubic/X<s> images and run IMDN x<s>; any other scale
+shrinks each HR image (cropped to a multiple of 4) by s with MATLAB bicubic and brings it
+back to the HR size with bicubic + IMDN_AS. Each image is upscaled whole (one tile, with
+ACS where a side is not divisible by 4) and with forced tiles of `--core` pixels,
 with the whole image's CCA statistics estimated from samples ("sampled", the service
 default) and refined by one more pass ("refined", the engine/CLI default). Prints the
 share of output values within 1/255 of the whole-image result, the largest difference,
@@ -12,6 +16,7 @@ and mean PSNR-Y against HR for each.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -25,44 +30,54 @@ from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
 from model.evaluate import read_uint8  # noqa: E402
-from model.imageio import (
-    IMAGE_SUFFIXES,  # noqa: E402
-    picture_from_array,  # noqa: E402
-)
+from model.imageio import IMAGE_SUFFIXES, picture_from_array  # noqa: E402
 from model.metrics import psnr  # noqa: E402
+from model.resize import imresize  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED / "data/benchmarks/Set14")
-    parser.add_argument("--scale", type=int, default=2, choices=[2, 3, 4])
+    parser.add_argument("--scale", type=float, default=2, help="2, 3, 4 (IMDN) or any other > 1 (IMDN_AS)")
     parser.add_argument("--core", type=int, default=128, help="forced tile core (input pixels)")
     parser.add_argument("--weights", default="default")
     args = parser.parse_args()
-    runner = TorchRunner(models_for(args.weights, [f"x{args.scale}"]))
-    whole = Upscaler(runner, budget_bytes=2**40)
-    tiled = {name: Upscaler(runner, tile_core_override=args.core, refine_stats=refine)
+    integer = args.scale in (2, 3, 4)
+    model = f"x{int(args.scale)}" if integer else "as"
+    runner = TorchRunner(models_for(args.weights, [model]))
+    whole = Upscaler(runner, budget_bytes=2**40, any_scale="as")
+    tiled = {name: Upscaler(runner, tile_core_override=args.core, refine_stats=refine, any_scale="as")
              for name, refine in (("sampled", False), ("refined", True))}
-    lr_dir = args.data / "LR_bicubic" / f"X{args.scale}"
+    lr_dir = args.data / "LR_bicubic" / f"X{int(args.scale)}"
+    shave = math.ceil(args.scale)
     scores: dict[str, list[float]] = {"whole": [], **{name: [] for name in tiled}}
     within: dict[str, list[float]] = {name: [] for name in tiled}
     worst = dict.fromkeys(tiled, 0)
     for hr_path in sorted(p for p in (args.data / "HR").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        lr = read_uint8(lr_dir / hr_path.name).expand(3, -1, -1).permute(1, 2, 0).numpy()
         hr = read_uint8(hr_path).expand(3, -1, -1)
-        picture = picture_from_array(np.ascontiguousarray(lr))
-        plan = whole.plan(picture.size, scale=args.scale)
+        if integer:
+            lr = read_uint8(lr_dir / hr_path.name).expand(3, -1, -1)
+        else:
+            hr = hr[:, : hr.shape[1] // 4 * 4, : hr.shape[2] // 4 * 4]
+            lr = imresize(hr.contiguous(), size=(round(hr.shape[1] / args.scale), round(hr.shape[2] / args.scale)))
+        picture = picture_from_array(np.ascontiguousarray(lr.permute(1, 2, 0).numpy()))
+        if integer:
+            plan = whole.plan(picture.size, scale=args.scale)
+        else:
+            plan = whole.plan(picture.size, width=hr.shape[2], height=hr.shape[1])
+        assert plan.models == [model], plan.label
         reference = whole.upscale_picture(picture, plan).astype(np.int16)
         hr = hr[:, : reference.shape[0], : reference.shape[1]]
-        scores["whole"].append(psnr(torch.from_numpy(reference).permute(2, 0, 1), hr, args.scale))
+        scores["whole"].append(psnr(torch.from_numpy(reference).permute(2, 0, 1), hr, shave))
         for name, upscaler in tiled.items():
             out = upscaler.upscale_picture(picture, plan).astype(np.int16)
             diff = np.abs(out - reference)
             within[name].append(float((diff <= 1).mean()))
             worst[name] = max(worst[name], int(diff.max()))
-            scores[name].append(psnr(torch.from_numpy(out).permute(2, 0, 1), hr, args.scale))
+            scores[name].append(psnr(torch.from_numpy(out).permute(2, 0, 1), hr, shave))
     base = statistics.mean(scores["whole"])
-    print(f"{args.data.name} x{args.scale}, tiles of {args.core} px vs whole image ({len(scores['whole'])} images)")
+    print(f"{args.data.name} x{args.scale:g} ({model}), tiles of {args.core} px vs whole image "
+          f"({len(scores['whole'])} images)")
     print(f"{'statistics':<10} {'within 1/255':>13} {'max diff':>9} {'PSNR-Y':>8} {'delta dB':>9}")
     print(f"{'whole':<10} {'':>13} {'':>9} {base:8.3f}")
     for name in tiled:
