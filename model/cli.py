@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--format", choices=["png", "webp", "jpeg"], default="png")
     up.add_argument("--quality", type=int, default=90)
     up.add_argument("--png-level", type=int, default=1,
-                    help="PNG deflate level: 0 stored, 1-3 ISA-L (fast, and 1 compresses photos best), 4-9 zlib")
+                    help="PNG deflate level: 0 stored, 1-3 ISA-L (several times faster than zlib), 4-9 zlib")
     up.add_argument("--weights", default="default", help="'default', 'official:DIR' or a folder")
     up.add_argument("--device", default="auto")
     up.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
