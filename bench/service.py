@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 import torch
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -114,19 +115,34 @@ def post(client: httpx.Client, url: str, data: bytes, scale: float) -> tuple[flo
     return first, time.perf_counter() - start, size
 
 
+def histogram_sums(client: httpx.Client, url: str) -> dict[str, float]:
+    """The service's own time sums from /metrics: inference (waiting for bands) and PNG encoding."""
+    sums = dict.fromkeys(("imdn_inference_seconds", "imdn_encode_seconds"), 0.0)
+    for family in text_string_to_metric_families(client.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            name = sample.name.removesuffix("_sum")
+            if sample.name.endswith("_sum") and name in sums:
+                sums[name] += sample.value
+    return sums
+
+
 def overhead(args: argparse.Namespace) -> None:
     upscaler = engine(args.weights)
-    print("service overhead: end-to-end POST (decode + queue + inference + PNG encode + HTTP) / engine time")
-    print(f"{'case':<16} {'engine s':>9} {'service s':>10} {'ratio':>6}")
+    print("service overhead: end-to-end POST (decode + queue + inference + PNG encode + HTTP) / engine time;")
+    print("the service's own mean inference and encode seconds per request from its /metrics")
+    print(f"{'case':<16} {'engine s':>9} {'service s':>10} {'ratio':>6} {'svc infer':>10} {'svc encode':>11}")
     with server(args.weights) as (url, _), httpx.Client(timeout=600) as client:
         for side, scale in ((256, 4), (1024, 2)):
             data = test_image(side)
             engine_times, service_times = [], []
+            before = histogram_sums(client, url)
             for _ in range(args.rounds):  # interleaved: noise hits both alike
                 engine_times += engine_seconds(upscaler, data, scale, 1)
                 service_times.append(post(client, url, data, scale)[1])
+            after = histogram_sums(client, url)
+            infer, encode = ((after[k] - before[k]) / args.rounds for k in after)
             e, s = statistics.median(engine_times), statistics.median(service_times)
-            print(f"{side}x{side} x{scale:<8g} {e:9.3f} {s:10.3f} {s / e:6.2f}")
+            print(f"{side}x{side} x{scale:<8g} {e:9.3f} {s:10.3f} {s / e:6.2f} {infer:10.3f} {encode:11.3f}")
 
 
 async def _clients(n: int, url: str, data: bytes, deadline: float, latencies: list[float],
