@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -24,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import REPO, yaml
+from tests.live_service import ServiceProcess, free_port, service_env
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
@@ -34,12 +32,6 @@ JOB = "imdn"
 SERVICE_READY_TIMEOUT_S = 180  # model load + warm-up on a busy 2-core CI machine
 PROMETHEUS_READY_TIMEOUT_S = 30
 SERIES_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -92,26 +84,14 @@ def _untrained_weights(folder: Path) -> Path:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[str]:
     """`python -m service` on a free loopback port, ready to serve; yields its base URL."""
-    port = _free_port()
-    log = tmp_path / "service.log"
-    # Drop any IMDN_* from the caller's environment (API keys, devices...) so defaults apply.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMDN_")}
-    env |= {
-        "IMDN_DEVICE": "cpu",
-        "IMDN_MODELS": "x2",  # one model keeps start-up short; the test only needs scale=2
-        "IMDN_DRAIN_TIMEOUT_S": "2",
-        # The repo root first, so the checkout's packages are used even without `pip install .`.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    # One model keeps start-up short; the test only needs scale=2.
+    env = {"IMDN_MODELS": "x2", "IMDN_DRAIN_TIMEOUT_S": "2"}
+    weights = None
     if not (REPO / "model/weights/imdn_x2.safetensors").is_file():
-        env["IMDN_WEIGHTS"] = str(_untrained_weights(tmp_path / "weights"))
-    proc = _start([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], log, env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for("service /readyz", lambda: _get(f"{url}/readyz")[0] == 200, proc, log, SERVICE_READY_TIMEOUT_S)
-        yield url
-    finally:
-        _stop(proc)
+        weights = _untrained_weights(tmp_path / "weights")
+    with ServiceProcess(tmp_path, service_env(weights, **env)) as service:
+        service.wait_ready(SERVICE_READY_TIMEOUT_S)
+        yield service.url
 
 
 @pytest.fixture
@@ -126,7 +106,7 @@ def prometheus(service: str, tmp_path: Path) -> Iterator[str]:
     )
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [job]}))
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "prometheus.log"
     proc = _start(
         [

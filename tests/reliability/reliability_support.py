@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import signal
 import socket
 import struct
@@ -35,6 +34,7 @@ if str(REPO) not in sys.path:
 from model.imdn import MODEL_NAMES, build_model  # noqa: E402
 from model.weights import save_weights  # noqa: E402
 from service.config import Settings  # noqa: E402
+from tests.live_service import ServiceProcess, service_env  # noqa: E402
 
 # Every error status the service documents (plus the router's own 404/405). 500 is a bug, never "documented".
 DOCUMENTED_ERRORS = frozenset({400, 401, 404, 405, 408, 413, 415, 422, 429, 503, 504})
@@ -139,76 +139,20 @@ class InProcessApp:
 # --- a real uvicorn process ----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class RealServer(ServiceProcess):
+    """The shared harness with the reliability suite's defaults: the torch backend on one OpenMP thread.
 
-
-def server_env(weights: Path | str, **settings: str) -> dict[str, str]:
-    """The environment for `python -m service`: ours, minus any IMDN_* of the caller, plus `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMDN_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env.update(IMDN_WEIGHTS=str(weights), IMDN_THREADS="1", IMDN_DEVICE="cpu", IMDN_BACKEND="torch",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(settings)
-    return env
-
-
-class RealServer:
-    """`python -m service` on 127.0.0.1, its output in a log file; started in a scratch folder (no .env)."""
+    settings: full environment names (IMDN_...=value).
+    """
 
     def __init__(self, weights: Path | str, workdir: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / f"server-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=workdir, env=server_env(weights, **settings), stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
+        super().__init__(workdir, service_env(weights, IMDN_BACKEND="torch", OMP_NUM_THREADS="1", **settings))
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_text(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 90.0) -> RealServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log_text()[-3000:]}")
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        return super().wait_ready(timeout)
 
     def rss_kb(self) -> int:
         return read_rss_kb(self.pid)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-        return int(self.proc.returncode)
-
-    def __enter__(self) -> RealServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def read_rss_kb(pid: int) -> int:

@@ -27,17 +27,16 @@ import torch
 from model.backends import TorchRunner
 from model.engine import Upscaler
 from model.imdn import build_model
+from tests.live_service import free_port, service_env
 from tests.reliability.reliability_support import (
     InProcessApp,
     RealServer,
     check_error,
     check_image,
     encode,
-    free_port,
     make_settings,
     noise,
     pixels,
-    server_env,
     write_random_weights,
 )
 
@@ -379,7 +378,8 @@ def scrape_gauge(url: str, name: str) -> float:
 def drained(weights_dir: Path, workdir: Path) -> Iterator[dict]:
     """Five requests in flight (2 processing, 3 waiting for a slot), then SIGTERM."""
     server = RealServer(weights_dir, workdir, IMDN_MODELS="x2", IMDN_MAX_CONCURRENT="2", IMDN_QUEUE_SIZE="8",
-                        IMDN_DRAIN_TIMEOUT_S="60", IMDN_TILE_SIZE="64").wait_ready()
+                        IMDN_DRAIN_TIMEOUT_S="60", IMDN_TILE_SIZE="64")
+    server.wait_ready()
     data = encode(noise(128, 128, seed=12))
     try:
         with ThreadPoolExecutor(5) as executor:
@@ -402,7 +402,7 @@ def drained(weights_dir: Path, workdir: Path) -> Iterator[dict]:
             except subprocess.TimeoutExpired:
                 returncode = None
             yield {"in_flight": in_flight, "responses": responses, "returncode": returncode,
-                   "drain_s": time.monotonic() - signalled, "log": server.log_text()}
+                   "drain_s": time.monotonic() - signalled, "log": server.output()}
     finally:
         server.stop(signal.SIGKILL)
 
@@ -441,7 +441,7 @@ def test_bad_weights_exit_fast_naming_the_file(tmp_path: Path, case: str) -> Non
         culprit = "imdn_x2.safetensors"
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "service", "--port", str(free_port())], cwd=tmp_path,
-                          env=server_env(weights), capture_output=True, text=True, timeout=60,
+                          env=service_env(weights), capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
     assert done.returncode != 0, done.stderr[-2000:]

@@ -159,7 +159,7 @@ def test_api_key_never_logged(weights_dir: Path, workdir: Path) -> None:
         assert httpx.post(url + f"?api_key={KEY}", content=SMALL_PNG, headers=png, timeout=15).status_code == 401
         assert httpx.get(f"{server.url}/v1/models", headers={"x-api-key": KEY}, timeout=15).status_code == 200
         server.stop()
-        log = server.log_text()
+        log = server.output()
     lines = [line for line in log.splitlines() if line.strip()]
     records = [json.loads(line) for line in lines if line.startswith("{")]
     statuses = [r.get("status") for r in records if r.get("message") == "request"]

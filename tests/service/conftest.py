@@ -11,14 +11,10 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -39,6 +35,7 @@ from model.imdn import MODEL_NAMES, build_model  # noqa: E402
 from model.weights import save_weights  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
+from tests.live_service import ServiceProcess, run_service  # noqa: E402
 
 PROBLEM_FIELDS = ("type", "title", "status", "detail")
 
@@ -218,81 +215,6 @@ def parse_metrics() -> Callable[[str], dict[tuple[str, tuple[tuple[str, str], ..
 
 
 # --- real uvicorn processes -------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ServiceProcess:
-    """A running `python -m service`; `log` has its stdout and stderr."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 90.0) -> float:
-        """Poll /readyz until 200; -> seconds since start. Fails with the server's log if it dies or hangs."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"service exited with {self.proc.returncode} before ready:\n{self.output()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - self.started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"service not ready after {timeout} s:\n{self.output()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-@contextmanager
-def run_service(log_dir: Path, env: dict[str, str] | None = None, *, weights: str | None = None,
-                wait: bool = True) -> Iterator[ServiceProcess]:
-    """Start `python -m service --host 127.0.0.1 --port <free>`; wait for /readyz; always stop it.
-
-    env: IMDN_* overrides (IMDN_THREADS=1 and IMDN_DEVICE=cpu unless given). weights: IMDN_WEIGHTS,
-    or None to leave it unset (the project's default weights). The child runs in `log_dir`, so
-    no .env file of the developer's is read.
-    """
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("IMDN_")}
-    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH", "")]))
-    child_env.update({"IMDN_THREADS": "1", "IMDN_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"})
-    if weights is not None:
-        child_env["IMDN_WEIGHTS"] = weights
-    child_env.update(env or {})
-    port = free_port()
-    log = log_dir / f"service-{port}.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=log_dir, env=child_env, stdout=sink, stderr=subprocess.STDOUT)
-    service = ServiceProcess(proc, port, log)
-    try:
-        if wait:
-            service.wait_ready()
-        yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")
