@@ -9,19 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.live_service import ServiceProcess, run_service
-
-
-def random_weights(folder: Path) -> Path:
-    """Randomly initialised safetensors for every model, in the layout IMDN_WEIGHTS expects."""
-    import torch
-
-    from model.imdn import MODEL_NAMES, build_model
-    from model.weights import save_weights
-
-    torch.manual_seed(0)
-    for name in MODEL_NAMES:
-        save_weights(build_model(name), folder / f"imdn_{name}.safetensors")
-    return folder
+from tests.samples import random_weights  # noqa: F401 - re-exported for the client and web tests
 
 
 def png_bytes(width: int, height: int, seed: int = 0) -> bytes:

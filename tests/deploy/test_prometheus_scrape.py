@@ -22,6 +22,7 @@ import pytest
 
 from tests.deploy.conftest import REPO, yaml
 from tests.live_service import ServiceProcess, free_port, service_env
+from tests.samples import random_weights
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
@@ -71,16 +72,6 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
-def _untrained_weights(folder: Path) -> Path:
-    """Randomly initialised x2 weights: this test checks the metrics path, not image quality,
-    so it need not wait for the trained weights to be committed."""
-    from model.imdn import build_model
-    from model.weights import save_weights
-
-    save_weights(build_model("x2"), folder / "imdn_x2.safetensors")
-    return folder
-
-
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[str]:
     """`python -m service` on a free loopback port, ready to serve; yields its base URL."""
@@ -88,7 +79,7 @@ def service(tmp_path: Path) -> Iterator[str]:
     env = {"IMDN_MODELS": "x2", "IMDN_DRAIN_TIMEOUT_S": "2"}
     weights = None
     if not (REPO / "model/weights/imdn_x2.safetensors").is_file():
-        weights = _untrained_weights(tmp_path / "weights")
+        weights = random_weights(tmp_path / "weights", ("x2",))
     with ServiceProcess(tmp_path, service_env(weights, **env)) as service:
         service.wait_ready(SERVICE_READY_TIMEOUT_S)
         yield service.url

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.samples import smooth_image
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 
@@ -52,18 +54,6 @@ def random_models() -> dict[str, torch.nn.Module]:
 
     torch.manual_seed(0)
     return {name: build_model(name).eval() for name in MODEL_NAMES}
-
-
-def smooth_image(height: int, width: int, channels: int = 3, seed: int = 0, noise: float = 4.0) -> np.ndarray:
-    """A natural-ish (H,W,C) uint8 image: low-frequency waves and gradients plus a little noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    planes = []
-    for _ in range(channels):
-        fy, fx, phase = rng.uniform(0.02, 0.12), rng.uniform(0.02, 0.12), rng.uniform(0, 2 * np.pi)
-        plane = 128 + 60 * np.sin(fy * y + fx * x + phase) + 40 * (x / max(1, width) - y / max(1, height))
-        planes.append(plane + rng.normal(0, noise, (height, width)))
-    return np.clip(np.stack(planes, axis=-1), 0, 255).round().astype(np.uint8)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from tests.reliability.reliability_support import write_random_weights
+from tests.samples import random_weights
 
 # `pytest tests/reliability --hypothesis-profile=long` (this conftest is loaded before the option is read
 # when the folder or one of its files is on the command line); IMDN_FUZZ_EXAMPLES overrides the count.
@@ -38,7 +38,7 @@ def _one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """x2/x3/x4/as with random-init weights (seed 0): the trained defaults may not exist yet."""
-    return write_random_weights(tmp_path_factory.mktemp("weights"))
+    return random_weights(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="session")

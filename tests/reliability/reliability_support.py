@@ -31,8 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from model.imdn import MODEL_NAMES, build_model  # noqa: E402
-from model.weights import save_weights  # noqa: E402
 from service.config import Settings  # noqa: E402
 from tests.live_service import ServiceProcess, service_env  # noqa: E402
 
@@ -43,17 +41,6 @@ REQUEST_TIMEOUT = 30.0
 
 
 # --- weights and settings --------------------------------------------------------------
-
-
-def write_random_weights(directory: Path, seed: int = 0) -> Path:
-    """Random-init weights for every model (the trained defaults may not exist yet)."""
-    import torch
-
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_NAMES:
-        torch.manual_seed(seed)
-        save_weights(build_model(name), directory / f"imdn_{name}.safetensors")
-    return directory
 
 
 def make_settings(weights: Path, **overrides: Any) -> Settings:

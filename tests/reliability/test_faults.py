@@ -37,8 +37,8 @@ from tests.reliability.reliability_support import (
     make_settings,
     noise,
     pixels,
-    write_random_weights,
 )
+from tests.samples import random_weights
 
 
 class FaultyRunner:
@@ -430,11 +430,11 @@ def test_bad_weights_exit_fast_naming_the_file(tmp_path: Path, case: str) -> Non
     weights = tmp_path / "weights"
     weights.mkdir()
     if case == "garbage-file":
-        write_random_weights(weights)
+        random_weights(weights)
         (weights / "imdn_x2.safetensors").write_bytes(b"this is not a safetensors file" * 10)
         culprit = "imdn_x2.safetensors"
     elif case == "wrong-model":
-        write_random_weights(weights)
+        random_weights(weights)
         (weights / "imdn_x2.safetensors").write_bytes((weights / "imdn_x4.safetensors").read_bytes())
         culprit = "imdn_x2.safetensors"
     else:

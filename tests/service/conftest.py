@@ -18,9 +18,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager, asyn
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,11 +29,10 @@ if str(REPO) not in sys.path:  # `pytest tests/service` without the package inst
 from fastapi import FastAPI  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from model.imdn import MODEL_NAMES, build_model  # noqa: E402
-from model.weights import save_weights  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
 from tests.live_service import ServiceProcess, run_service  # noqa: E402
+from tests.samples import random_weights, smooth_image  # noqa: E402
 
 PROBLEM_FIELDS = ("type", "title", "status", "detail")
 
@@ -46,11 +43,7 @@ PROBLEM_FIELDS = ("type", "title", "status", "detail")
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random-initialised weights for x2/x3/x4/as (seed 0): the project's own may still be training."""
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    for name in MODEL_NAMES:
-        save_weights(build_model(name), folder / f"imdn_{name}.safetensors")
-    return folder
+    return random_weights(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -142,22 +135,10 @@ async def client(main_app: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClie
 # --- images and answers -----------------------------------------------------------------
 
 
-def smooth_array(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
-    """A natural-ish (H,W,C) uint8 image: waves and gradients plus a little noise (compresses like a photo)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    planes = []
-    for _ in range(channels):
-        fy, fx, phase = rng.uniform(0.02, 0.12), rng.uniform(0.02, 0.12), rng.uniform(0, 2 * np.pi)
-        plane = 128 + 60 * np.sin(fy * y + fx * x + phase) + 40 * (x / max(1, width) - y / max(1, height))
-        planes.append(plane + rng.normal(0, 4, (height, width)))
-    return np.clip(np.stack(planes, axis=-1), 0, 255).round().astype(np.uint8)
-
-
 def encode_image(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> bytes:
     """A width x height RGB image encoded as `fmt` (PIL format name)."""
     buffer = io.BytesIO()
-    Image.fromarray(smooth_array(height, width, seed=seed)).save(buffer, format=fmt)
+    Image.fromarray(smooth_image(height, width, seed=seed)).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
