@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-try:  # ISA-L's deflate: zlib-format streams, ~15x faster than zlib at level 1 (bench/encode.py)
+try:  # ISA-L's deflate: zlib-format streams, several times faster than zlib (bench/encode.py)
     from isal import isal_zlib
 except ImportError:  # pragma: no cover - a platform without its wheels falls back to zlib
     isal_zlib = None  # type: ignore[assignment]
