@@ -300,10 +300,11 @@ def to_array(color: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: 
     planes = [color.mean(dim=0, keepdim=True)] if gray else [color]
     if alpha is not None:
         planes.append(unit_float(alpha)[None])
-    stacked = torch.cat(planes).clamp_(0, 1).permute(1, 2, 0)
+    # cat makes a new tensor, so the scaling can be in place (a large band is tens of MB).
+    stacked = torch.cat(planes).clamp_(0, 1).mul_(65535 if bits == 16 else 255).round_().permute(1, 2, 0)
     if bits == 16:
-        return stacked.mul(65535).round_().to(torch.int32).numpy().astype(np.uint16)
-    return stacked.mul(255).round_().to(torch.uint8).numpy()
+        return stacked.to(torch.int32).numpy().astype(np.uint16)
+    return stacked.to(torch.uint8).numpy()
 
 
 def array_to_pil(array: np.ndarray, icc_profile: bytes | None = None) -> Image.Image:
@@ -360,6 +361,9 @@ def deflate_compressor(level: int) -> Compressor:
     return zlib.compressobj(level, zlib.DEFLATED, 15, 9)
 
 
+FILTER_SLICE_BYTES = 2**20
+
+
 class PNGStreamEncoder:
     """Encode a PNG band by band: header first, then IDAT data as rows arrive.
 
@@ -395,14 +399,21 @@ class PNGStreamEncoder:
             raise ValueError(f"band {band.shape} does not fit a {self.width}x{self.height}x{self.channels} PNG")
         raw = np.ascontiguousarray(band.astype(">u2") if self.bits == 16 else band).view(np.uint8)
         raw = raw.reshape(rows, width * self.bpp)
-        if self.filtered:
-            lines = _average_filter(raw, self.previous, self.bpp)
-        else:
-            lines = np.concatenate([np.zeros((rows, 1), np.uint8), raw], axis=1)
-        self.previous = raw[-1].copy()
+        # Filter ~1 MB of rows at a time: the filter's int16 temporaries are several times the
+        # band's size (hundreds of MB for an 8000-pixel-wide band), a slice's are not.
+        step = max(1, FILTER_SLICE_BYTES // raw.shape[1])
+        data = []
+        for top in range(0, rows, step):
+            part = raw[top : top + step]
+            if self.filtered:
+                lines = _average_filter(part, self.previous, self.bpp)
+            else:
+                lines = np.concatenate([np.zeros((part.shape[0], 1), np.uint8), part], axis=1)
+            self.previous = part[-1].copy()
+            data.append(self.compressor.compress(lines.tobytes()))
         self.rows_done += rows
-        data = self.compressor.compress(lines.tobytes())
-        return _chunk(b"IDAT", data) if data else b""
+        compressed = b"".join(data)
+        return _chunk(b"IDAT", compressed) if compressed else b""
 
     def finish(self) -> bytes:
         if self.rows_done != self.height:
