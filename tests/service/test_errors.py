@@ -269,6 +269,8 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> No
 
 
 # A request that keeps its slot for a while on one CPU thread: many 32 px tiles of a 64x160 image.
+# Slow enough that the running request still holds its slot while the test looks (a 128x320 image
+# in 32 px tiles): with faster encoding, 64x160 could finish before the metrics were read.
 SLOW = {"models": ["x2"], "backend": "torch", "tile_size": 32, "memory_budget_mb": 48}
 
 
@@ -276,7 +278,7 @@ async def test_superresolve_queue_full_429(start_app: StartApp, make_image: Call
                                            assert_problem: Problem, parse_metrics: Callable[..., dict]) -> None:
     async with start_app(max_concurrent=1, queue_size=0, **SLOW) as (app, client):
         admission = app.state.service.admission
-        slow = asyncio.create_task(client.post(URL, content=make_image(64, 160), headers=PNG))
+        slow = asyncio.create_task(client.post(URL, content=make_image(128, 320), headers=PNG))
         await wait_until(lambda: admission.admitted == 1)
         refused = await client.post(URL, content=make_image(16, 16), headers=PNG)
         assert not slow.done(), "the slow request finished too soon to hold its slot"
@@ -298,7 +300,7 @@ async def test_superresolve_queue_waits_then_429(start_app: StartApp, make_image
     """One running, one waiting (queue depth 1), the third refused; the waiting one is served afterwards."""
     async with start_app(max_concurrent=1, queue_size=1, **SLOW) as (app, client):
         admission = app.state.service.admission
-        running = asyncio.create_task(client.post(URL, content=make_image(64, 160), headers=PNG))
+        running = asyncio.create_task(client.post(URL, content=make_image(128, 320), headers=PNG))
         await wait_until(lambda: admission.admitted == 1)
         waiting = asyncio.create_task(client.post(URL, content=make_image(16, 16), headers=PNG))
         await wait_until(lambda: admission.waiting == 1)
