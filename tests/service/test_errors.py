@@ -268,9 +268,8 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> No
         await asyncio.sleep(0.005)
 
 
-# A request that keeps its slot for a while on one CPU thread: many 32 px tiles of a 64x160 image.
-# Slow enough that the running request still holds its slot while the test looks (a 128x320 image
-# in 32 px tiles): with faster encoding, 64x160 could finish before the metrics were read.
+# A request that keeps its slot for a while on one CPU thread: many 32 px tiles of a 128x320 image.
+# (64x160 could finish before the test read the metrics once encoding got faster.)
 SLOW = {"models": ["x2"], "backend": "torch", "tile_size": 32, "memory_budget_mb": 48}
 
 
