@@ -268,8 +268,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> No
         await asyncio.sleep(0.005)
 
 
-# A request that keeps its slot for a while on one CPU thread: many 32 px tiles of a 128x320 image.
-# (64x160 could finish before the test read the metrics once encoding got faster.)
+# A request that keeps its slot for a while on one CPU thread: many 32 px tiles of a 64x160 image.
 SLOW = {"models": ["x2"], "backend": "torch", "tile_size": 32, "memory_budget_mb": 48}
 
 
@@ -277,7 +276,7 @@ async def test_superresolve_queue_full_429(start_app: StartApp, make_image: Call
                                            assert_problem: Problem, parse_metrics: Callable[..., dict]) -> None:
     async with start_app(max_concurrent=1, queue_size=0, **SLOW) as (app, client):
         admission = app.state.service.admission
-        slow = asyncio.create_task(client.post(URL, content=make_image(128, 320), headers=PNG))
+        slow = asyncio.create_task(client.post(URL, content=make_image(64, 160), headers=PNG))
         await wait_until(lambda: admission.admitted == 1)
         refused = await client.post(URL, content=make_image(16, 16), headers=PNG)
         assert not slow.done(), "the slow request finished too soon to hold its slot"
@@ -299,7 +298,7 @@ async def test_superresolve_queue_waits_then_429(start_app: StartApp, make_image
     """One running, one waiting (queue depth 1), the third refused; the waiting one is served afterwards."""
     async with start_app(max_concurrent=1, queue_size=1, **SLOW) as (app, client):
         admission = app.state.service.admission
-        running = asyncio.create_task(client.post(URL, content=make_image(128, 320), headers=PNG))
+        running = asyncio.create_task(client.post(URL, content=make_image(64, 160), headers=PNG))
         await wait_until(lambda: admission.admitted == 1)
         waiting = asyncio.create_task(client.post(URL, content=make_image(16, 16), headers=PNG))
         await wait_until(lambda: admission.waiting == 1)
