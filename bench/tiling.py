@@ -58,16 +58,15 @@ def main() -> None:
     worst = dict.fromkeys(tiled, 0)
     for hr_path in sorted(p for p in (args.data / "HR").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         hr = read_uint8(hr_path).expand(3, -1, -1)
-        if integer:
+        if integer:  # the set's own LR, by the scale
             lr = read_uint8(lr_dir / hr_path.name).expand(3, -1, -1)
-        else:
+            scale, width, height = args.scale, None, None
+        else:  # shrunk here, brought back to the HR size
             hr = hr[:, : hr.shape[1] // 4 * 4, : hr.shape[2] // 4 * 4]
             lr = imresize(hr.contiguous(), size=(round(hr.shape[1] / args.scale), round(hr.shape[2] / args.scale)))
+            scale, width, height = None, hr.shape[2], hr.shape[1]
         picture = picture_from_array(np.ascontiguousarray(lr.permute(1, 2, 0).numpy()))
-        if integer:
-            plan = whole.plan(picture.size, scale=args.scale)
-        else:
-            plan = whole.plan(picture.size, width=hr.shape[2], height=hr.shape[1])
+        plan = whole.plan(picture.size, scale, width, height)
         assert plan.models == [model], plan.label
         reference = whole.upscale_picture(picture, plan).astype(np.int16)
         hr = hr[:, : reference.shape[0], : reference.shape[1]]

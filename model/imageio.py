@@ -354,9 +354,14 @@ class Compressor(Protocol):
     def flush(self) -> bytes: ...
 
 
+def deflate_backend(level: int) -> str:
+    """Which deflate a PNG level uses: "ISA-L" for levels 1-3 when installed, else "zlib" (0 = stored)."""
+    return "ISA-L" if isal_zlib is not None and level in ISAL_LEVELS else "zlib"
+
+
 def deflate_compressor(level: int) -> Compressor:
-    """A zlib-format stream compressor: ISA-L for levels 1-3 when installed, else zlib (0 = stored)."""
-    if isal_zlib is not None and level in ISAL_LEVELS:
+    """A zlib-format stream compressor for `level`, from the deflate that ``deflate_backend`` names."""
+    if deflate_backend(level) == "ISA-L":
         return isal_zlib.compressobj(level, isal_zlib.DEFLATED, 15, 9)
     return zlib.compressobj(level, zlib.DEFLATED, 15, 9)
 
