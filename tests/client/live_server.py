@@ -1,5 +1,5 @@
-"""The service for the client and web tests: random weights (they check plumbing, not image quality,
-so they do not wait for training), test images, and the shared process harness (tests/live_service.py)."""
+"""For the client and web tests: `live_server` (the shared harness, tests/live_service.py, with their
+settings) and `png_bytes`. They run on random weights: they check plumbing, not image quality."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.live_service import ServiceProcess, run_service
-from tests.samples import random_weights  # noqa: F401 - re-exported for the client and web tests
 
 
 def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
@@ -23,10 +22,6 @@ def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
-
-
-# The client and web tests read .url, .port and .log_tail() of the shared harness.
-LiveServer = ServiceProcess
 
 
 @contextmanager

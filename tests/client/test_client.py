@@ -17,7 +17,8 @@ from PIL import Image
 from sr_client import AsyncSRClient, RetryEvent, RetryPolicy, SRClient, SRError, upscale_folder
 from sr_client.cli import main as cli_main
 from sr_client.client import parse_retry_after, parse_server_timing
-from tests.client.live_server import LiveServer, live_server, png_bytes
+from tests.client.live_server import live_server, png_bytes
+from tests.live_service import ServiceProcess
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -28,7 +29,7 @@ def image_size(data: bytes) -> tuple[int, int]:
 # --- single images --------------------------------------------------------------------
 
 
-def test_upscale_sync_bytes(server: LiveServer):
+def test_upscale_sync_bytes(server: ServiceProcess):
     with SRClient(server.url) as client:
         result = client.upscale(png_bytes(20, 14), scale=2)
     assert image_size(result.content) == (40, 28)
@@ -38,7 +39,7 @@ def test_upscale_sync_bytes(server: LiveServer):
     assert {"decode", "queue", "inference", "encode"} <= result.timings_ms.keys()
 
 
-def test_upscale_sync_path_to_width_as_webp(server: LiveServer, tmp_path: Path):
+def test_upscale_sync_path_to_width_as_webp(server: ServiceProcess, tmp_path: Path):
     source = tmp_path / "in.png"
     source.write_bytes(png_bytes(16, 12))
     with SRClient(server.url) as client:
@@ -48,7 +49,7 @@ def test_upscale_sync_path_to_width_as_webp(server: LiveServer, tmp_path: Path):
     assert result.model == "x2+bicubic"  # 1.5x: the service's default any-scale method
 
 
-def test_upscale_async_concurrent(server: LiveServer):
+def test_upscale_async_concurrent(server: ServiceProcess):
     async def run() -> list:
         async with AsyncSRClient(server.url) as client:
             return await asyncio.gather(*(client.upscale(png_bytes(12, 10, seed), scale=s)
@@ -59,7 +60,7 @@ def test_upscale_async_concurrent(server: LiveServer):
     assert image_size(second.content) == (36, 30) and second.model == "x3"
 
 
-def test_problem_json_becomes_sr_error(server: LiveServer, tmp_path: Path):
+def test_problem_json_becomes_sr_error(server: ServiceProcess, tmp_path: Path):
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
     with SRClient(server.url) as client, pytest.raises(SRError) as caught:
@@ -71,7 +72,7 @@ def test_problem_json_becomes_sr_error(server: LiveServer, tmp_path: Path):
     assert not err.retryable
 
 
-def test_bad_scale_is_not_retried(server: LiveServer):
+def test_bad_scale_is_not_retried(server: ServiceProcess):
     seen: list[RetryEvent] = []
     with SRClient(server.url, on_retry=seen.append) as client, pytest.raises(SRError) as caught:
         client.upscale(png_bytes(8, 8), scale=50)
@@ -79,7 +80,7 @@ def test_bad_scale_is_not_retried(server: LiveServer):
     assert seen == []
 
 
-def test_async_error_is_sr_error(server: LiveServer):
+def test_async_error_is_sr_error(server: ServiceProcess):
     async def run() -> None:
         async with AsyncSRClient(server.url) as client:
             await client.upscale(b"GIF89a but not really", scale=2)
@@ -100,7 +101,7 @@ def make_folder(root: Path) -> Path:
     return root
 
 
-def test_upscale_folder_writes_every_image(server: LiveServer, tmp_path: Path):
+def test_upscale_folder_writes_every_image(server: ServiceProcess, tmp_path: Path):
     src = make_folder(tmp_path / "in")
     out = tmp_path / "out"
     summary = upscale_folder([src], out, url=server.url, concurrency=3, scale=2, progress=False)
@@ -113,7 +114,7 @@ def test_upscale_folder_writes_every_image(server: LiveServer, tmp_path: Path):
     assert not list(out.glob(".*.part"))
 
 
-def test_upscale_folder_beside_inputs_and_rerun(server: LiveServer, tmp_path: Path):
+def test_upscale_folder_beside_inputs_and_rerun(server: ServiceProcess, tmp_path: Path):
     src = make_folder(tmp_path / "in")
     first = upscale_folder([src], url=server.url, concurrency=2, scale=3.3, format="jpeg", progress=False)
     assert first.ok and len(first.written) == 5
@@ -126,7 +127,7 @@ def test_upscale_folder_beside_inputs_and_rerun(server: LiveServer, tmp_path: Pa
     assert {p.name for p in second.skipped} == {"readme.txt"} | {f"img{i}_x3.3.jpeg" for i in range(5)}
 
 
-def test_upscale_folder_reports_failures_and_goes_on(server: LiveServer, tmp_path: Path):
+def test_upscale_folder_reports_failures_and_goes_on(server: ServiceProcess, tmp_path: Path):
     src = make_folder(tmp_path / "in")
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     summary = upscale_folder([src], tmp_path / "out", url=server.url, concurrency=4, progress=False)
@@ -134,7 +135,7 @@ def test_upscale_folder_reports_failures_and_goes_on(server: LiveServer, tmp_pat
     assert len(summary.written) == 5 and not summary.ok
 
 
-def test_cli_writes_outputs(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_cli_writes_outputs(server: ServiceProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     src = make_folder(tmp_path / "in")
     code = cli_main([str(src / "img0.png"), str(src / "img1.png"), "--url", server.url, "--scale", "2",
                      "-o", str(tmp_path / "out"), "--concurrency", "2", "-q"])
@@ -160,7 +161,7 @@ def strict_server(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield live
 
 
-def in_flight(server: LiveServer) -> float:
+def in_flight(server: ServiceProcess) -> float:
     with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith("imdn_requests_in_flight "):
@@ -175,7 +176,7 @@ class HeldUpload:
     no CPU, unlike a large image, whose duration would depend on how busy the machine is.
     """
 
-    def __init__(self, server: LiveServer, body: bytes, api_key: str) -> None:
+    def __init__(self, server: ServiceProcess, body: bytes, api_key: str) -> None:
         self.body = body
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         head = (f"POST /v1/superresolve?scale=2 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
@@ -194,7 +195,7 @@ class HeldUpload:
         return int(reply.split(b" ", 2)[1])
 
 
-def test_retries_429_until_the_slot_frees(strict_server: LiveServer):
+def test_retries_429_until_the_slot_frees(strict_server: ServiceProcess):
     held = HeldUpload(strict_server, png_bytes(16, 16), "sekrit")
     deadline = time.monotonic() + 10
     while in_flight(strict_server) < 1:
@@ -225,7 +226,7 @@ def test_retries_429_until_the_slot_frees(strict_server: LiveServer):
     assert result.attempts == len(seen) + 1
 
 
-def test_api_key_required(strict_server: LiveServer):
+def test_api_key_required(strict_server: ServiceProcess):
     with SRClient(strict_server.url, retry=RetryPolicy(attempts=1)) as client, pytest.raises(SRError) as caught:
         client.upscale(png_bytes(8, 8), scale=2)
     assert caught.value.status == 401

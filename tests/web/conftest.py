@@ -15,7 +15,9 @@ for path in (REPO, REPO / "tests" / "client"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from tests.client.live_server import LiveServer, live_server, random_weights  # noqa: E402
+from tests.client.live_server import live_server  # noqa: E402
+from tests.live_service import ServiceProcess  # noqa: E402
+from tests.samples import random_weights  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -38,7 +40,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     weights = random_weights(tmp_path_factory.mktemp("weights"))
     with live_server(weights, tmp_path_factory.mktemp("service")) as live:
         yield live

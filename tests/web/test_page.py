@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.live_server import LiveServer, png_bytes
+from tests.client.live_server import png_bytes
+from tests.live_service import ServiceProcess
 
 WAIT_MS = 60_000  # a busy 2-core machine; the requests themselves take well under a second
 
@@ -23,7 +24,7 @@ RECORD_STATUS = """() => {
 
 
 @pytest.fixture
-def page(browser, web_server: LiveServer) -> Iterator[object]:
+def page(browser, web_server: ServiceProcess) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -113,7 +114,7 @@ def test_page_shows_problem_detail(page, artifacts: Path):
     page.screenshot(path=str(artifacts / "page-error.png"), full_page=True)
 
 
-def test_page_fits_a_phone_screen(browser, web_server: LiveServer, artifacts: Path):
+def test_page_fits_a_phone_screen(browser, web_server: ServiceProcess, artifacts: Path):
     context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2)
     page = context.new_page()
     try:
