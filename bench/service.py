@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
 from model.imageio import decode  # noqa: E402
+from service.config import Settings  # noqa: E402
+from service.state import memory_budget, parse_devices  # noqa: E402
 
 
 def test_image(side: int, seed: int = 0) -> bytes:
@@ -83,10 +85,15 @@ def server(weights: str, **env: str) -> Iterator[tuple[str, int]]:
 
 
 def engine(weights: str) -> Upscaler:
-    """The engine exactly as the service builds it on this machine (same backend and budget)."""
+    """The engine as the service builds it on this machine: same device, backend and budget."""
     models = load_models(["x2", "x3", "x4", "as"], weights)
-    runner = OnnxRunner(models, torch.get_num_threads()) if onnx_available() else TorchRunner(models)
-    return Upscaler(runner, budget_bytes=512 * 2**20, refine_stats=False, any_scale="downscale")
+    device = parse_devices(Settings().device)[0]
+    if device.type == "cuda":
+        runner: TorchRunner | OnnxRunner = TorchRunner(models, device)
+    else:
+        runner = OnnxRunner(models, torch.get_num_threads()) if onnx_available() else TorchRunner(models)
+    return Upscaler(runner, budget_bytes=memory_budget(Settings(), device), refine_stats=False,
+                    any_scale="downscale")
 
 
 def engine_seconds(upscaler: Upscaler, data: bytes, scale: float, rounds: int) -> list[float]:
@@ -124,6 +131,17 @@ def histogram_sums(client: httpx.Client, url: str) -> dict[str, float]:
             if sample.name.endswith("_sum") and name in sums:
                 sums[name] += sample.value
     return sums
+
+
+def print_gpu_memory(url: str) -> None:
+    """GPU memory of the (one-replica) server from its /metrics; nothing on a CPU server."""
+    values = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name.startswith("imdn_gpu_memory_"):
+                values[sample.name.removeprefix("imdn_gpu_memory_").removesuffix("_bytes")] = sample.value
+    if values:
+        print("GPU memory, MB: " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(values.items())))
 
 
 def overhead(args: argparse.Namespace) -> None:
@@ -182,6 +200,7 @@ def throughput(args: argparse.Namespace) -> None:
             q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else [float("nan")] * 19
             print(f"{clients:7d} {rate:7.2f} {rate * single:6.2f} {statistics.median(latencies):7.2f} "
                   f"{q[18]:7.2f} {len(errors):8d}")
+        print_gpu_memory(url)
 
 
 def ttfb(args: argparse.Namespace) -> None:
@@ -232,6 +251,7 @@ def batching(args: argparse.Namespace) -> None:
                 asyncio.run(_clients(clients, url, data, time.monotonic() + args.duration, latencies, errors))
                 results[(max_batch, clients)] = (len(latencies) / (time.perf_counter() - start),
                                                  statistics.median(latencies) * 1000)
+            print_gpu_memory(url)
     for clients in args.batch_clients:
         (r1, l1), (r8, l8) = results[(1, clients)], results[(8, clients)]
         print(f"{clients:7d} {r1:10.1f} {r8:10.1f} {r8 / r1:6.2f} {l1:11.1f} {l8:11.1f}")

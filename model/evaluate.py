@@ -57,11 +57,10 @@ def read_uint8(path: Path) -> torch.Tensor:
 @torch.inference_mode()
 def super_resolve(model: IMDN, lr: torch.Tensor) -> torch.Tensor:
     """lr: (C,H,W) uint8, C in {1,3} -> (3,sH,sW) uint8; grayscale goes in as 3 equal channels, as the authors did."""
-    x = lr.float().div(255)
-    gray = x.shape[0] == 1
-    if gray:
+    x = lr.to(next(model.parameters()).device).float().div(255)
+    if x.shape[0] == 1:
         x = x.expand(3, -1, -1)
-    return model(x[None])[0].clamp(0, 1).mul(255).round().to(torch.uint8)
+    return model(x[None])[0].clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
 
 def evaluate_set(model: IMDN, set_dir: Path, scale: int, save_dir: Path | None = None) -> SetResult:

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from model.imdn import build_model
-from model.train import init_from, lr_factor, main, parse_args
+from model.train import fit_iters_to_budget, init_from, lr_factor, main, parse_args
 from model.weights import load_model, save_weights
 
 
@@ -135,6 +135,34 @@ def test_lr_factor_warmup_then_cosine():
     assert lr_factor(60, args) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(110, args) == pytest.approx(0.1)
     assert lr_factor(500, args) == pytest.approx(0.1)
+
+
+def test_fit_iters_to_budget_follows_measured_speed():
+    args = argparse.Namespace(max_iters=10_000)
+    # 100 steps in 10 s, 50 s left: 500 more steps at that speed.
+    assert fit_iters_to_budget(args, step=100, steps_done=100, seconds_spent=10, seconds_left=50) == 600
+    # A resumed run measures only its own steps.
+    assert fit_iters_to_budget(args, step=5_000, steps_done=100, seconds_spent=20, seconds_left=20) == 5_100
+    # Never past --iters, never before the next step (budget already spent).
+    assert fit_iters_to_budget(args, step=100, steps_done=100, seconds_spent=1, seconds_left=1e6) == 10_000
+    assert fit_iters_to_budget(args, step=100, steps_done=100, seconds_spent=10, seconds_left=-5) == 101
+
+
+def test_train_time_budget_ends_the_run_early(data, tmp_path):
+    """A budget far shorter than --iters ends the run with its schedule fitted to it, weights saved."""
+    out = tmp_path / "run"
+    assert main(_argv(data, out, 100_000, "--scale", "2", "--schedule", "cosine", "--time-budget", "3")) == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert 3 <= state["step"] < 100_000
+    rows = _log(out)
+    assert rows[-1]["val_psnr"], "the last step of a fitted schedule validates"
+    assert float(rows[-1]["lr"]) < 2e-4 * 0.05, "the cosine schedule ran to its end"
+    assert (out / "best.safetensors").is_file()
+
+
+def test_parse_args_bf16_needs_cuda():
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--device", "cpu", "--precision", "bf16"])
 
 
 def test_init_from_copies_matching_tensors(tmp_path):

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One GPU lease, one command: fine-tune x2/x3/x4 side by side for a fixed time, then the GPU benchmarks.
+#
+#   bash bench/gpu_session.sh DATA OUT [TRAIN_SECONDS]
+#
+# DATA holds train291/ (HR training images) and Set5/ (validation); OUT receives runs.tar (best
+# weights, CSV logs, curves, training logs) and bench.txt. Each training run fits its cosine schedule
+# to the time budget (--time-budget), so all three end, validated and saved, before the lease does.
+set -u
+data=$1 out=$2 budget=${3:-310}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/bench.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$out/bench.txt"
+
+mkdir -p runs
+for scale in 2 3 4; do
+    timeout -s TERM $((budget + 30)) python3 -m model.train --scale $scale --data "$data/train291" \
+        --val "$data/Set5" --out runs/x$scale --init model/weights/imdn_x$scale.safetensors \
+        --patch 192 --batch 16 --lr 2e-4 --schedule cosine --warmup 100 --iters 1000000 \
+        --time-budget "$budget" --val-every 500 --save-every 100 --threads 4 >runs/x$scale.log 2>&1 &
+done
+wait
+tail -n 3 runs/x*.log
+tar cf "$out/runs.tar" runs/*/best.safetensors runs/*/log.csv runs/*/curve.png runs/*.log
+
+# Benchmarks, each bounded so that one hang cannot eat the lease.
+{
+    timeout 60 python3 bench/backends.py --device cuda --model x4 --size 256
+    timeout 60 python3 bench/backends.py --device cuda --model x2 --size 1024 --rounds 10
+    timeout 60 python3 bench/service.py overhead
+    timeout 90 python3 bench/service.py batching --duration 8
+    timeout 60 python3 bench/service.py throughput --duration 8
+    timeout 40 python3 bench/service.py ttfb --rounds 2
+} 2>&1 | tee -a "$out/bench.txt"
