@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_session.sh DATA OUT [TRAIN_SECONDS]
 #
-# DATA holds train291/ (HR training images) and Set5/ (validation); OUT receives runs.tar (best
+# TRAIN_SECONDS 0 runs the benchmarks alone. DATA holds train291/ (HR training images) and Set5/ (validation); OUT receives runs.tar (best
 # weights, CSV logs, curves, training logs) and bench.txt. Each training run fits its cosine schedule
 # to the time budget (--time-budget), so all three end, validated and saved, before the lease does.
 set -u
@@ -12,6 +12,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/bench.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$out/bench.txt"
 
+if [ "$budget" -gt 0 ]; then  # 0: benchmarks only
 mkdir -p runs
 for scale in 2 3 4; do
     timeout -s TERM $((budget + 30)) python3 -m model.train --scale $scale --data "$data/train291" \
@@ -22,6 +23,7 @@ done
 wait
 tail -n 3 runs/x*.log
 tar cf "$out/runs.tar" runs/*/best.safetensors runs/*/log.csv runs/*/curve.png runs/*.log
+fi
 
 # Benchmarks, each bounded so that one hang cannot eat the lease.
 {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import threading
 import time
@@ -126,6 +127,9 @@ async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: th
         if await request.is_disconnected():
             cancel.set()  # the worker stops before its next tile
             pending.cancel()
+            # Let the cancellation reach the generator: closing it while __anext__ is still running fails.
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # the client is gone: no result matters
+                await pending
             raise ClientDisconnectedError("client disconnected before the first byte")
 
 
