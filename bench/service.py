@@ -251,6 +251,8 @@ def batching(args: argparse.Namespace) -> None:
                 asyncio.run(_clients(clients, url, data, time.monotonic() + args.duration, latencies, errors))
                 results[(max_batch, clients)] = (len(latencies) / (time.perf_counter() - start),
                                                  statistics.median(latencies) * 1000)
+                print(f"  max batch {max_batch}, {clients} clients: {results[(max_batch, clients)][0]:.1f} img/s",
+                      flush=True)
             print_gpu_memory(url)
     for clients in args.batch_clients:
         (r1, l1), (r8, l8) = results[(1, clients)], results[(8, clients)]

@@ -23,6 +23,9 @@ log = logging.getLogger("service")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_BUDGET_MB = 512
+# Tiles past ~1000 px buy little GPU speed (an H200 runs a 1024x1024 x2 tile at 25 TFLOP/s, bench/backends.py),
+# but a quarter of a big card made a 2048x2048 request one band: no streaming, 14 GB held per replica.
+GPU_BUDGET_CAP_MB = 2048
 
 
 @dataclass
@@ -66,7 +69,8 @@ def memory_budget(settings: Settings, device: torch.device) -> int:
     if settings.memory_budget_mb:
         return settings.memory_budget_mb * 2**20
     if device.type == "cuda":  # a quarter of the card per replica leaves room for the caching allocator
-        return int(torch.cuda.get_device_properties(device).total_memory * 0.25 / settings.replicas_per_device)
+        share = torch.cuda.get_device_properties(device).total_memory * 0.25 / settings.replicas_per_device
+        return int(min(share, GPU_BUDGET_CAP_MB * 2**20))
     return CPU_BUDGET_MB * 2**20
 
 
