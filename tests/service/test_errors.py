@@ -299,7 +299,9 @@ async def test_superresolve_queue_waits_then_429(start_app: StartApp, make_image
     async with start_app(max_concurrent=1, queue_size=1, **SLOW) as (app, client):
         admission = app.state.service.admission
         running = asyncio.create_task(client.post(URL, content=make_image(64, 160), headers=PNG))
-        await wait_until(lambda: admission.admitted == 1)
+        # Wait until it holds the slot: while it is still taking the slot, `waiting` is 1 for a moment,
+        # and a scrape just after that moment would find no one waiting.
+        await wait_until(lambda: admission.slots.locked())
         waiting = asyncio.create_task(client.post(URL, content=make_image(16, 16), headers=PNG))
         await wait_until(lambda: admission.waiting == 1)
         samples = parse_metrics((await client.get("/metrics")).text)
