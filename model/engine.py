@@ -447,7 +447,11 @@ class Upscaler:
             if picture.alpha is not None:
                 window = (top, top + color.shape[1], 0, out_w)
                 alpha = resize_unit(picture.alpha, (out_h, out_w), window)
-            yield to_array(color, alpha, picture.gray, picture.bits)
+            band = to_array(color, alpha, picture.gray, picture.bits)
+            # Drop the float band before yielding: held here, it would live on while the next band
+            # computes (two float bands of a wide image at once: ~75 MB each at 8000 px).
+            del color, alpha
+            yield band
 
     def upscale_picture(self, picture: Picture, plan: Plan) -> np.ndarray:
         """Picture -> whole (H',W',C) array."""

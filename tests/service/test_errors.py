@@ -298,7 +298,7 @@ async def test_superresolve_queue_waits_then_429(start_app: StartApp, make_image
     """One running, one waiting (queue depth 1), the third refused; the waiting one is served afterwards."""
     async with start_app(max_concurrent=1, queue_size=1, **SLOW) as (app, client):
         admission = app.state.service.admission
-        running = asyncio.create_task(client.post(URL, content=make_image(64, 160), headers=PNG))
+        running = asyncio.create_task(client.post(URL, content=make_image(128, 320), headers=PNG))
         # Wait until it holds the slot: while it is still taking the slot, `waiting` is 1 for a moment,
         # and a scrape just after that moment would find no one waiting.
         await wait_until(lambda: admission.slots.locked())
