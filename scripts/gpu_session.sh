@@ -27,12 +27,12 @@ tail -n 3 runs/x*.log
 tar cf "$out/runs.tar" runs/*/best.safetensors runs/*/log.csv runs/*/curve.png runs/*.log
 fi
 
-# Benchmarks, each bounded so that one hang cannot eat the lease.
+# Benchmarks, each bounded so that one hang cannot eat the lease (the README's GPU figures).
 {
     timeout 60 python3 bench/backends.py --device cuda --model x4 --size 256
     timeout 60 python3 bench/backends.py --device cuda --model x2 --size 1024 --rounds 10
-    timeout 60 python3 bench/service.py overhead
-    timeout 90 python3 bench/service.py batching --duration 8
-    timeout 60 python3 bench/service.py throughput --duration 8
-    timeout 40 python3 bench/service.py ttfb --rounds 2
+    timeout 60 python3 bench/service.py ttfb --rounds 2
+    timeout 120 python3 bench/service.py batching --duration 3
+    timeout 60 python3 bench/service.py overhead --rounds 3
+    timeout 90 python3 bench/service.py throughput --duration 8
 } 2>&1 | tee -a "$out/bench.txt"

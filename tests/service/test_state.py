@@ -1,0 +1,42 @@
+"""Per-device activation budgets: what the engine may hold per network call on each device."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from service.config import Settings
+from service.state import CPU_BUDGET_MB, GPU_BUDGET_CAP_MB, memory_budget
+
+GIB = 2**30
+
+
+@pytest.fixture
+def card(monkeypatch: pytest.MonkeyPatch):
+    """Pretend the CUDA device has `total` bytes (no GPU needed: only its size is read)."""
+    def set_total(total: int) -> None:
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=total))
+    return set_total
+
+
+def test_cpu_budget_is_fixed() -> None:
+    assert memory_budget(Settings(), torch.device("cpu")) == CPU_BUDGET_MB * 2**20
+
+
+def test_small_gpu_gets_a_quarter_per_replica(card) -> None:
+    card(4 * GIB)
+    assert memory_budget(Settings(), torch.device("cuda", 0)) == GIB
+    assert memory_budget(Settings(replicas_per_device=2), torch.device("cuda", 0)) == GIB // 2
+
+
+def test_big_gpu_is_capped(card) -> None:
+    """A quarter of a 141 GB card would make most images one band: no streaming, GBs held idle."""
+    card(141 * 10**9)
+    assert memory_budget(Settings(), torch.device("cuda", 0)) == GPU_BUDGET_CAP_MB * 2**20
+
+
+def test_explicit_budget_wins(card) -> None:
+    card(141 * 10**9)
+    assert memory_budget(Settings(memory_budget_mb=8192), torch.device("cuda", 0)) == 8192 * 2**20
