@@ -5,6 +5,10 @@ queued, grouped with compatible work from other requests (same model, same tile
 shape) up to ``max_batch`` tiles or ``max_wait`` seconds, run on the first free
 replica, and each caller gets its own slice back. If a batch fails, every caller
 in it gets the exception; the replica's worker thread carries on.
+
+Callers that register with ``in_use()`` (one per request) let the pool skip the wait
+when only one of them is active: a lone request's tiles already come batched, so
+waiting for others could only add latency.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -66,6 +71,7 @@ class ModelPool:
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._users = 0  # registered callers now active (in_use)
         for replica in self.replicas:
             replica.thread = threading.Thread(target=self._worker, args=(replica,), name=f"replica-{replica.name}",
                                               daemon=True)
@@ -91,6 +97,17 @@ class ModelPool:
             self._queue.append(job)
             self._cond.notify()
         return job.future
+
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Count one caller (a request) as active while the block runs."""
+        with self._cond:
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
 
     @property
     def pending(self) -> int:
@@ -119,8 +136,8 @@ class ModelPool:
                 return None
             first = self._queue.popleft()
             group, size = [first], first.batch.shape[0]
-            if first.moments_mask is not None:
-                return group
+            if first.moments_mask is not None or self._users == 1:
+                return group  # a moments job is never merged; a lone caller has no one to wait for
             deadline = time.perf_counter() + self.max_wait_s
             while size < self.max_batch:
                 match = next((j for j in self._queue if j.key == first.key

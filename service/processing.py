@@ -22,6 +22,7 @@ import torch
 from model.engine import Plan, Runner, Upscaler
 from model.imageio import Picture, PNGStreamEncoder, encode_whole
 from service.errors import RequestCancelledError, RequestTimeoutError
+from service.pool import ModelPool
 
 CHUNKS_AHEAD = 4
 T = TypeVar("T")
@@ -95,6 +96,12 @@ def prefetched(items: Iterator[T], cancel: threading.Event) -> Iterator[T]:
             assert isinstance(value, BaseException)
             raise value
         yield value  # type: ignore[misc]
+
+
+def while_in_use(pool: ModelPool, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Count the request as one of the pool's active callers for as long as its chunks are being made."""
+    with pool.in_use():
+        yield from chunks
 
 
 def encoded_chunks(upscaler: Upscaler, picture: Picture, plan: Plan, fmt: str, quality: int, png_level: int,

@@ -30,7 +30,7 @@ from service.errors import (
     UnsupportedMediaError,
     problem_responses,
 )
-from service.processing import RequestRunner, Timings, encoded_chunks, run_in_thread
+from service.processing import RequestRunner, Timings, encoded_chunks, run_in_thread, while_in_use
 from service.state import ServiceState
 from service.upload import UploadTimeoutError, read_image
 
@@ -193,8 +193,8 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
 
     cancel = threading.Event()
     upscaler.runner = RequestRunner(pool, cancel, deadline)
-    chunks = run_in_thread(encoded_chunks(upscaler, picture, plan, params.format, params.quality,
-                                          settings.png_compress_level, timings, cancel), cancel)
+    chunks = run_in_thread(while_in_use(pool, encoded_chunks(upscaler, picture, plan, params.format, params.quality,
+                                                             settings.png_compress_level, timings, cancel)), cancel)
 
     def finish() -> None:
         nonlocal admitted

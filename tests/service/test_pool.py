@@ -1,0 +1,89 @@
+"""The batching pool on its own (no HTTP): tiles from different callers merge; a lone request never waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from service.pool import ModelPool
+
+
+class RecordingBackend:
+    """Stands in for a replica: doubles its input and records each batch size it was given."""
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, name: str, batch: torch.Tensor, contrast: torch.Tensor | None = None) -> torch.Tensor:
+        self.batch_sizes.append(batch.shape[0])
+        return batch * 2
+
+
+@pytest.fixture
+def backend() -> RecordingBackend:
+    return RecordingBackend()
+
+
+@pytest.fixture
+def pool(backend: RecordingBackend) -> Iterator[ModelPool]:
+    pool = ModelPool([("fake#0", backend)], max_batch=3, max_wait_s=5.0)  # type: ignore[list-item]
+    yield pool
+    pool.close()
+
+
+def call_together(pool: ModelPool, tiles: list[torch.Tensor], registered: bool) -> list[torch.Tensor]:
+    """Each tile from its own thread (a caller each), started at once; the results in order."""
+    results: list[torch.Tensor | None] = [None] * len(tiles)
+    barrier = threading.Barrier(len(tiles))
+
+    def caller(i: int) -> None:
+        def run() -> None:
+            barrier.wait()
+            results[i] = pool("x2", tiles[i][None])[0]
+        if registered:
+            with pool.in_use():
+                run()
+        else:
+            run()
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(tiles))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["unregistered", "registered"])
+def test_tiles_of_several_callers_run_as_one_batch(pool: ModelPool, backend: RecordingBackend,
+                                                  registered: bool) -> None:
+    tiles = [torch.full((3, 8, 8), float(i)) for i in range(3)]
+    results = call_together(pool, tiles, registered)
+    for tile, result in zip(tiles, results, strict=True):
+        assert torch.equal(result, tile * 2), "each caller gets its own slice back"
+    assert sum(backend.batch_sizes) == 3
+    assert backend.batch_sizes[-1] >= 2, f"nothing merged: {backend.batch_sizes}"
+
+
+def test_lone_registered_caller_does_not_wait(pool: ModelPool, backend: RecordingBackend) -> None:
+    """max_wait is 5 s here: a lone request that waited for company would take that long."""
+    started = time.monotonic()
+    with pool.in_use():
+        out = pool("x2", torch.ones(2, 3, 8, 8))
+    assert torch.equal(out, torch.full((2, 3, 8, 8), 2.0))
+    assert backend.batch_sizes == [2]
+    assert time.monotonic() - started < 2.5
+
+
+def test_in_use_counts_down_on_error(pool: ModelPool) -> None:
+    with pytest.raises(RuntimeError), pool.in_use():
+        raise RuntimeError("request failed")
+    with pool.in_use():  # alone again: no wait
+        started = time.monotonic()
+        pool("x2", torch.ones(1, 3, 8, 8))
+        assert time.monotonic() - started < 2.5
