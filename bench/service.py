@@ -87,12 +87,13 @@ def server(weights: str, **env: str) -> Iterator[tuple[str, int]]:
 def engine(weights: str) -> Upscaler:
     """The engine as the service builds it on this machine: same device, backend and budget."""
     models = load_models(["x2", "x3", "x4", "as"], weights)
-    device = parse_devices(Settings().device)[0]
+    settings = Settings()
+    device = parse_devices(settings.device)[0]
     if device.type == "cuda":
         runner: TorchRunner | OnnxRunner = TorchRunner(models, device)
     else:
         runner = OnnxRunner(models, torch.get_num_threads()) if onnx_available() else TorchRunner(models)
-    return Upscaler(runner, budget_bytes=memory_budget(Settings(), device), refine_stats=False,
+    return Upscaler(runner, budget_bytes=memory_budget(settings, device), refine_stats=False,
                     any_scale="downscale")
 
 
