@@ -139,10 +139,13 @@ def target_size(in_size: tuple[int, int], scale: float | None, width: int | None
     for name, value in (("width", width), ("height", height)):
         if value is not None and value < 1:
             raise UpscaleError(f"{name} must be a positive number of pixels, got {value}")
-    out_w = width if width is not None else max(w, math.floor(w * (height or h) / h + 0.5))
-    out_h = height if height is not None else max(h, math.floor(h * (width or w) / w + 0.5))
+    # One side given: the other follows the aspect ratio, so errors name the size really asked for.
+    out_w = width if width is not None else max(1, math.floor(w * (height or h) / h + 0.5))
+    out_h = height if height is not None else max(1, math.floor(h * (width or w) / w + 0.5))
     if out_h < h or out_w < w:
-        raise UpscaleError(f"target {out_w}x{out_h} is smaller than the input {w}x{h}: this service only enlarges")
+        kept = " (the aspect ratio kept)" if width is None or height is None else ""
+        raise UpscaleError(f"target {out_w}x{out_h}{kept} is smaller than the input {w}x{h}: "
+                           "this service only enlarges")
     if (out_h, out_w) == (h, w):
         raise UpscaleError(f"target {out_w}x{out_h} is the input size: nothing to upscale")
     if out_h > h * max_scale + 0.5 or out_w > w * max_scale + 0.5:
