@@ -82,7 +82,8 @@ def upscale_command(args: argparse.Namespace) -> int:
                     out.write(encode_whole(np.concatenate(list(bands)), args.format, args.quality,
                                            picture.icc_profile))
             partial.replace(target)
-            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {plan.label})")
+            flattened = ", alpha flattened onto white" if args.format == "jpeg" and picture.alpha is not None else ""
+            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {plan.label}{flattened})")
         except (ImageDecodeError, ImageTooLargeError, UpscaleError, OSError) as exc:
             failures += 1
             print(f"error: {path}: {exc}", file=sys.stderr)

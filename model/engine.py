@@ -153,6 +153,17 @@ def target_size(in_size: tuple[int, int], scale: float | None, width: int | None
     return out_h, out_w
 
 
+def scale_policy(any_scale: str) -> str:
+    """What `auto` does, in words: the one description the web page and /v1/models show; keep it beside
+    plan_upscale, whose rules it states."""
+    non_integer = {
+        "downscale": "the next larger integer IMDN, then bicubic down to the exact size",
+        "as": "bicubic to the size, then IMDN any-scale (IMDN_AS)",
+    }[any_scale]
+    return (f"auto: IMDN ×2/×3/×4 for those exact scales; other scales up to 4: {non_integer}; "
+            "above 4: IMDN ×4, then the rest with IMDN any-scale (×2 for exactly 8).")
+
+
 def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
                  height: int | None = None, model: str = "auto", max_scale: float = 8.0,
                  any_scale: str = "as", available: Collection[str] | None = None) -> Plan:
