@@ -13,7 +13,9 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
+from model.engine import scale_policy
 from service.app import create_app
+from service.config import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -60,6 +62,13 @@ async def test_models_state_the_scale_policy_that_requests_follow(client: httpx.
         assert "bicubic down" not in body["scale_policy"]
         response = await other.post(f"{URL}?scale=2.5", content=make_image(32, 24), headers=PNG)
         assert response.headers["x-model"] == "as"
+
+
+async def test_page_hint_before_models_load_is_the_default_policy(client: httpx.AsyncClient) -> None:
+    # The page shows /v1/models' scale_policy once loaded; its built-in copy must say the same for the default.
+    page = (await client.get("/")).text
+    assert scale_policy(Settings.model_fields["any_scale"].default) in page
+    assert '<link rel="icon" href="favicon.ico"' in page
 
 
 async def test_favicon_is_an_icon(client: httpx.AsyncClient) -> None:
