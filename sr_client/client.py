@@ -368,10 +368,7 @@ def collect_images(paths: Iterable[str | os.PathLike[str]],
     images: list[Path] = []
     skipped: dict[Path, str] = {}
     for entry in map(Path, paths):
-        if entry.is_dir():
-            found = sorted(entry.rglob("*") if recursive else entry.iterdir())
-        else:
-            found = [entry]
+        found = [entry] if not entry.is_dir() else sorted(entry.rglob("*") if recursive else entry.iterdir())
         for file in found:
             if file.is_dir():
                 if not recursive:
