@@ -9,7 +9,7 @@ Scale policy:
 - any other scale up to 4: MATLAB bicubic pre-scaling to the target size, then
   IMDN_AS (paper Sec. 3.3), with ACS for sides not divisible by 4 -- or, with
   ``any_scale="downscale"``, the next integer IMDN and bicubic down to the target
-  (what the service uses while the project's IMDN_AS weights trail it: see README);
+  (what the service uses while the project's IMDN_AS weights trail it: see docs/model-card.md);
 - above 4 (up to ``max_scale``): IMDN x4 first, then x2 if exactly 8 remains,
   else the any-scale path for the remaining factor;
 - an explicit model (``x2``/``x3``/``x4``) runs that network and resizes its
