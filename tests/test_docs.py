@@ -43,3 +43,11 @@ def test_no_dead_links_or_anchors() -> None:
             assert file.exists(), f"{page.relative_to(REPO)}: dead link to {file}"
             if anchor and file.suffix == ".md":
                 assert anchor in anchors(file.read_text()), f"{page.relative_to(REPO)}: no #{anchor} in {file.name}"
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    from service.config import Settings
+
+    text = README.read_text()
+    missing = [f"IMDN_{name.upper()}" for name in Settings.model_fields if f"`IMDN_{name.upper()}`" not in text]
+    assert not missing, f"README.md's configuration table lacks {missing}"
