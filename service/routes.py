@@ -61,7 +61,8 @@ class UpscaleParams(BaseModel):
     model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
         "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the configured any-scale "
         "method (IMDN_ANY_SCALE); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS")
-    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed")
+    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
+                                                  "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
 
 
@@ -144,7 +145,8 @@ async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: th
         "upscaled. PNG output is streamed band by band as it is computed. Animated images: the first frame is "
         "used (header `X-Frames-Dropped`). Response headers say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
-        "encode; for a streamed PNG, up to its first band)."
+        "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "
+        "composited onto white and says so in `X-Alpha-Flattened: white`."
     ),
     response_class=Response,
     responses={
