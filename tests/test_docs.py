@@ -51,3 +51,15 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
     text = README.read_text()
     missing = [f"IMDN_{name.upper()}" for name in Settings.model_fields if f"`IMDN_{name.upper()}`" not in text]
     assert not missing, f"README.md's configuration table lacks {missing}"
+
+
+def test_performance_plots_redraw_from_the_saved_tables(tmp_path: Path) -> None:
+    # docs/performance.md's plots come from the tables the bench commands printed: they must still parse.
+    from PIL import Image
+
+    from bench.plots import main as plots_main
+
+    assert plots_main(["--out", str(tmp_path)]) == 0
+    for name in ("throughput.png", "memory.png"):
+        with Image.open(tmp_path / name) as plot:
+            assert plot.format == "PNG" and plot.width > 500
