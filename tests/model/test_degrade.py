@@ -147,7 +147,7 @@ def test_degrade_is_seeded_same_size_and_in_range(make_image):
     assert not torch.equal(a[0], b)
     for out in (a[0], b):
         assert out.shape == (3, 64, 72) and out.dtype == torch.float32
-        assert 0 <= out.min().item() and out.max().item() <= 1
+        assert out.min().item() >= 0 and out.max().item() <= 1
 
 
 def test_degrade_clean_share_is_the_bicubic_round_trip(make_image):
