@@ -99,6 +99,10 @@ def valid_icc(profile: bytes | None) -> bytes | None:
         return None
     try:
         ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        # LittleCMS reads tags lazily: a cut-off profile opens; its header says how long it should be.
+        declared = struct.unpack(">I", profile[:4])[0]
+        if declared != len(profile):
+            raise ValueError(f"the header says {declared} bytes")
     except (OSError, ValueError, TypeError) as exc:
         log.warning("dropped an embedded ICC profile that does not parse as ICC (%d bytes: %s)", len(profile), exc)
         return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import re
 import socket
 import uuid
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from PIL import Image, ImageCms
 from pydantic import ValidationError
 
 from service.config import Settings
@@ -167,6 +169,30 @@ def test_models_show_file_names_not_paths(server: ServiceProcess, weights_dir: P
     assert info["weights"] == "imdn_x2.safetensors"
     assert info["sha256"] == hashlib.sha256((weights_dir / "imdn_x2.safetensors").read_bytes()).hexdigest()
     assert str(weights_dir) not in response.text and "/tmp" not in response.text
+
+
+# --- ICC profiles -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png"])
+def test_only_real_icc_profiles_reach_the_output(server: ServiceProcess, fmt: str) -> None:
+    """An upload whose 'ICC profile' is HTML: the result carries no profile and none of those bytes, and
+    the log says it was dropped; a real sRGB profile is carried over."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    marker = uuid.uuid4().hex.encode()
+    html = b"<html><script>alert('" + marker + b"')</script></html>"
+    for profile, kept in ((html, False), (srgb, True)):
+        upload = io.BytesIO()
+        Image.new("RGB", (16, 12), (200, 30, 30)).save(upload, "PNG", icc_profile=profile)
+        response = httpx.post(f"{server.url}{URL}?scale=2&format={fmt}", content=upload.getvalue(), headers=PNG,
+                              timeout=60)
+        assert response.status_code == 200, response.text[:300]
+        result = Image.open(io.BytesIO(response.content))
+        assert result.format == fmt.upper() and result.size == (32, 24)
+        assert result.info.get("icc_profile") == (srgb if kept else None), fmt
+        assert marker not in response.content and b"<script" not in response.content
+    assert re.search(rf"dropped an embedded ICC profile that does not parse as ICC \({len(html)} bytes",
+                     server.output())
 
 
 # --- the Origin rule --------------------------------------------------------------------------------
