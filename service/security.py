@@ -23,7 +23,7 @@ PAGE_PATHS = frozenset({"/"})
 PAGE_POLICY = ("default-src 'none'; script-src 'self' {scripts}; style-src 'self' {styles}; "
                "img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; base-uri 'none'")
 # /docs and /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN. Kept apart so that serving the
-# assets locally (IMDN docs offline) only means removing the CDN hosts here.
+# assets locally only means removing the CDN hosts here.
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 DOCS_CDN = "https://cdn.jsdelivr.net"
 DOCS_POLICY = (f"default-src 'none'; script-src 'self' {DOCS_CDN} {{scripts}}; "
