@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
-                            log_level=settings.log_level.lower())
+                            log_level=settings.log_level.lower(), http=settings.http_parser,
+                            server_header=settings.server_header)
     state: ServiceState = app.state.service
     server = DrainingServer(config, state)
 

@@ -24,6 +24,7 @@ from model.imageio import decode
 from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
+    ForbiddenOriginError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
@@ -152,7 +153,8 @@ async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: th
     responses={
         200: {"description": "The upscaled image",
               "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()}},
-        **problem_responses(BadRequestError, UnauthorizedError, UploadTimeoutError, PayloadTooLargeError,
+        **problem_responses(BadRequestError, UnauthorizedError, ForbiddenOriginError, UploadTimeoutError,
+                            PayloadTooLargeError,
                             UnsupportedMediaError, UnprocessableImageError, QueueFullError, NotReadyError,
                             RequestTimeoutError),
     },
