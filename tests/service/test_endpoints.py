@@ -65,6 +65,24 @@ async def test_models_state_the_scale_policy_that_requests_follow(client: httpx.
         assert response.headers["x-model"] == "as"
 
 
+async def test_any_scale_per_request_overrides_the_server_default(client: httpx.AsyncClient,
+                                                                 make_image: Callable[..., bytes]) -> None:
+    # A photo and a screenshot want different paths at 2.5x: the caller says which, whatever the server default.
+    image = make_image(32, 24)
+    for choice, label in (("as", "as"), ("downscale", "x3+bicubic")):
+        response = await client.post(f"{URL}?scale=2.5&any_scale={choice}", content=image, headers=PNG)
+        assert response.status_code == 200 and response.headers["x-model"] == label
+        assert response.headers["x-output-size"] == "80x60"
+        form = await client.post(URL, files={"image": ("a.png", image, "image/png")},
+                                 data={"scale": "2.5", "any_scale": choice})
+        assert form.status_code == 200 and form.headers["x-model"] == label
+    # exact integer scales keep their own network; an explicit model wins over the choice
+    response = await client.post(f"{URL}?scale=2&any_scale=as", content=image, headers=PNG)
+    assert response.headers["x-model"] == "x2"
+    response = await client.post(f"{URL}?scale=2.5&any_scale=as&model=x4", content=image, headers=PNG)
+    assert response.headers["x-model"] == "x4+bicubic"
+
+
 async def test_page_hint_before_models_load_is_the_default_policy(client: httpx.AsyncClient) -> None:
     # The page shows /v1/models' scale_policy once loaded; its built-in copy must say the same for the default.
     page = (await client.get("/")).text
