@@ -63,6 +63,8 @@ class RequestContextMiddleware:
             if path not in ("/metrics", "/healthz", "/readyz"):
                 fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"],
                           "status": status, "duration_s": round(elapsed, 4)}
+                if self.state.worker_flags is not None:  # IMDN_WORKERS > 1: which process answered
+                    fields["worker"] = self.state.worker_index
                 fields.update(scope["state"].get("log_extra", {}))
                 access_log.info("request", extra={"fields": fields})
 
@@ -90,9 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     app.state.on_fatal()
                 return
             state.pool = task.result()
-            state.set_ready(True)
+            # Logged before the flag goes up: with IMDN_WORKERS, /readyz turns 200 after every worker's line.
             log.info("ready: models %s on %s (%s) in %.1f s", ",".join(settings.models), ",".join(state.devices),
                      state.backend, time.perf_counter() - started)
+            state.set_ready(True)
 
         loading.add_done_callback(loaded)
         try:
