@@ -62,7 +62,12 @@ def supervise(settings: Settings, host: str, port: int) -> int:
     context = multiprocessing.get_context("spawn")
     metrics_dir = tempfile.mkdtemp(prefix="imdn-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by the workers' prometheus_client at import
-    sock = bind(host, port)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 1
     flags = context.Array("b", settings.workers, lock=False)
     per_worker = worker_settings(settings)
     workers: list[BaseProcess] = []
@@ -111,7 +116,8 @@ def supervise(settings: Settings, host: str, port: int) -> int:
                     from prometheus_client.multiprocess import mark_process_dead
 
                     mark_process_dead(worker.pid, metrics_dir)
-                if worker.exitcode != 0 or not stopping:
+                # SIGTERM before a worker had set up its handlers: it was still starting, nothing was cut.
+                if worker.exitcode not in (0, -signal.SIGTERM) or not stopping:
                     log.error("%s (pid %s) exited with %s%s", worker.name, worker.pid, worker.exitcode,
                               "" if stopping else ": stopping the others")
                     failed = True
