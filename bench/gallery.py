@@ -1,4 +1,5 @@
-"""Gallery for the README: bicubic | IMDN | HR crops from benchmark images, labelled with PSNR-Y.
+"""Gallery for docs/model-card.md (one of its images heads the README): bicubic | IMDN | HR crops
+from benchmark images, labelled with PSNR-Y.
 
     python bench/gallery.py                                   # default weights, Set5/Set14 from ../shared
     python bench/gallery.py --weights runs/latest --threads 1
@@ -120,11 +121,12 @@ def weights_note(spec: str) -> str:
 
 
 def markdown(entries: list[Entry], weights: str, crop: int, zoom: int) -> str:
-    def rel(path: Path) -> str:
-        return path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) else str(path)
+    def rel(path: Path) -> str:  # links relative to docs/, where the snippet goes
+        docs = ROOT / "docs"
+        return path.resolve().relative_to(docs).as_posix() if path.resolve().is_relative_to(docs) else str(path)
 
     lines = [
-        "### Gallery",
+        "## Gallery",
         "",
         f"Each benchmark image is shrunk by s with MATLAB bicubic, then upscaled back. Crops of {crop} px "
         f"{'(shown ' + str(zoom) + '× with nearest neighbour) ' if zoom > 1 else ''}"

@@ -442,7 +442,10 @@ def encode_whole(array: np.ndarray, fmt: str, quality: int = 90, icc_profile: by
     """(H,W,C) array -> WebP or JPEG bytes (formats whose encoders need the whole image)."""
     img = array_to_pil(array, icc_profile)
     if fmt == "jpeg" and img.mode in ("LA", "RGBA"):
-        img = img.convert("L" if img.mode == "LA" else "RGB")  # JPEG has no alpha
+        # JPEG has no alpha: composite onto white, as a page shows the transparent image (the service says so
+        # in X-Alpha-Flattened); dropping the channel would bring back whatever colour hid under alpha 0.
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img.convert("RGBA")).convert("L" if img.mode == "LA" else "RGB")
     if img.mode == "I;16":
         img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8), mode="L")
     buffer = io.BytesIO()

@@ -6,7 +6,15 @@ import os
 from collections.abc import Iterator
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -82,6 +90,10 @@ class Metrics:
         # What /metrics exposes: this registry alone, or the sum over all workers' files.
         self.exposed = multiprocess_registry(shared) if shared else self.registry
         r = self.registry
+        # The standard families operators expect (process_resident_memory_bytes, process_cpu_seconds_total,
+        # process_open_fds, python_info, python_gc_*): the default registry's collectors, shared read-only.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.requests = Counter("imdn_http_requests", "HTTP requests answered", ["route", "method", "status"],
                                 registry=r)
         self.latency = Histogram("imdn_http_request_duration_seconds", "Time from request to last byte",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import io
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -13,10 +15,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from PIL import Image, ImageDraw
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model.engine import Upscaler
+from model.engine import Upscaler, scale_policy
 from model.imageio import decode
 from service.errors import (
     BadRequestError,
@@ -40,7 +43,7 @@ MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
-                  "X-Frames-Dropped"]
+                  "X-Frames-Dropped", "X-Alpha-Flattened"]
 
 router = APIRouter()
 
@@ -58,7 +61,8 @@ class UpscaleParams(BaseModel):
     model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
         "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the configured any-scale "
         "method (IMDN_ANY_SCALE); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS")
-    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed")
+    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
+                                                  "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
 
 
@@ -141,7 +145,8 @@ async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: th
         "upscaled. PNG output is streamed band by band as it is computed. Animated images: the first frame is "
         "used (header `X-Frames-Dropped`). Response headers say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
-        "encode; for a streamed PNG, up to its first band)."
+        "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "
+        "composited onto white and says so in `X-Alpha-Flattened: white`."
     ),
     response_class=Response,
     responses={
@@ -225,6 +230,8 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
     }
     if picture.frames > 1:
         headers["X-Frames-Dropped"] = str(picture.frames - 1)
+    if params.format == "jpeg" and picture.alpha is not None:
+        headers["X-Alpha-Flattened"] = "white"  # JPEG has no alpha: encode_whole composites onto white
 
     async def body() -> object:
         try:
@@ -252,6 +259,8 @@ async def list_models(state: StateDep) -> dict[str, object]:
         "backend": state.backend,
         "replicas": len(state.pool.replicas) if state.pool else 0,
         "max_scale": state.settings.max_scale,
+        "any_scale": state.settings.any_scale,
+        "scale_policy": scale_policy(state.settings.any_scale),
         "limits": {
             "max_upload_bytes": state.settings.max_upload_bytes,
             "max_input_pixels": state.settings.max_input_pixels,
@@ -286,6 +295,31 @@ async def readyz(state: StateDep) -> dict[str, str]:
 async def metrics_endpoint(state: StateDep) -> Response:
     """Prometheus metrics (on the API port unless IMDN_METRICS_PORT moves them; added by create_app)."""
     return Response(generate_latest(state.metrics.exposed), media_type=CONTENT_TYPE_LATEST)
+
+
+@functools.cache
+def favicon_ico() -> bytes:
+    """The page's icon, drawn here (nothing binary in the repository): big pixels turning into fine ones."""
+    side = 64
+    icon = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((0, 0, side - 1, side - 1), radius=12, fill=(36, 87, 214, 255))  # the page's accent
+    for i, shade in enumerate((150, 205, 205, 255)):  # coarse 2x2 on the left, fine 8x8 on the right
+        x, y = 8 + (i % 2) * 12, 20 + (i // 2) * 12
+        draw.rectangle((x, y, x + 11, y + 11), fill=(shade, shade, 255, 255))
+    for row in range(8):
+        for col in range(8):
+            shade = 150 + 105 * ((row + col) % 2)
+            x, y = 34 + col * 3, 20 + row * 3
+            draw.rectangle((x, y, x + 2, y + 2), fill=(shade, shade, 255, 255))
+    out = io.BytesIO()
+    icon.save(out, format="ICO", sizes=[(16, 16), (32, 32), (48, 48), (64, 64)])
+    return out.getvalue()
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response:
+    return Response(favicon_ico(), media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/", include_in_schema=False, response_model=None)

@@ -480,6 +480,18 @@ def test_encode_whole_8bit(fmt, channels):
         assert img.info.get("icc_profile") == SRGB_ICC
 
 
+@pytest.mark.parametrize("channels", [2, 4])
+def test_encode_whole_jpeg_flattens_alpha_onto_white(channels):
+    array = np.zeros((8, 8, channels), np.uint8)  # black everywhere under the alpha
+    array[:, :, -1] = [[0, 0, 128, 128, 255, 255, 255, 255]] * 8
+    array[:, 6:, :-1] = 200  # opaque and light on the right
+    out = np.asarray(Image.open(io.BytesIO(encode_whole(array, "jpeg", quality=100)))).astype(int)
+    out = out if out.ndim == 2 else out.mean(axis=2)
+    assert out[:, :2].min() >= 250  # transparent: white, not the black under it
+    assert abs(out[:, 2:4].mean() - 128) <= 6  # half transparent black over white: mid grey
+    assert out[:, 4:6].max() <= 12  # opaque black stays black
+
+
 def test_encode_whole_16bit_gray():
     data = encode_whole(_pattern(6, 6, 1, np.uint16), "webp")
     with Image.open(io.BytesIO(data)) as img:
