@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -286,32 +286,40 @@ def rss_mb(pid: int) -> float:
 
 
 def workers(args: argparse.Namespace) -> None:
+    """All servers run at once and take turns (args.rounds slices per level): background load hits all alike."""
     data = test_image(args.side)
     upscaler = engine(args.weights)
     single = statistics.median(engine_seconds(upscaler, data, 2, max(3, args.rounds)))
     del upscaler
-    print(f"IMDN_WORKERS: {args.side}x{args.side} -> x2 PNG, {args.duration:g} s per level, {os.cpu_count()} CPUs "
-          f"split between the workers; engine single stream {1 / single:.2f} img/s")
-    print(f"{'workers':>7} {'clients':>7} {'img/s':>7} {'/engine':>7} {'/1 worker':>9} {'p50 s':>7} {'non-200':>8}")
+    print(f"IMDN_WORKERS: {args.side}x{args.side} -> x2 PNG, {args.duration:g} s per level and server in "
+          f"{args.rounds} interleaved slices, {os.cpu_count()} CPUs split between a server's workers; "
+          f"engine single stream {1 / single:.2f} img/s")
+    print(f"{'workers':>7} {'clients':>7} {'img/s':>7} {'/engine':>7} {'/first':>7} {'p50 s':>7} {'non-200':>8}")
     queue = str(max(16, 2 * max(args.clients)))
-    first: dict[int, float] = {}
-    memory_lines = []
-    for count in args.workers:
-        with server(args.weights, IMDN_WORKERS=str(count), IMDN_QUEUE_SIZE=queue) as (url, pid):
-            for clients in args.clients:
-                latencies: list[float] = []
-                errors: list[int] = []
-                start = time.perf_counter()
-                asyncio.run(_clients(clients, url, data, time.monotonic() + args.duration, latencies, errors))
-                rate = len(latencies) / (time.perf_counter() - start)
-                first.setdefault(clients, rate)
-                print(f"{count:7d} {clients:7d} {rate:7.2f} {rate * single:7.2f} {rate / first[clients]:9.2f} "
-                      f"{statistics.median(latencies):7.2f} {len(errors):8d}", flush=True)
-            gpu = gpu_memory_by_pid()
-            pids = worker_pids(pid)
-            memory_lines.append(f"{count} workers, per worker: " + ", ".join(
-                f"RSS {rss_mb(p):.0f} MB" + (f" GPU {gpu[p]} MiB" if p in gpu else "") for p in pids))
-    print("\n".join(memory_lines))
+    with ExitStack() as stack:
+        servers = [stack.enter_context(server(args.weights, IMDN_WORKERS=str(count), IMDN_QUEUE_SIZE=queue))
+                   for count in args.workers]
+        for clients in args.clients:
+            done = [0] * len(servers)
+            elapsed = [0.0] * len(servers)
+            latencies: list[list[float]] = [[] for _ in servers]
+            errors: list[list[int]] = [[] for _ in servers]
+            for _ in range(args.rounds):
+                for i, (url, _pid) in enumerate(servers):
+                    before = len(latencies[i])
+                    start = time.perf_counter()
+                    asyncio.run(_clients(clients, url, data, time.monotonic() + args.duration / args.rounds,
+                                         latencies[i], errors[i]))
+                    elapsed[i] += time.perf_counter() - start
+                    done[i] += len(latencies[i]) - before
+            rates = [n / t for n, t in zip(done, elapsed, strict=True)]
+            for count, rate, lat, err in zip(args.workers, rates, latencies, errors, strict=True):
+                print(f"{count:7d} {clients:7d} {rate:7.2f} {rate * single:7.2f} {rate / rates[0]:7.2f} "
+                      f"{statistics.median(lat):7.2f} {len(err):8d}", flush=True)
+        gpu = gpu_memory_by_pid()
+        for count, (_url, pid) in zip(args.workers, servers, strict=True):
+            print(f"{count} workers, per worker: " + ", ".join(
+                f"RSS {rss_mb(p):.0f} MB" + (f" GPU {gpu[p]} MiB" if p in gpu else "") for p in worker_pids(pid)))
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from service.config import Settings
+from service.workers import worker_settings
 from tests.live_service import ServiceProcess
 
 URL = "/v1/superresolve"
@@ -106,8 +108,10 @@ def test_workers_ready_only_when_every_worker_is_warm(served: Served) -> None:
     assert len(ready_lines) == 2, served.first_ready_log[-3000:]
 
 
-def test_workers_split_the_cpu_threads(served: Served) -> None:
+def test_workers_split_the_cpu_threads(served: Served, make_settings: Callable[..., Settings]) -> None:
     assert "2 workers on 127.0.0.1" in served.service.output()
+    assert worker_settings(make_settings(workers=4, threads=8)).threads == 2
+    assert worker_settings(make_settings(workers=4, threads=2)).threads == 1  # never 0
 
 
 @pytest.mark.anyio
