@@ -13,11 +13,11 @@ from collections.abc import MutableSequence
 from types import FrameType
 
 import uvicorn
-from prometheus_client import start_http_server
 
 from service.app import create_app
 from service.config import Settings, get_settings
 from service.logs import configure_logging
+from service.metrics import serve_metrics
 from service.state import ServiceState
 
 log = logging.getLogger("service")
@@ -67,8 +67,8 @@ def serve(settings: Settings, host: str, port: int, sock: socket.socket | None =
     state: ServiceState = app.state.service
     if worker is not None:
         state.worker_index, state.worker_flags = worker
-    elif settings.metrics_port:
-        start_http_server(settings.metrics_port, host, registry=state.metrics.exposed)
+    elif settings.metrics_port and not serve_metrics(settings.metrics_port, host, state.metrics.exposed):
+        return 1
     config = uvicorn.Config(app, host=host, port=port, log_config=None,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
                             timeout_keep_alive=settings.keepalive_s,

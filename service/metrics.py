@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -79,6 +81,16 @@ def multiprocess_registry(path: str) -> CollectorRegistry:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path)
     return registry
+
+
+def serve_metrics(port: int, host: str, registry: CollectorRegistry) -> bool:
+    """IMDN_METRICS_PORT: /metrics on its own port, in a daemon thread; False (and a log line) if it cannot bind."""
+    try:
+        start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        logging.getLogger("service").error("cannot serve metrics on %s:%d: %s", host, port, exc)
+        return False
+    return True
 
 
 class Metrics:

@@ -26,7 +26,10 @@ from collections.abc import MutableSequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from service.config import Settings
+from service.metrics import multiprocess_registry, serve_metrics
 
 log = logging.getLogger("service")
 
@@ -68,29 +71,20 @@ def supervise(settings: Settings, host: str, port: int) -> int:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
+    # The supervisor serves IMDN_METRICS_PORT itself, from every worker's files.
+    if settings.metrics_port and not serve_metrics(settings.metrics_port, host, multiprocess_registry(metrics_dir)):
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 1
     flags = context.Array("b", settings.workers, lock=False)
     per_worker = worker_settings(settings)
     workers: list[BaseProcess] = []
-    for index in range(settings.workers):
-        process = context.Process(target=run_worker, name=f"imdn-worker-{index}",
-                                  args=(index, per_worker, host, port, sock, flags))
-        process.start()
-        workers.append(process)
-    # The workers hold their own copies; a listening copy here would queue connections no one accepts.
-    sock.close()
-    log.info("%d workers on %s:%d (pids %s), %d CPU threads each", settings.workers, host, port,
-             ",".join(str(w.pid) for w in workers), per_worker.threads)
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        from service.metrics import multiprocess_registry
-
-        start_http_server(settings.metrics_port, host, registry=multiprocess_registry(metrics_dir))
-
     stopping = False
 
     def stop(sig: int, frame: FrameType | None) -> None:
         nonlocal stopping
+        # A second Ctrl-C stops at once, as it does uvicorn; SIGTERM (Kubernetes) always drains.
+        kill = signal.SIGKILL if stopping and sig == signal.SIGINT else signal.SIGTERM
         if not stopping:
             log.info("signal %d: draining %d workers (up to %.0f s)", sig, settings.workers,
                      settings.drain_timeout_s)
@@ -100,10 +94,22 @@ def supervise(settings: Settings, host: str, port: int) -> int:
         for worker in workers:
             if worker.is_alive() and worker.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGTERM)
+                    os.kill(worker.pid, kill)
 
+    # Before the first worker starts: a signal during start-up must reach every worker too.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    for index in range(settings.workers):
+        if stopping:
+            break
+        process = context.Process(target=run_worker, name=f"imdn-worker-{index}",
+                                  args=(index, per_worker, host, port, sock, flags))
+        process.start()
+        workers.append(process)
+    # The workers hold their own copies; a listening copy here would queue connections no one accepts.
+    sock.close()
+    log.info("%d workers on %s:%d (pids %s), %d CPU threads each", settings.workers, host, port,
+             ",".join(str(w.pid) for w in workers), per_worker.threads)
     failed = False
     try:
         running = list(workers)
@@ -112,9 +118,7 @@ def supervise(settings: Settings, host: str, port: int) -> int:
             for worker in [w for w in running if w.sentinel in done]:
                 worker.join()
                 running.remove(worker)
-                if worker.pid is not None:
-                    from prometheus_client.multiprocess import mark_process_dead
-
+                if worker.pid is not None:  # its live* gauges (queue depth, in flight, ready) leave the sums
                     mark_process_dead(worker.pid, metrics_dir)
                 # SIGTERM before a worker had set up its handlers: it was still starting, nothing was cut.
                 if worker.exitcode not in (0, -signal.SIGTERM) or not stopping:
