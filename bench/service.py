@@ -291,6 +291,8 @@ def workers(args: argparse.Namespace) -> None:
     upscaler = engine(args.weights)
     single = statistics.median(engine_seconds(upscaler, data, 2, max(3, args.rounds)))
     del upscaler
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what this process keeps is not the servers'
     print(f"IMDN_WORKERS: {args.side}x{args.side} -> x2 PNG, {args.duration:g} s per level and server in "
           f"{args.rounds} interleaved slices, {os.cpu_count()} CPUs split between a server's workers; "
           f"engine single stream {1 / single:.2f} img/s")
@@ -317,6 +319,11 @@ def workers(args: argparse.Namespace) -> None:
                 print(f"{count:7d} {clients:7d} {rate:7.2f} {rate * single:7.2f} {rate / rates[0]:7.2f} "
                       f"{statistics.median(lat):7.2f} {len(err):8d}", flush=True)
         gpu = gpu_memory_by_pid()
+        if gpu:
+            print(f"GPU memory of all {len(gpu)} processes on the GPU (this one included): {sum(gpu.values())} MiB")
+        elif torch.cuda.is_available():  # nvidia-smi sees no PIDs (a container's PID namespace): the device total
+            free, total = torch.cuda.mem_get_info()
+            print(f"GPU memory in use on the device, all processes: {(total - free) / 2**20:.0f} MiB")
         for count, (_url, pid) in zip(args.workers, servers, strict=True):
             print(f"{count} workers, per worker: " + ", ".join(
                 f"RSS {rss_mb(p):.0f} MB" + (f" GPU {gpu[p]} MiB" if p in gpu else "") for p in worker_pids(pid)))
