@@ -4,13 +4,14 @@ All colour-mode handling lives here, apart from the network: RGB and L run
 through the network (L as three equal channels), alpha is carried beside the
 colour and resized with bicubic, palettes become RGB(A), CMYK/YCCK JPEGs become
 RGB, 16-bit images are processed in float and come back as 16-bit. EXIF
-orientation is applied on decode; the ICC profile is carried to the output and
-other metadata is dropped.
+orientation is applied on decode; the ICC profile is carried to the output if it
+parses as ICC (LittleCMS), and other metadata is dropped.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
 import zlib
@@ -20,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 try:  # ISA-L's deflate: zlib-format streams, several times faster than zlib (bench/encode.py)
     from isal import isal_zlib
@@ -32,6 +33,8 @@ ISAL_LEVELS = range(1, 4)
 
 # File suffixes of still-image formats the project reads from folders (benchmarks, training, CLI).
 IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
+
+log = logging.getLogger("model.imageio")
 
 # Pillow's own bomb guard is replaced by the explicit pixel limit in decode().
 Image.MAX_IMAGE_PIXELS = None
@@ -89,8 +92,27 @@ def unit_float(samples: torch.Tensor) -> torch.Tensor:
     return samples.float().div_(255) if samples.dtype == torch.uint8 else samples
 
 
+def valid_icc(profile: bytes | None) -> bytes | None:
+    """The profile if LittleCMS parses it as ICC, else None (logged): outputs only carry real profiles,
+    never arbitrary upload bytes (an 'ICC profile' of <html><script>... copied into a JPEG)."""
+    if not profile:
+        return None
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        # LittleCMS reads tags lazily: a cut-off profile opens; its header says how long it should be.
+        declared = struct.unpack(">I", profile[:4])[0]
+        if declared != len(profile):
+            raise ValueError(f"the header says {declared} bytes")
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("dropped an embedded ICC profile that does not parse as ICC (%d bytes: %s)", len(profile), exc)
+        return None
+    return profile
+
+
 def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> Picture:
-    """(H,W), (H,W,1..4) uint8/uint16 (or float in [0,1]) -> Picture. Channels: L, LA, RGB, RGBA."""
+    """(H,W), (H,W,1..4) uint8/uint16 (or float in [0,1]) -> Picture. Channels: L, LA, RGB, RGBA.
+
+    An ICC profile is kept only if it parses as one."""
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
@@ -111,7 +133,7 @@ def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> P
     has_alpha = array.shape[2] in (2, 4)
     color = values[:, :, :1].expand(-1, -1, 3) if gray else values[:, :, :3]
     alpha = values[:, :, -1].contiguous() if has_alpha else None
-    return Picture(color.permute(2, 0, 1).contiguous(), alpha, gray, bits, icc_profile)
+    return Picture(color.permute(2, 0, 1).contiguous(), alpha, gray, bits, valid_icc(icc_profile))
 
 
 def _sixteen_bit_array(img: Image.Image) -> np.ndarray | None:

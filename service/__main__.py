@@ -72,7 +72,8 @@ def serve(settings: Settings, host: str, port: int, sock: socket.socket | None =
     config = uvicorn.Config(app, host=host, port=port, log_config=None,
                             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
                             timeout_keep_alive=settings.keepalive_s,
-                            log_level=settings.log_level.lower())
+                            log_level=settings.log_level.lower(), http=settings.http_parser,
+                            server_header=settings.server_header)
     server = DrainingServer(config, state)
 
     def stop() -> None:  # called from the event loop when the model pool cannot start

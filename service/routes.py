@@ -24,6 +24,7 @@ from model.imageio import decode
 from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
+    ForbiddenOriginError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
@@ -59,8 +60,12 @@ class UpscaleParams(BaseModel):
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")
     model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
-        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the configured any-scale "
-        "method (IMDN_ANY_SCALE); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS")
+        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the any-scale method "
+        "(any_scale); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS at any scale")
+    any_scale: Literal["as", "downscale"] | None = Field(
+        None, description="how model=auto reaches a non-integer scale: 'as' (bicubic + IMDN_AS, trained on "
+        "camera blur, noise and JPEG: for photos) or 'downscale' (the next integer IMDN, then bicubic down: for "
+        "clean, already sharp images); default: the server's IMDN_ANY_SCALE")
     format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
                                                   "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
@@ -152,7 +157,8 @@ async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: th
     responses={
         200: {"description": "The upscaled image",
               "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()}},
-        **problem_responses(BadRequestError, UnauthorizedError, UploadTimeoutError, PayloadTooLargeError,
+        **problem_responses(BadRequestError, UnauthorizedError, ForbiddenOriginError, UploadTimeoutError,
+                            PayloadTooLargeError,
                             UnsupportedMediaError, UnprocessableImageError, QueueFullError, NotReadyError,
                             RequestTimeoutError),
     },
@@ -178,7 +184,8 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
         timings.decode = time.perf_counter() - decode_start
         scale = params.scale if params.scale is not None or params.width or params.height else 2.0
         upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
-                            settings.tile_size, settings.refine_stats, settings.any_scale, settings.models)
+                            settings.tile_size, settings.refine_stats, params.any_scale or settings.any_scale,
+                            settings.models)
         plan = upscaler.plan(picture.size, scale, params.width, params.height, params.model)
         out_h, out_w = plan.out_size
         side_limit = FORMAT_MAX_SIDE.get(params.format)

@@ -318,6 +318,23 @@ def test_decode_keeps_icc_profile():
     assert decode(data).icc_profile == SRGB_ICC
 
 
+HTML_AS_ICC = b"<html><script>alert(document.domain)</script></html>"
+
+
+@pytest.mark.parametrize("profile", [HTML_AS_ICC, SRGB_ICC[:128], b"\x00" * 600, SRGB_ICC[:-40]],
+                         ids=["html", "header-only", "zeros", "cut-off"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_decode_drops_a_profile_that_is_not_icc(profile: bytes, fmt: str, caplog: pytest.LogCaptureFixture):
+    """Bytes that do not parse as ICC (LittleCMS) are dropped with a log line, so outputs never carry
+    arbitrary upload bytes; a real profile in the same file format is kept (test above)."""
+    data = _save(Image.fromarray(_pattern(6, 6, 3)), fmt, icc_profile=profile)
+    with caplog.at_level("WARNING", logger="model.imageio"):
+        picture = decode(data)
+    assert picture.icc_profile is None
+    assert any("ICC profile" in r.getMessage() and str(len(profile)) in r.getMessage() for r in caplog.records)
+    assert decode(_save(Image.fromarray(_pattern(6, 6, 3)), fmt, icc_profile=SRGB_ICC)).icc_profile == SRGB_ICC
+
+
 def test_decode_pixel_limit_before_decoding():
     """A 65535 x 65535 PNG header with a few bytes of data: refused from the header alone."""
     ihdr = struct.pack(">IIBBBBB", 65535, 65535, 8, 2, 0, 0, 0)

@@ -38,7 +38,8 @@ async def test_models_lists_loaded_models(client: httpx.AsyncClient, weights_dir
         path = weights_dir / f"imdn_{name}.safetensors"
         assert info["parameters"] > 100_000, info
         assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-        assert Path(info["weights"]) == path
+        assert info["weights"] == path.name  # the file's name, never where it lies on the server
+        assert str(weights_dir) not in response.text
         assert info["scale"]
     assert body["devices"] == ["cpu"]
     assert body["backend"]
@@ -62,6 +63,24 @@ async def test_models_state_the_scale_policy_that_requests_follow(client: httpx.
         assert "bicubic down" not in body["scale_policy"]
         response = await other.post(f"{URL}?scale=2.5", content=make_image(32, 24), headers=PNG)
         assert response.headers["x-model"] == "as"
+
+
+async def test_any_scale_per_request_overrides_the_server_default(client: httpx.AsyncClient,
+                                                                 make_image: Callable[..., bytes]) -> None:
+    # A photo and a screenshot want different paths at 2.5x: the caller says which, whatever the server default.
+    image = make_image(32, 24)
+    for choice, label in (("as", "as"), ("downscale", "x3+bicubic")):
+        response = await client.post(f"{URL}?scale=2.5&any_scale={choice}", content=image, headers=PNG)
+        assert response.status_code == 200 and response.headers["x-model"] == label
+        assert response.headers["x-output-size"] == "80x60"
+        form = await client.post(URL, files={"image": ("a.png", image, "image/png")},
+                                 data={"scale": "2.5", "any_scale": choice})
+        assert form.status_code == 200 and form.headers["x-model"] == label
+    # exact integer scales keep their own network; an explicit model wins over the choice
+    response = await client.post(f"{URL}?scale=2&any_scale=as", content=image, headers=PNG)
+    assert response.headers["x-model"] == "x2"
+    response = await client.post(f"{URL}?scale=2.5&any_scale=as&model=x4", content=image, headers=PNG)
+    assert response.headers["x-model"] == "x4+bicubic"
 
 
 async def test_page_hint_before_models_load_is_the_default_policy(client: httpx.AsyncClient) -> None:

@@ -17,8 +17,7 @@ import pytest
 
 from tests.client.live_server import png_bytes
 from tests.live_service import ServiceProcess
-
-WAIT_MS = 60_000  # a busy 2-core machine; the requests themselves take well under a second
+from tests.web.browser import wait_for
 
 SCREENS = {
     "desktop": {"viewport": {"width": 1280, "height": 800}},
@@ -102,8 +101,7 @@ def upscale(screen: str, page) -> list[list[object]]:
     """Press Upscale and wait until the request has ended; the status log of the request."""
     page.evaluate(RECORD_STATUS)
     press(screen, page.get_by_role("button", name="Upscale"))
-    page.wait_for_function("() => /^(Done|Failed)/.test(document.getElementById('status').textContent)",
-                           timeout=WAIT_MS)
+    wait_for(page, "/^(Done|Failed)/.test(document.getElementById('status').textContent)")
     return page.evaluate("window.statusLog")
 
 
@@ -121,7 +119,7 @@ def test_a_person_upscales_errs_and_recovers(person, web_server: ServiceProcess,
 
     # Pick a photo and upscale it x2 (the default).
     pick_file(screen, page, "holiday.png", png_bytes(160, 120))
-    page.wait_for_function("document.getElementById('file-info').textContent.includes('160×120')")
+    wait_for(page, "document.getElementById('file-info').textContent.includes('160×120')")
     log = upscale(screen, page)
     assert log[-1][0].startswith("Done"), log
     assert page.is_visible("#result-section") and page.is_hidden("#empty") and page.is_hidden("#error")
@@ -161,6 +159,6 @@ def test_a_person_upscales_errs_and_recovers(person, web_server: ServiceProcess,
     # Another photo: the result of the first one must not stay beside its name.
     page.locator("#form").scroll_into_view_if_needed()
     pick_file(screen, page, "second.png", png_bytes(90, 60, seed=1))
-    page.wait_for_function("document.getElementById('file-info').textContent.includes('second.png')")
+    wait_for(page, "document.getElementById('file-info').textContent.includes('second.png')")
     assert page.is_hidden("#result-section") and page.is_visible("#empty")
     assert_layout_sound(screen, page, "after choosing another photo")
