@@ -7,14 +7,17 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
+from collections.abc import MutableSequence
 from types import FrameType
 
 import uvicorn
 
 from service.app import create_app
-from service.config import get_settings
+from service.config import Settings, get_settings
 from service.logs import configure_logging
+from service.metrics import serve_metrics
 from service.state import ServiceState
 
 log = logging.getLogger("service")
@@ -50,9 +53,40 @@ class DrainingServer(uvicorn.Server):
         if not self.service_state.draining:
             log.info("signal %d: draining (up to %.0f s for in-flight requests)", sig,
                      self.service_state.settings.drain_timeout_s)
-        self.service_state.draining = True
-        self.service_state.metrics.ready.set(0)
+        self.service_state.start_draining()
+        if self.service_state.worker_flags is not None:
+            # A worker gets Ctrl-C's SIGINT and the supervisor's SIGTERM: both mean drain, never force-exit.
+            sig = signal.SIGTERM
         super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings, host: str, port: int, sock: socket.socket | None = None,
+          worker: tuple[int, MutableSequence[int]] | None = None) -> int:
+    """Run one server process: on (host, port), or on `sock` shared by IMDN_WORKERS worker processes."""
+    app = create_app(settings)
+    state: ServiceState = app.state.service
+    if worker is not None:
+        state.worker_index, state.worker_flags = worker
+    elif settings.metrics_port and not serve_metrics(settings.metrics_port, host, state.metrics.exposed):
+        return 1
+    config = uvicorn.Config(app, host=host, port=port, log_config=None,
+                            timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+                            timeout_keep_alive=settings.keepalive_s,
+                            log_level=settings.log_level.lower(), http=settings.http_parser,
+                            server_header=settings.server_header)
+    server = DrainingServer(config, state)
+
+    def stop() -> None:  # called from the event loop when the model pool cannot start
+        server.should_exit = True
+
+    app.state.on_fatal = stop
+    # uvicorn re-raises a handled SIGTERM/SIGINT once it has drained, under the handlers found at
+    # start; these swallow it, so a drained shutdown returns normally and exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
+    server.run(sockets=[sock] if sock is not None else None)
+    # uvicorn leaves started=False if start-up (bad weights) failed: exit non-zero so orchestrators notice.
+    return 0 if server.started and not state.startup_error else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,25 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
-                            timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
-                            log_level=settings.log_level.lower(), http=settings.http_parser,
-                            server_header=settings.server_header)
-    state: ServiceState = app.state.service
-    server = DrainingServer(config, state)
+    if settings.workers > 1:
+        from service.workers import supervise
 
-    def stop() -> None:  # called from the event loop when the model pool cannot start
-        server.should_exit = True
-
-    app.state.on_fatal = stop
-    # uvicorn re-raises a handled SIGTERM/SIGINT once it has drained, under the handlers found at
-    # start; these swallow it, so a drained shutdown returns normally and exits 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: None)
-    server.run()
-    # uvicorn leaves started=False if start-up (bad weights) failed: exit non-zero so orchestrators notice.
-    return 0 if server.started and not state.startup_error else 1
+        return supervise(settings, args.host, args.port)
+    return serve(settings, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,16 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.apidocs import install_docs
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.pool import ModelPool
-from service.routes import RESULT_HEADERS, router
+from service.routes import RESULT_HEADERS, metrics_endpoint, router
 from service.security import RequestGuard, SecurityHeaders
 from service.state import Admission, ServiceState, build_pool, check_weights, parse_devices
 
@@ -66,6 +67,8 @@ class RequestContextMiddleware:
             if path not in ("/metrics", "/healthz", "/readyz"):
                 fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"],
                           "status": status, "duration_s": round(elapsed, 4)}
+                if self.state.worker_flags is not None:  # IMDN_WORKERS > 1: which process answered
+                    fields["worker"] = self.state.worker_index
                 fields.update(scope["state"].get("log_extra", {}))
                 access_log.info("request", extra={"fields": fields})
 
@@ -101,17 +104,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     app.state.on_fatal()
                 return
             state.pool = task.result()
-            state.ready = True
-            metrics.ready.set(1)
+            # Logged before the flag goes up: with IMDN_WORKERS, /readyz turns 200 after every worker's line.
             log.info("ready: models %s on %s (%s) in %.1f s", ",".join(settings.models), ",".join(state.devices),
                      state.backend, time.perf_counter() - started)
+            state.set_ready(True)
 
         loading.add_done_callback(loaded)
         try:
             yield
         finally:
-            state.ready = False
-            metrics.ready.set(0)
+            state.set_ready(False)
             if not loading.done():
                 await asyncio.wait([loading])
             if state.pool is not None:
@@ -123,11 +125,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Single-image super-resolution with IMDN (Hui et al., ACM MM 2019): any size, any scale, "
         "streamed PNGs. Errors are RFC 9457 problem+json.",
         lifespan=lifespan,
+        # IMDN_DOCS=false hides the API description; /docs is served offline below, /redoc not at all.
+        openapi_url="/openapi.json" if settings.docs else None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = state
     app.state.on_fatal = None  # set by `python -m service` to stop the server if the pool cannot start
     install_error_handlers(app)
     app.include_router(router)
+    if settings.docs:
+        install_docs(app)
+    if not settings.metrics_port:  # else served on its own port by `python -m service`
+        app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], summary="Prometheus metrics",
+                          response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=RESULT_HEADERS, max_age=600)

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     queue_size: int = Field(8, ge=0, description="requests waiting beyond those; more get 429")
     request_timeout_s: float = Field(300.0, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0)
+    # Several interpreters per port: upload, decode, PNG and HTTP stop sharing one GIL (docs/deploy.md).
+    workers: int = Field(1, ge=1, le=64, description="worker processes on the one port, each with its own replicas")
 
     # Limits (imgproxy-like defaults)
     max_upload_bytes: int = Field(32 * 2**20, ge=1)
@@ -56,6 +58,11 @@ class Settings(BaseSettings):
                                     description="deflate level for streamed PNGs: 0 stored, 1-3 ISA-L, 4-9 zlib")
 
     # HTTP
+    # Above common load-balancer idle timeouts (60 s on AWS ALB and ingress-nginx upstreams): the balancer,
+    # not the server, must close an idle connection, or it reuses one the server already closed (502).
+    keepalive_s: int = Field(75, ge=1, le=3600, description="idle keep-alive timeout of a client connection")
+    metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics on this port only; 0 = the API port")
+    docs: bool = Field(True, description="serve /docs and /openapi.json (assets from the installed packages)")
     cors_origins: CommaList = Field(default_factory=list, description="web origins allowed to call the API "
                                     "from a browser (CORS); other origins' POSTs get 403")
     frame_ancestors: str = Field("'none'", description="CSP frame-ancestors: who may frame the page, e.g. "

@@ -294,13 +294,14 @@ async def readyz(state: StateDep) -> dict[str, str]:
         raise NotReadyError("draining: finishing in-flight requests before shutdown")
     if not state.is_ready():
         raise NotReadyError("models are loading or a model worker has stopped")
+    if warming := state.workers_warming():
+        raise NotReadyError(f"{warming} of {state.settings.workers} worker processes not ready yet")
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}}})
-async def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics_endpoint(state: StateDep) -> Response:
+    """Prometheus metrics (on the API port unless IMDN_METRICS_PORT moves them; added by create_app)."""
+    return Response(generate_latest(state.metrics.exposed), media_type=CONTENT_TYPE_LATEST)
 
 
 @functools.cache

@@ -22,15 +22,12 @@ from service.errors import BadRequestError, ForbiddenOriginError, ServiceError, 
 PAGE_PATHS = frozenset({"/"})
 PAGE_POLICY = ("default-src 'none'; script-src 'self' {scripts}; style-src 'self' {styles}; "
                "img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; base-uri 'none'")
-# /docs and /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN. Kept apart so that serving the
-# assets locally only means removing the CDN hosts here.
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
-DOCS_CDN = "https://cdn.jsdelivr.net"
-DOCS_POLICY = (f"default-src 'none'; script-src 'self' {DOCS_CDN} {{scripts}}; "
-               f"style-src 'self' {DOCS_CDN} https://fonts.googleapis.com 'unsafe-inline'; "
-               "font-src 'self' https://fonts.gstatic.com; "
-               f"img-src 'self' data: {DOCS_CDN} https://fastapi.tiangolo.com; "
-               "worker-src 'self' blob:; connect-src 'self'; form-action 'self'; base-uri 'none'")
+# /docs: Swagger UI, its assets served from this service (service/apidocs.py), so no CDN is allowed.
+# Its inline <script> is allowed by hash; Swagger UI sets inline styles itself.
+DOCS_PATHS = frozenset({"/docs"})
+DOCS_POLICY = ("default-src 'none'; script-src 'self' {scripts}; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; form-action 'self'; "
+               "base-uri 'none'")
 # Everything else (JSON, images, problem+json, metrics) is data, never a document: allow nothing.
 DATA_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'"
 HTML_LIMIT = 1 << 20  # the pages are tens of KB; anything bigger is passed through unhashed

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 
 import torch
@@ -51,9 +52,29 @@ class ServiceState:
     draining: bool = False
     startup_error: str | None = None
     admission: Admission | None = None
+    # IMDN_WORKERS > 1: one flag per worker in shared memory, and this worker's index into it.
+    worker_flags: MutableSequence[int] | None = None
+    worker_index: int = 0
 
     def is_ready(self) -> bool:
         return self.ready and not self.draining and self.pool is not None and self.pool.alive()
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        serving = int(ready and not self.draining)  # a pool that finishes warming during a drain stays out
+        self.metrics.ready.set(serving)
+        if self.worker_flags is not None:
+            self.worker_flags[self.worker_index] = serving
+
+    def start_draining(self) -> None:
+        self.draining = True
+        self.set_ready(False)
+
+    def workers_warming(self) -> int:
+        """Other workers on this port that are not (or no longer) ready; /readyz waits for all of them."""
+        if self.worker_flags is None:
+            return 0
+        return sum(1 for i, flag in enumerate(self.worker_flags) if i != self.worker_index and not flag)
 
 
 def parse_devices(spec: str) -> list[torch.device]:
@@ -69,7 +90,8 @@ def memory_budget(settings: Settings, device: torch.device) -> int:
     if settings.memory_budget_mb:
         return settings.memory_budget_mb * 2**20
     if device.type == "cuda":  # a quarter of the card per replica leaves room for the caching allocator
-        share = torch.cuda.get_device_properties(device).total_memory * 0.25 / settings.replicas_per_device
+        replicas = settings.replicas_per_device * settings.workers
+        share = torch.cuda.get_device_properties(device).total_memory * 0.25 / replicas
         return int(min(share, GPU_BUDGET_CAP_MB * 2**20))
     return CPU_BUDGET_MB * 2**20
 
