@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from model.degrade import DegradationConfig
 from model.imdn import build_model
 from model.train import fit_iters_to_budget, init_from, lr_factor, main, parse_args
 from model.weights import load_model, save_weights
@@ -205,6 +206,7 @@ def test_train_any_scale_camera_degradation_records_its_making(data, tmp_path, m
     with safe_open(str(out / "best.safetensors"), "pt") as f:
         meta = f.metadata()
     degradation = json.loads(meta["degradation"])
-    assert degradation["clean_prob"] == pytest.approx(0.2) and degradation["first"]["jpeg_quality"] == [30, 95]
+    assert degradation["clean_prob"] == pytest.approx(DegradationConfig.clean_prob)
+    assert degradation["first"]["jpeg_quality"] == [30, 95]
     assert meta["step"] == "3" and json.loads(meta["train_args"])["degradation"] == "camera"
     assert load_model("as", out / "best.safetensors").input_skip
