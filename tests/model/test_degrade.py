@@ -164,7 +164,7 @@ def test_degrade_blurs_more_than_the_clean_round_trip_on_average(make_image):
     rng_a, rng_b = random.Random(11), random.Random(11)
     camera_psnr = np.mean([psnr(to_uint8(degrade(hr, camera, rng_a)), hr, 4) for _ in range(12)])
     clean_psnr = np.mean([psnr(to_uint8(degrade(hr, clean, rng_b)), hr, 4) for _ in range(12)])
-    assert camera_psnr < clean_psnr - 1.0
+    assert camera_psnr < clean_psnr - 0.4
 
 
 def test_degrade_second_round_only_when_drawn(make_image, monkeypatch):
