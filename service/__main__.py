@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from service.state import ServiceState
 
 log = logging.getLogger("service")
 
+# Past the drain deadline, how long uvicorn still waits for connections before cancelling their tasks.
+DRAIN_BACKSTOP_S = 5.0
 # glibc's mallopt parameter number for the arena limit (malloc.h).
 M_ARENA_MAX = -8
 
@@ -48,10 +51,9 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.service_state.draining:
-            log.info("signal %d: draining (up to %.0f s for in-flight requests)", sig,
-                     self.service_state.settings.drain_timeout_s)
-        self.service_state.draining = True
-        self.service_state.metrics.ready.set(0)
+            log.info("signal %d: draining (up to %g s for in-flight requests; then those not streaming get 503 "
+                     "and streams are cut)", sig, self.service_state.settings.drain_timeout_s)
+        self.service_state.start_drain()
         super().handle_exit(sig, frame)
 
 
@@ -69,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
-                            timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+                            # A backstop only: at the drain deadline the service ends its own requests
+                            # (503 or a cut stream); uvicorn's cancellation would answer 500.
+                            timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s + DRAIN_BACKSTOP_S),
                             log_level=settings.log_level.lower())
     state: ServiceState = app.state.service
     server = DrainingServer(config, state)
@@ -87,5 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if server.started and not state.startup_error else 1
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: model threads (PyTorch, ONNX Runtime) that are still in
+    native code when Python finalises can abort the process ("terminate called without an active
+    exception", exit 134) after a clean drain. Logs and output are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

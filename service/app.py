@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 import time
 import uuid
@@ -24,8 +25,23 @@ log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 
 
+# Metric labels come from fixed sets: h11 accepts any token as a method, and each new label value is a new
+# time series (300 invented methods grew /metrics by 550 KB).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+QUIET_ROUTES = ("/metrics", "/healthz", "/readyz")
+
+
+def status_label(status: int) -> str:
+    """The status code when it is one HTTP defines, else its class ('5xx'): a bounded set either way."""
+    return str(status) if status in HTTP_STATUSES else f"{min(max(status // 100, 1), 5)}xx"
+
+
+HTTP_STATUSES = frozenset(int(s) for s in http.HTTPStatus) | {499}
+
+
 class RequestContextMiddleware:
-    """Request id in and out, latency/count metrics, and one log line per request, when its last byte is sent."""
+    """Request id in and out, latency/count metrics, and one log line per request when it ends: its status,
+    the bytes received and sent, and, when the response did not complete, why (`outcome`)."""
 
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app = app
@@ -39,30 +55,59 @@ class RequestContextMiddleware:
         incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
         # Accept a caller's id if it is sane; never echo arbitrary bytes into headers and logs.
         request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_state = scope.setdefault("state", {})
+        request_state["request_id"] = request_id
         status = 500
+        bytes_in = bytes_out = 0
+        started_response = completed = client_gone = False
+
+        async def receive_counted() -> Message:
+            nonlocal bytes_in, client_gone
+            message = await receive()
+            if message["type"] == "http.request":
+                bytes_in += len(message.get("body", b""))
+            elif message["type"] == "http.disconnect":
+                client_gone = True
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, bytes_out, started_response, completed
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body":
+                if not message.get("more_body", False) and request_state.get("cut"):
+                    return  # a cut response never completes: the server closes the connection instead
+                if not client_gone:
+                    bytes_out += len(message.get("body", b""))
+                completed = not message.get("more_body", False)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_counted, send_with_id)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "other")
+            method = scope["method"] if scope["method"] in METHODS else "other"
             elapsed = time.perf_counter() - started
             metrics = self.state.metrics
-            metrics.requests.labels(path, scope["method"], str(status)).inc()
-            metrics.latency.labels(path, scope["method"]).observe(elapsed)
-            if path not in ("/metrics", "/healthz", "/readyz"):
-                fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"],
-                          "status": status, "duration_s": round(elapsed, 4)}
-                fields.update(scope["state"].get("log_extra", {}))
+            metrics.requests.labels(path, method, status_label(status)).inc()
+            metrics.latency.labels(path, method).observe(elapsed)
+            outcome = "client_closed" if status == 499 else None
+            if started_response and not completed:  # the response was cut short
+                reason = "client_closed" if client_gone else request_state.get("cut", "error")
+                metrics.cut.labels(reason).inc()
+                outcome = reason if reason == "client_closed" else f"cut_{reason}"
+            if path not in QUIET_ROUTES or outcome:
+                fields: dict[str, object] = {"request_id": request_id, "method": scope["method"],
+                                             "path": scope["path"], "status": status,
+                                             "duration_s": round(elapsed, 4), "bytes_in": bytes_in,
+                                             "bytes_out": bytes_out}
+                if outcome:
+                    fields["outcome"] = outcome  # client_closed, cut_drain, cut_error; absent: complete
+                fields.update(request_state.get("log_extra", {}))
                 access_log.info("request", extra={"fields": fields})
 
 
@@ -74,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.watch_gpus(parse_devices(settings.device))
+        state.loop = asyncio.get_running_loop()
+        state.drain_expired = asyncio.Event()
         state.admission = Admission(settings.concurrency, settings.queue_size, metrics)
         started = time.perf_counter()
         # Bad weights stop start-up here, before the port opens (uvicorn exits non-zero).

@@ -80,6 +80,8 @@ class Metrics:
                                 registry=r)
         self.ready = Gauge("imdn_ready", "1 when every model is loaded and warm and the service is not draining",
                            registry=r)
+        self.cut = Counter("imdn_http_responses_cut", "Responses that started but did not complete",
+                           ["reason"], registry=r)  # client_closed, drain, error
         self.rejected = Counter("imdn_rejected_requests", "Requests refused before processing", ["reason"],
                                 registry=r)
 
