@@ -130,10 +130,11 @@ def with_color_key(array: np.ndarray, key: object) -> np.ndarray:
     planes = array[:, :, None] if array.ndim == 2 else array
     values = key if isinstance(key, tuple) else (key,)
     top = np.iinfo(planes.dtype).max
-    # A key that does not fit the layout or the bit depth (tRNS 300 in an 8-bit PNG) matches no
-    # pixel: ignore it, as libpng does.
-    if len(values) != planes.shape[2] or not all(isinstance(v, int) and 0 <= v <= top for v in values):
-        return array
+    if len(values) != planes.shape[2]:
+        return array  # a key that does not fit the layout: ignore it, as decoders do
+    if not all(isinstance(v, int) and 0 <= v <= top for v in values):
+        raise ImageDecodeError(f"the PNG's tRNS transparency key {values} does not fit its "
+                               f"{planes.dtype.itemsize * 8}-bit samples")
     key_values = np.asarray(values, dtype=planes.dtype)
     alpha = np.where((planes == key_values).all(axis=2), 0, top).astype(planes.dtype)
     return np.concatenate([planes, alpha[:, :, None]], axis=2)

@@ -15,6 +15,7 @@ import uvicorn
 
 from service.app import create_app
 from service.config import get_settings
+from service.connections import with_header_timeout
 from service.logs import configure_logging
 from service.state import ServiceState
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                             timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s + DRAIN_BACKSTOP_S),
                             log_level=settings.log_level.lower())
     state: ServiceState = app.state.service
+    config.load()
+    config.http_protocol_class = with_header_timeout(config.http_protocol_class, settings.header_timeout_s)
     server = DrainingServer(config, state)
 
     def stop() -> None:  # called from the event loop when the model pool cannot start
