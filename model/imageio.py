@@ -279,8 +279,8 @@ def header_size(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int 
 PNG16_PASSES = {2: ("RGB", ("RGB;16B", "RGB;16L")), 4: ("RGBA", ("RGBA",)), 6: ("RGBA", ("RGBA;16B", "RGBA;16L"))}
 
 
-def _decode_png16_color(data: bytes) -> np.ndarray | None:
-    """(H,W,C) uint16 for a non-interlaced 16-bit colour or gray+alpha PNG, else None.
+def _decode_png16_color(data: bytes) -> tuple[np.ndarray, int] | None:
+    """(H,W,C) uint16 and the EXIF orientation for a non-interlaced 16-bit colour or gray+alpha PNG, else None.
 
     Pillow reduces these to 8 bits per channel; this keeps all 16.
     """
@@ -289,11 +289,15 @@ def _decode_png16_color(data: bytes) -> np.ndarray | None:
     width, height, depth, color_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
     if depth != 16 or color_type not in PNG16_PASSES or interlace:
         return None
-    idat, pos = [], 8
+    idat, pos, orientation = [], 8, 1
     while pos + 8 <= len(data):
         (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
         if kind == b"IDAT":
             idat.append(data[pos + 8 : pos + 8 + length])
+        elif kind == b"eXIf":  # read here: Pillow's getexif() would decode the whole image to find it
+            exif = Image.Exif()
+            exif.load(data[pos + 8 : pos + 8 + length])
+            orientation = exif.get(EXIF_ORIENTATION, 1)
         elif kind == b"IEND":
             break
         pos += 12 + length
@@ -306,9 +310,9 @@ def _decode_png16_color(data: bytes) -> np.ndarray | None:
     except ValueError as exc:
         raise ImageDecodeError(f"the png image is truncated or corrupt ({exc})") from exc
     if len(passes) == 1:  # gray+alpha read as RGBA: the bytes of G and A, big-endian
-        return passes[0].view(">u2").reshape(height, width, 2).astype(np.uint16)
+        return passes[0].view(">u2").reshape(height, width, 2).astype(np.uint16), orientation
     high, low = passes
-    return (high.astype(np.uint16) << 8) | low
+    return (high.astype(np.uint16) << 8) | low, orientation
 
 
 EXIF_ORIENTATION = 0x0112
@@ -340,8 +344,7 @@ def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | Non
             frames = int(getattr(img, "n_frames", 1) or 1)  # seeks through every frame: may hit the damage
             sixteen = _decode_png16_color(data) if fmt == "png" else None
             if sixteen is not None:
-                picture = picture_from_array(oriented(sixteen, img.getexif().get(EXIF_ORIENTATION, 1)),
-                                             img.info.get("icc_profile"))
+                picture = picture_from_array(oriented(*sixteen), img.info.get("icc_profile"))
                 picture.frames = frames
                 return picture
             img.seek(0)
