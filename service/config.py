@@ -47,9 +47,10 @@ class Settings(BaseSettings):
 
     # Uploads (docs/reliability.md): bodies are read before admission, so a slow client holds no slot
     max_uploads: int = Field(32, ge=1, description="request bodies being received at once; more get 429")
-    upload_grace_s: float = Field(5.0, ge=0, description="time an upload may take before its rate is checked")
-    min_upload_rate: int = Field(16384, ge=0, description="bytes/s an upload must average after the grace "
-                                 "period, or 408; 0 = no minimum")
+    client_grace_s: float = Field(5.0, ge=0, description="slow clients: how long an upload may run before its "
+                                  "rate is checked, and how long a download may wait for the client to take 64 KB")
+    min_client_rate: int = Field(16384, ge=0, description="bytes/s an upload must average after the grace period "
+                                 "(else 408), and a download's pieces must go at (else cut); 0 = no minimum")
     header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a request's headers")
 
     # Limits (imgproxy-like defaults)

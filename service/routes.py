@@ -205,8 +205,8 @@ async def _receive_upload(request: Request, state: ServiceState) -> tuple[bytes,
     admission.check()  # a full queue refuses before the body is sent, not after
     state.uploads += 1
     try:
-        limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.upload_grace_s,
-                              settings.min_upload_rate)
+        limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.client_grace_s,
+                              settings.min_client_rate)
         return await read_image(request, limits)
     finally:
         state.uploads -= 1

@@ -48,9 +48,10 @@ HEADER_TIMEOUT_S = 2.0
 
 @pytest.fixture(scope="module")
 def server(weights_dir: Path, workdir: Path) -> Iterator[RealServer]:
-    """Default limits and admission (2 running, 8 queued), a short upload grace and header timeout."""
-    with RealServer(weights_dir, workdir, IMDN_MODELS="x2", IMDN_UPLOAD_GRACE_S=str(GRACE_S),
-                    IMDN_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S)) as server:
+    """Default limits and admission (2 running, 8 queued), a short slow-client grace and header timeout,
+    stored (uncompressed) PNGs so that outputs are large."""
+    with RealServer(weights_dir, workdir, IMDN_MODELS="x2", IMDN_CLIENT_GRACE_S=str(GRACE_S),
+                    IMDN_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S), IMDN_PNG_COMPRESS_LEVEL="0") as server:
         server.wait_ready()
         yield server
 
@@ -126,6 +127,28 @@ def test_partial_headers_are_cut_off(server: RealServer) -> None:
             except OSError:
                 closed = True
         assert closed, "the connection with unfinished headers stayed open"
+
+
+def test_a_client_that_does_not_read_its_response_is_cut(server: RealServer) -> None:
+    """The mirror image of a slow upload: a client that stops reading would hold its processing slot (the
+    work waits for it); after the grace period its response is cut, and the slot is free again."""
+    # x2 then bicubic to 1536x1536, stored: 7 MB, more than the socket buffers hold, for little compute.
+    data = encode(noise(192, 192, seed=8))
+    mark = len(server.output())
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(head(len(data), "/v1/superresolve?scale=8&model=x2") + data)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(4096)
+        assert received.startswith(b"HTTP/1.1 200"), received[:200]
+        line = wait_for_log(server, mark, r"service\.access.*POST", timeout=60)  # and read nothing more
+    assert "outcome=cut_slow_client" in line, line
+    check_image(post(server, SMALL_PNG), (32, 32))
+    metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+    assert "imdn_requests_in_flight 0.0" in metrics
 
 
 # --- 2. bounded decode cost ----------------------------------------------------------------------
@@ -305,10 +328,10 @@ def test_disconnect_mid_upload_is_a_client_close(server: RealServer) -> None:
 
 def test_client_leaving_mid_download_is_logged_as_cut_short(server: RealServer) -> None:
     """The access log says the response did not complete, and how many bytes had gone out."""
-    data = encode(noise(384, 384, seed=9))
+    data = encode(noise(96, 96, seed=9))  # x2 then bicubic: 768x768, 1.7 MB stored
     mark = len(server.output())
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
-        sock.sendall(head(len(data)) + data)
+        sock.sendall(head(len(data), "/v1/superresolve?scale=8&model=x2") + data)
         received = b""
         while b"\r\n\r\n" not in received:
             received += sock.recv(65536)
