@@ -204,6 +204,8 @@ def probe(data: bytes, check: Callable[[], None] | None = None) -> tuple[Image.I
     except DecodeCancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to read a known format's header is damage
+        if check is not None:
+            check()  # the request's end (or deadline) first, if that is what stopped the reading
         # Pillow knew the format but could not read its header: a damaged file, not a foreign one.
         raise ImageDecodeError(f"the image header is truncated or corrupt ({exc})") from exc
     return img, (img.format or "unknown").lower()

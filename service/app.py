@@ -42,7 +42,7 @@ HTTP_STATUSES = frozenset(int(s) for s in http.HTTPStatus) | {499}
 
 
 class SlowClientError(Exception):
-    """A client took the response too slowly: it is cut (`outcome=cut_slow_client`)."""
+    """A client took the response too slowly: it is cut (`outcome=cut cut_reason=slow_client`)."""
 
 
 class RequestContextMiddleware:
@@ -127,17 +127,20 @@ class RequestContextMiddleware:
             metrics.requests.labels(path, method, status_label(status)).inc()
             metrics.latency.labels(path, method).observe(elapsed)
             outcome = "client_closed" if status == 499 else None
+            reason = None
             if started_response and not completed:  # the response was cut short
                 reason = "client_closed" if client_gone else request_state.get("cut", "error")
                 metrics.cut.labels(reason).inc()
-                outcome = reason if reason == "client_closed" else f"cut_{reason}"
+                outcome = "cut"
             if path not in QUIET_ROUTES or outcome:
                 fields: dict[str, object] = {"request_id": request_id, "method": scope["method"],
                                              "path": scope["path"], "status": status,
                                              "duration_s": round(elapsed, 4), "bytes_in": bytes_in,
                                              "bytes_out": bytes_out}
-                if outcome:
-                    fields["outcome"] = outcome  # client_closed, cut_drain, cut_slow_client, cut_error
+                if outcome:  # absent: the response completed
+                    fields["outcome"] = outcome  # client_closed (before the response), cut (during it)
+                if reason:
+                    fields["cut_reason"] = reason  # client_closed, drain, slow_client, error
                 fields.update(request_state.get("log_extra", {}))
                 access_log.info("request", extra={"fields": fields})
 

@@ -59,7 +59,7 @@ class TextFormatter(logging.Formatter):
 
 class DropCutResponseNotice(logging.Filter):
     """uvicorn reports a response that never completed as an error; when the service cuts a stream on
-    purpose (drain deadline), its access log line already says so (outcome=cut_drain)."""
+    purpose (drain deadline), its access log line already says so (outcome=cut)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() != "ASGI callable returned without completing response."

@@ -71,6 +71,8 @@ class Metrics:
                                 buckets=FAST_BUCKETS, registry=r)
         self.queue_depth = Gauge("imdn_queue_depth", "Requests admitted and waiting for a processing slot",
                                  registry=r)
+        self.uploads = Gauge("imdn_uploads_in_progress", "Request bodies being received (before admission)",
+                             registry=r)
         self.in_flight = Gauge("imdn_requests_in_flight", "Upscale requests admitted and not finished", registry=r)
         self.tiles = Counter("imdn_tiles", "Tiles run through a network", ["model"], registry=r)
         self.output_pixels = Counter("imdn_output_pixels", "Output pixels produced", ["model"], registry=r)

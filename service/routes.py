@@ -204,12 +204,14 @@ async def _receive_upload(request: Request, state: ServiceState) -> tuple[bytes,
                              headers={"Retry-After": "2"})
     admission.check()  # a full queue refuses before the body is sent, not after
     state.uploads += 1
+    state.metrics.uploads.set(state.uploads)
     try:
         limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.client_grace_s,
                               settings.min_client_rate)
         return await read_image(request, limits)
     finally:
         state.uploads -= 1
+        state.metrics.uploads.set(state.uploads)
 
 
 async def _superresolve(request: Request, params: UpscaleParams, state: ServiceState) -> Response:

@@ -145,7 +145,7 @@ def test_a_client_that_does_not_read_its_response_is_cut(server: RealServer) -> 
             received += sock.recv(4096)
         assert received.startswith(b"HTTP/1.1 200"), received[:200]
         line = wait_for_log(server, mark, r"service\.access.*POST", timeout=60)  # and read nothing more
-    assert "outcome=cut_slow_client" in line, line
+    assert "outcome=cut cut_reason=slow_client" in line, line
     check_image(post(server, SMALL_PNG), (32, 32))
     metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
     assert "imdn_requests_in_flight 0.0" in metrics
@@ -338,7 +338,7 @@ def test_client_leaving_mid_download_is_logged_as_cut_short(server: RealServer) 
         assert received.startswith(b"HTTP/1.1 200"), received[:200]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, at once
     line = wait_for_log(server, mark, r"service\.access.*POST", timeout=60)
-    assert "status=200" in line and "outcome=client_closed" in line, line
+    assert "status=200" in line and "outcome=cut cut_reason=client_closed" in line, line
     sent = int(re.search(r"bytes_out=(\d+)", line).group(1))  # type: ignore[union-attr]
     assert 0 < sent < 768 * 768 * 3, line
 
@@ -470,7 +470,7 @@ def test_drain_exits_zero_and_logs_the_cut(drained: dict) -> None:
     entries = [json.loads(line) for line in lines if line.startswith("{")]
     assert not any(line.startswith('{"level":"error"}') for line in lines), "a forged log line"
     access = [e for e in entries if e.get("logger") == "service.access"]
-    cut = [e for e in access if e.get("outcome") == "cut_drain"]
+    cut = [e for e in access if e.get("outcome") == "cut" and e.get("cut_reason") == "drain"]
     assert len(cut) == 1 and cut[0]["status"] == 200 and cut[0]["bytes_out"] > 0, access
     assert sum(e.get("status") == 503 for e in access) == 3, access
     assert not any(e.get("status") == 500 for e in access), access
