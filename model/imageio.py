@@ -242,6 +242,11 @@ def jpeg_scans(data: bytes, stop_after: int) -> int:
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 
 
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+
+
 def open_checked(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
                  check: Callable[[], None] | None = None) -> tuple[Image.Image, str]:
     """probe() plus every limit that the header and the file's structure can decide before any pixel
@@ -250,8 +255,7 @@ def open_checked(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image header says {width}x{height}: no pixels")
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+    _check_pixels(width, height, max_pixels)
     if fmt in ("jpeg", "mpo") and max_jpeg_scans is not None:
         scans = jpeg_scans(data, max_jpeg_scans)
         if scans > max_jpeg_scans:
@@ -350,13 +354,14 @@ def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | Non
                 picture.frames = frames
                 return picture
             img.seek(0)
+            _check_pixels(*img.size, max_pixels)  # a GIF frame larger than its screen grows the canvas
             img.load()
             icc = img.info.get("icc_profile")
             img = ImageOps.exif_transpose(img) or img
             if icc and not img.info.get("icc_profile"):
                 img.info["icc_profile"] = icc
             picture = picture_from_pil(img)
-    except (ImageDecodeError, DecodeCancelledError, MemoryError):
+    except (ImageDecodeError, ImageTooLargeError, DecodeCancelledError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a decoder or a conversion raises, the file is at fault
         if check is not None:
