@@ -146,6 +146,8 @@ def test_a_client_that_does_not_read_its_response_is_cut(server: RealServer) -> 
         assert received.startswith(b"HTTP/1.1 200"), received[:200]
         line = wait_for_log(server, mark, r"service\.access.*POST", timeout=60)  # and read nothing more
     assert "outcome=cut cut_reason=slow_client" in line, line
+    text = "\n".join(log_lines_since(server, mark))
+    assert " ERROR " not in text and "Traceback" not in text, text  # one line says it all
     check_image(post(server, SMALL_PNG), (32, 32))
     metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
     assert "imdn_requests_in_flight 0.0" in metrics
@@ -341,6 +343,8 @@ def test_client_leaving_mid_download_is_logged_as_cut_short(server: RealServer) 
     assert "status=200" in line and "outcome=cut cut_reason=client_closed" in line, line
     sent = int(re.search(r"bytes_out=(\d+)", line).group(1))  # type: ignore[union-attr]
     assert 0 < sent < 768 * 768 * 3, line
+    text = "\n".join(log_lines_since(server, mark))
+    assert " ERROR " not in text and "Traceback" not in text, text
 
 
 # --- 5. metric labels from bounded sets ------------------------------------------------------------
