@@ -42,14 +42,15 @@ class RoundConfig:
     beta_generalized: tuple[float, float] = (0.5, 4.0)
     beta_plateau: tuple[float, float] = (1.0, 2.0)
     resize_modes: tuple[str, ...] = RESIZE_MODES
-    noise_prob: float = 1.0
+    noise_prob: float = 0.6
     gaussian_noise_prob: float = 0.5  # else Poisson
     gray_noise_prob: float = 0.4
-    # Milder than Real-ESRGAN's ranges (which target perceptual quality): fidelity models
-    # trained on heavy noise learn to smooth, and most uploads are daylight photos.
-    noise_sigma: tuple[float, float] = (1.0, 15.0)  # Gaussian std, 8-bit steps
-    poisson_sigma: tuple[float, float] = (1.0, 12.0)  # Poisson std at mid-gray, 8-bit steps
-    jpeg_prob: float = 0.8
+    # Milder and rarer than Real-ESRGAN's noise and JPEG (which target perceptual quality):
+    # a fidelity model trained mostly on heavy noise learns to smooth, while most photos
+    # are daylight shots whose loss is mainly optical blur and resolution.
+    noise_sigma: tuple[float, float] = (1.0, 10.0)  # Gaussian std, 8-bit steps
+    poisson_sigma: tuple[float, float] = (1.0, 8.0)  # Poisson std at mid-gray, 8-bit steps
+    jpeg_prob: float = 0.5
     jpeg_quality: tuple[int, int] = (30, 95)
 
 
@@ -60,9 +61,9 @@ class DegradationConfig:
     clean_prob: float = 0.2  # plain bicubic round trip, so clean input keeps improving too
     scale: tuple[float, float] = (1.0, 4.0)  # total downscale factor of the degraded image
     first: RoundConfig = field(default_factory=RoundConfig)
-    second_prob: float = 0.5
+    second_prob: float = 0.3
     second: RoundConfig = field(default_factory=lambda: RoundConfig(
-        blur_prob=0.8, sigma=(0.2, 1.5), noise_sigma=(1.0, 10.0), poisson_sigma=(1.0, 8.0)))
+        blur_prob=0.8, sigma=(0.2, 1.5), noise_prob=0.4, noise_sigma=(1.0, 6.0), poisson_sigma=(1.0, 5.0)))
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -4,13 +4,14 @@ All colour-mode handling lives here, apart from the network: RGB and L run
 through the network (L as three equal channels), alpha is carried beside the
 colour and resized with bicubic, palettes become RGB(A), CMYK/YCCK JPEGs become
 RGB, 16-bit images are processed in float and come back as 16-bit. EXIF
-orientation is applied on decode; the ICC profile is carried to the output and
-other metadata is dropped.
+orientation is applied on decode; the ICC profile is carried to the output if it
+parses as ICC (LittleCMS), and other metadata is dropped.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import struct
 import warnings
@@ -21,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 try:  # ISA-L's deflate: zlib-format streams, several times faster than zlib (bench/encode.py)
     from isal import isal_zlib
@@ -33,6 +34,8 @@ ISAL_LEVELS = range(1, 4)
 
 # File suffixes of still-image formats the project reads from folders (benchmarks, training, CLI).
 IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
+
+log = logging.getLogger("model.imageio")
 
 # Pillow's own bomb guard is replaced by the explicit pixel limit in decode().
 Image.MAX_IMAGE_PIXELS = None
@@ -90,8 +93,27 @@ def unit_float(samples: torch.Tensor) -> torch.Tensor:
     return samples.float().div_(255) if samples.dtype == torch.uint8 else samples
 
 
+def valid_icc(profile: bytes | None) -> bytes | None:
+    """The profile if LittleCMS parses it as ICC, else None (logged): outputs only carry real profiles,
+    never arbitrary upload bytes (an 'ICC profile' of <html><script>... copied into a JPEG)."""
+    if not profile:
+        return None
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        # LittleCMS reads tags lazily: a cut-off profile opens; its header says how long it should be.
+        declared = struct.unpack(">I", profile[:4])[0]
+        if declared != len(profile):
+            raise ValueError(f"the header says {declared} bytes")
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("dropped an embedded ICC profile that does not parse as ICC (%d bytes: %s)", len(profile), exc)
+        return None
+    return profile
+
+
 def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> Picture:
-    """(H,W), (H,W,1..4) uint8/uint16 (or float in [0,1]) -> Picture. Channels: L, LA, RGB, RGBA."""
+    """(H,W), (H,W,1..4) uint8/uint16 (or float in [0,1]) -> Picture. Channels: L, LA, RGB, RGBA.
+
+    An ICC profile is kept only if it parses as one."""
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
@@ -112,7 +134,7 @@ def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> P
     has_alpha = array.shape[2] in (2, 4)
     color = values[:, :, :1].expand(-1, -1, 3) if gray else values[:, :, :3]
     alpha = values[:, :, -1].contiguous() if has_alpha else None
-    return Picture(color.permute(2, 0, 1).contiguous(), alpha, gray, bits, icc_profile)
+    return Picture(color.permute(2, 0, 1).contiguous(), alpha, gray, bits, valid_icc(icc_profile))
 
 
 def _sixteen_bit_array(img: Image.Image) -> np.ndarray | None:
@@ -519,7 +541,10 @@ def encode_whole(array: np.ndarray, fmt: str, quality: int = 90, icc_profile: by
     """(H,W,C) array -> WebP or JPEG bytes (formats whose encoders need the whole image)."""
     img = array_to_pil(array, icc_profile)
     if fmt == "jpeg" and img.mode in ("LA", "RGBA"):
-        img = img.convert("L" if img.mode == "LA" else "RGB")  # JPEG has no alpha
+        # JPEG has no alpha: composite onto white, as a page shows the transparent image (the service says so
+        # in X-Alpha-Flattened); dropping the channel would bring back whatever colour hid under alpha 0.
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img.convert("RGBA")).convert("L" if img.mode == "LA" else "RGB")
     if img.mode == "I;16":
         img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8), mode="L")
     buffer = io.BytesIO()

@@ -27,7 +27,7 @@ tail -n 3 runs/x*.log
 tar cf "$out/runs.tar" runs/*/best.safetensors runs/*/log.csv runs/*/curve.png runs/*.log
 fi
 
-# Benchmarks, each bounded so that one hang cannot eat the lease (the README's GPU figures).
+# Benchmarks, each bounded so that one hang cannot eat the lease (the GPU figures in docs/performance.md).
 {
     timeout 60 python3 bench/backends.py --device cuda --model x4 --size 256
     timeout 60 python3 bench/backends.py --device cuda --model x2 --size 1024 --rounds 10

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                             # A backstop only: at the drain deadline the service ends its own requests
                             # (503 or a cut stream); uvicorn's cancellation would answer 500.
                             timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s + DRAIN_BACKSTOP_S),
-                            log_level=settings.log_level.lower())
+                            log_level=settings.log_level.lower(), http=settings.http_parser,
+                            server_header=settings.server_header)
     state: ServiceState = app.state.service
     config.load()
     config.http_protocol_class = with_header_timeout(config.http_protocol_class, settings.header_timeout_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,10 +20,14 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.pool import ModelPool
 from service.routes import RESULT_HEADERS, router
+from service.security import RequestGuard, SecurityHeaders
 from service.state import Admission, ServiceState, build_pool, check_weights, parse_devices
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
+# A caller's X-Request-ID is kept only if it looks like an id: no spaces, '=', quotes or non-ASCII that
+# could forge log fields or come back re-encoded; anything else gets a generated one.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+-]{1,128}")
 
 
 # Metric labels come from fixed sets: h11 accepts any token as a method, and each new label value is a new
@@ -59,8 +64,7 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
-        # Accept a caller's id if it is sane; never echo arbitrary bytes into headers and logs.
-        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         request_state = scope.setdefault("state", {})
         request_state["request_id"] = request_id
         status = 500
@@ -145,6 +149,14 @@ class RequestContextMiddleware:
                 access_log.info("request", extra={"fields": fields})
 
 
+class ServiceApp(FastAPI):
+    """FastAPI with the security headers as its outermost layer: even a 500 from Starlette's error
+    middleware, or a CORS preflight answer, carries them."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack(), self.state.service.settings.frame_ancestors)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
@@ -186,7 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.pool is not None:
                 state.pool.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="IMDN super-resolution",
         version="0.1.0",
         description="Single-image super-resolution with IMDN (Hui et al., ACM MM 2019): any size, any scale, "
@@ -200,5 +212,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=RESULT_HEADERS, max_age=600)
+    app.add_middleware(RequestGuard, allowed_origins=settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, state=state)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -65,7 +66,13 @@ class Settings(BaseSettings):
                                     description="deflate level for streamed PNGs: 0 stored, 1-3 ISA-L, 4-9 zlib")
 
     # HTTP
-    cors_origins: CommaList = Field(default_factory=list)
+    cors_origins: CommaList = Field(default_factory=list, description="web origins allowed to call the API "
+                                    "from a browser (CORS); other origins' POSTs get 403")
+    frame_ancestors: str = Field("'none'", description="CSP frame-ancestors: who may frame the page, e.g. "
+                                 "'self' https://portal.example.com")
+    server_header: bool = Field(False, description="send 'server: uvicorn'")
+    http_parser: Literal["httptools", "h11"] = Field("httptools", description="HTTP/1.1 parser; httptools "
+                                                      "refuses ambiguous framing (CL + TE) itself")
     api_keys: CommaList = Field(default_factory=list, repr=False)
     log_level: str = Field("info")
     log_format: Literal["text", "json"] = Field("text")
@@ -85,6 +92,21 @@ class Settings(BaseSettings):
         if unknown or not value:
             raise ValueError(f"models must be a non-empty subset of {list(MODEL_NAMES)}, got {value}")
         return value
+
+    @field_validator("frame_ancestors")
+    @classmethod
+    def frame_sources(cls, value: str) -> str:
+        """CSP source expressions only: 'none', 'self' (quotes optional) or scheme/host sources."""
+        sources = []
+        for source in value.split():
+            keyword = source.strip("'")
+            sources.append(f"'{keyword}'" if keyword in ("none", "self") else source)
+        host_source = r"([A-Za-z][A-Za-z0-9+.-]*://)?(\*\.)?[A-Za-z0-9.-]+(:(\d+|\*))?/?|[A-Za-z][A-Za-z0-9+.-]*:"
+        valid = all(s in ("'none'", "'self'") or re.fullmatch(host_source, s) for s in sources)
+        if not sources or not valid or ("'none'" in sources and len(sources) > 1):
+            raise ValueError(f"frame_ancestors must be 'none', or 'self' and/or origins like https://a.example, "
+                             f"got {value!r}")
+        return " ".join(sources)
 
     @property
     def concurrency(self) -> int:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -59,6 +67,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The standard families operators expect (process_resident_memory_bytes, process_cpu_seconds_total,
+        # process_open_fds, python_info, python_gc_*): the default registry's collectors, shared read-only.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.requests = Counter("imdn_http_requests", "HTTP requests answered", ["route", "method", "status"],
                                 registry=r)
         self.latency = Histogram("imdn_http_request_duration_seconds", "Time from request to last byte",

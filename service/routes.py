@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import io
 import threading
 import time
 from collections.abc import Awaitable
@@ -13,14 +15,16 @@ from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from PIL import Image, ImageDraw
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model.engine import Plan, Upscaler
+from model.engine import Plan, Upscaler, scale_policy
 from model.imageio import DecodeCancelledError, decode, header_size
 from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
+    ForbiddenOriginError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
@@ -40,7 +44,7 @@ MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
-                  "X-Frames-Dropped"]
+                  "X-Frames-Dropped", "X-Alpha-Flattened"]
 
 router = APIRouter()
 
@@ -56,9 +60,14 @@ class UpscaleParams(BaseModel):
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")
     model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
-        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the configured any-scale "
-        "method (IMDN_ANY_SCALE); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS")
-    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed")
+        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the any-scale method "
+        "(any_scale); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS at any scale")
+    any_scale: Literal["as", "downscale"] | None = Field(
+        None, description="how model=auto reaches a non-integer scale: 'as' (bicubic + IMDN_AS, trained on "
+        "camera blur, noise and JPEG: for photos) or 'downscale' (the next integer IMDN, then bicubic down: for "
+        "clean, already sharp images); default: the server's IMDN_ANY_SCALE")
+    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
+                                                  "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
 
 
@@ -174,13 +183,15 @@ async def unless_drain_ends(state: ServiceState, work: Awaitable[T]) -> T:
         "upscaled. PNG output is streamed band by band as it is computed. Animated images: the first frame is "
         "used (header `X-Frames-Dropped`). Response headers say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
-        "encode; for a streamed PNG, up to its first band)."
+        "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "
+        "composited onto white and says so in `X-Alpha-Flattened: white`."
     ),
     response_class=Response,
     responses={
         200: {"description": "The upscaled image",
               "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()}},
-        **problem_responses(BadRequestError, UnauthorizedError, UploadTimeoutError, PayloadTooLargeError,
+        **problem_responses(BadRequestError, UnauthorizedError, ForbiddenOriginError, UploadTimeoutError,
+                            PayloadTooLargeError,
                             UnsupportedMediaError, UnprocessableImageError, QueueFullError, NotReadyError,
                             RequestTimeoutError),
     },
@@ -235,7 +246,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         params = merge_form_fields(params, fields)
         scale = params.scale if params.scale is not None or params.width or params.height else 2.0
         upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
-                            settings.tile_size, settings.refine_stats, settings.any_scale, settings.models)
+                            settings.tile_size, settings.refine_stats, params.any_scale or settings.any_scale,
+                            settings.models)
 
         def checked_plan(size: tuple[int, int]) -> Plan:
             plan = upscaler.plan(size, scale, params.width, params.height, params.model)
@@ -304,6 +316,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
     }
     if picture.frames > 1:
         headers["X-Frames-Dropped"] = str(picture.frames - 1)
+    if params.format == "jpeg" and picture.alpha is not None:
+        headers["X-Alpha-Flattened"] = "white"  # JPEG has no alpha: encode_whole composites onto white
 
     async def body() -> object:
         try:
@@ -340,6 +354,8 @@ async def list_models(state: StateDep) -> dict[str, object]:
         "backend": state.backend,
         "replicas": len(state.pool.replicas) if state.pool else 0,
         "max_scale": state.settings.max_scale,
+        "any_scale": state.settings.any_scale,
+        "scale_policy": scale_policy(state.settings.any_scale),
         "limits": {
             "max_upload_bytes": state.settings.max_upload_bytes,
             "max_input_pixels": state.settings.max_input_pixels,
@@ -373,6 +389,31 @@ async def readyz(state: StateDep) -> dict[str, str]:
             responses={200: {"content": {"text/plain": {}}}})
 async def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@functools.cache
+def favicon_ico() -> bytes:
+    """The page's icon, drawn here (nothing binary in the repository): big pixels turning into fine ones."""
+    side = 64
+    icon = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((0, 0, side - 1, side - 1), radius=12, fill=(36, 87, 214, 255))  # the page's accent
+    for i, shade in enumerate((150, 205, 205, 255)):  # coarse 2x2 on the left, fine 8x8 on the right
+        x, y = 8 + (i % 2) * 12, 20 + (i // 2) * 12
+        draw.rectangle((x, y, x + 11, y + 11), fill=(shade, shade, 255, 255))
+    for row in range(8):
+        for col in range(8):
+            shade = 150 + 105 * ((row + col) % 2)
+            x, y = 34 + col * 3, 20 + row * 3
+            draw.rectangle((x, y, x + 2, y + 2), fill=(shade, shade, 255, 255))
+    out = io.BytesIO()
+    icon.save(out, format="ICO", sizes=[(16, 16), (32, 32), (48, 48), (64, 64)])
+    return out.getvalue()
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response:
+    return Response(favicon_ico(), media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/", include_in_schema=False, response_model=None)

@@ -33,7 +33,7 @@ class ModelInfo:
     name: str
     scale: str
     parameters: int
-    weights: str
+    weights: str  # the file's name: where it lies on the server is nobody's business
     sha256: str
     load_seconds: float
 
@@ -98,7 +98,7 @@ def check_weights(settings: Settings) -> list[ModelInfo]:
         started = time.perf_counter()
         model = load_models([name], settings.weights)[name]
         infos.append(ModelInfo(name, "any (bicubic pre-scaling)" if name == "as" else name,
-                               count_parameters(model), str(path), file_sha256(path), time.perf_counter() - started))
+                               count_parameters(model), path.name, file_sha256(path), time.perf_counter() - started))
     return infos
 
 

@@ -107,7 +107,8 @@ def test_upscale_folder_writes_every_image(server: ServiceProcess, tmp_path: Pat
     summary = upscale_folder([src], out, url=server.url, concurrency=3, scale=2, progress=False)
     assert summary.ok, summary.failed
     assert [p.name for p in summary.written] == [f"img{i}_x2.png" for i in range(5)]
-    assert summary.skipped == [src / "readme.txt"]
+    assert list(summary.skipped) == [src / "readme.txt"]
+    assert summary.skipped[src / "readme.txt"].startswith("not an image file name")
     for i in range(5):
         w, h = image_size((src / f"img{i}.png").read_bytes())
         assert image_size((out / f"img{i}_x2.png").read_bytes()) == (2 * w, 2 * h)
@@ -125,6 +126,7 @@ def test_upscale_folder_beside_inputs_and_rerun(server: ServiceProcess, tmp_path
     assert second.ok and second.written == []
     assert sorted(p.name for p in second.existing) == [f"img{i}_x3.3.jpeg" for i in range(5)]
     assert {p.name for p in second.skipped} == {"readme.txt"} | {f"img{i}_x3.3.jpeg" for i in range(5)}
+    assert second.skipped[src / "img0_x3.3.jpeg"] == "an output of this run"
 
 
 def test_upscale_folder_reports_failures_and_goes_on(server: ServiceProcess, tmp_path: Path):
@@ -142,6 +144,20 @@ def test_cli_writes_outputs(server: ServiceProcess, tmp_path: Path, capsys: pyte
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_x2.png", "img1_x2.png"]
     assert "2 written" in capsys.readouterr().err
+
+
+def test_cli_names_every_skipped_file_and_why(server: ServiceProcess, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]):
+    src = make_folder(tmp_path / "in")
+    (src / "nested").mkdir()
+    (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    code = cli_main([str(src), "--url", server.url, "-o", str(tmp_path / "out"), "-q"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"skipped: {src / 'readme.txt'}: not an image file name (sends .bmp, .gif, .jpeg" in err
+    assert f"skipped: {src / 'nested'}: a folder (-r descends into sub-folders)" in err
+    assert f"skipped: {src / '.DS_Store'}: a hidden file" in err
+    assert "5 written, 3 skipped, 0 failed" in err
 
 
 def test_cli_rejects_scale_with_width():
