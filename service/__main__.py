@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import math
 import os
 import signal
 import socket
@@ -16,12 +17,17 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings, get_settings
+from service.connections import with_header_timeout
 from service.logs import configure_logging
 from service.metrics import serve_metrics
 from service.state import ServiceState
 
 log = logging.getLogger("service")
 
+# Past the drain deadline, how long uvicorn still waits for connections before cancelling their tasks.
+DRAIN_BACKSTOP_S = 5.0
+# Past the drain deadline, how long uvicorn still waits for connections before cancelling their tasks.
+DRAIN_BACKSTOP_S = 5.0
 # glibc's mallopt parameter number for the arena limit (malloc.h).
 M_ARENA_MAX = -8
 
@@ -51,9 +57,9 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.service_state.draining:
-            log.info("signal %d: draining (up to %.0f s for in-flight requests)", sig,
-                     self.service_state.settings.drain_timeout_s)
-        self.service_state.start_draining()
+            log.info("signal %d: draining (up to %g s for in-flight requests; then those not streaming get 503 "
+                     "and streams are cut)", sig, self.service_state.settings.drain_timeout_s)
+        self.service_state.start_drain()
         if self.service_state.worker_flags is not None:
             # A worker gets Ctrl-C's SIGINT and the supervisor's SIGTERM: both mean drain, never force-exit.
             sig = signal.SIGTERM
@@ -70,10 +76,14 @@ def serve(settings: Settings, host: str, port: int, sock: socket.socket | None =
     elif settings.metrics_port and not serve_metrics(settings.metrics_port, host, state.metrics.exposed):
         return 1
     config = uvicorn.Config(app, host=host, port=port, log_config=None,
-                            timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+                            # A backstop only: at the drain deadline the service ends its own requests
+                            # (503 or a cut stream); uvicorn's cancellation would answer 500.
+                            timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s + DRAIN_BACKSTOP_S),
                             timeout_keep_alive=settings.keepalive_s,
                             log_level=settings.log_level.lower(), http=settings.http_parser,
                             server_header=settings.server_header)
+    config.load()
+    config.http_protocol_class = with_header_timeout(config.http_protocol_class, settings.header_timeout_s)
     server = DrainingServer(config, state)
 
     def stop() -> None:  # called from the event loop when the model pool cannot start
@@ -108,5 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     return serve(settings, args.host, args.port)
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: model threads (PyTorch, ONNX Runtime) that are still in
+    native code when Python finalises can abort the process ("terminate called without an active
+    exception", exit 134) after a clean drain. Logs and output are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

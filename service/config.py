@@ -43,7 +43,16 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(0, ge=0, description="requests processed at once; 0 = 2 per replica")
     queue_size: int = Field(8, ge=0, description="requests waiting beyond those; more get 429")
     request_timeout_s: float = Field(300.0, gt=0)
-    drain_timeout_s: float = Field(30.0, ge=0)
+    drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long in-flight requests may run; "
+                                   "then those not yet streaming get 503 + Retry-After and streams are cut")
+
+    # Uploads (docs/reliability.md): bodies are read before admission, so a slow client holds no slot
+    max_uploads: int = Field(32, ge=1, description="request bodies being received at once; more get 429")
+    client_grace_s: float = Field(5.0, ge=0, description="slow clients: how long an upload may run before its "
+                                  "rate is checked, and how long a download may wait for the client to take 64 KB")
+    min_client_rate: int = Field(16384, ge=0, description="bytes/s an upload must average after the grace period "
+                                 "(else 408), and a download's pieces must go at (else cut); 0 = no minimum")
+    header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a request's headers")
     # Several interpreters per port: upload, decode, PNG and HTTP stop sharing one GIL (docs/deploy.md).
     workers: int = Field(1, ge=1, le=64, description="worker processes on the one port, each with its own replicas")
 
@@ -52,6 +61,7 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(16_800_000, ge=1)
     max_output_pixels: int = Field(67_108_864, ge=1)
     max_scale: float = Field(8.0, gt=1, le=16)
+    max_jpeg_scans: int = Field(100, ge=1, description="progressive JPEGs with more scans get 422")
 
     # Output
     png_compress_level: int = Field(1, ge=0, le=9,

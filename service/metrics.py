@@ -118,6 +118,8 @@ class Metrics:
                                 buckets=FAST_BUCKETS, registry=r)
         self.queue_depth = Gauge("imdn_queue_depth", "Requests admitted and waiting for a processing slot",
                                  registry=r, multiprocess_mode="livesum")
+        self.uploads = Gauge("imdn_uploads_in_progress", "Request bodies being received (before admission)",
+                             registry=r, multiprocess_mode="livesum")
         self.in_flight = Gauge("imdn_requests_in_flight", "Upscale requests admitted and not finished", registry=r,
                                multiprocess_mode="livesum")
         self.tiles = Counter("imdn_tiles", "Tiles run through a network", ["model"], registry=r)
@@ -128,6 +130,8 @@ class Metrics:
                                 registry=r, multiprocess_mode="livemax")
         self.ready = Gauge("imdn_ready", "1 when every model is loaded and warm and the service is not draining",
                            registry=r, multiprocess_mode="livemin")
+        self.cut = Counter("imdn_http_responses_cut", "Responses that started but did not complete",
+                           ["reason"], registry=r)  # client_closed, drain, slow_client, error
         self.rejected = Counter("imdn_rejected_requests", "Requests refused before processing", ["reason"],
                                 registry=r)
 

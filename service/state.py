@@ -55,6 +55,10 @@ class ServiceState:
     # IMDN_WORKERS > 1: one flag per worker in shared memory, and this worker's index into it.
     worker_flags: MutableSequence[int] | None = None
     worker_index: int = 0
+    uploads: int = 0  # request bodies being received
+    # Set when the drain deadline passes: requests not yet streaming get 503, streams are cut.
+    drain_expired: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
     def is_ready(self) -> bool:
         return self.ready and not self.draining and self.pool is not None and self.pool.alive()
@@ -66,15 +70,22 @@ class ServiceState:
         if self.worker_flags is not None:
             self.worker_flags[self.worker_index] = serving
 
-    def start_draining(self) -> None:
-        self.draining = True
-        self.set_ready(False)
-
     def workers_warming(self) -> int:
         """Other workers on this port that are not (or no longer) ready; /readyz waits for all of them."""
         if self.worker_flags is None:
             return 0
         return sum(1 for i, flag in enumerate(self.worker_flags) if i != self.worker_index and not flag)
+
+    def start_drain(self) -> None:
+        """Stop being ready; in drain_timeout_s, end what is still running. Safe from a signal handler."""
+        if self.draining:
+            return
+        self.draining = True
+        self.set_ready(False)
+        if self.loop is not None and self.drain_expired is not None:
+            expired = self.drain_expired
+            delay = self.settings.drain_timeout_s
+            self.loop.call_soon_threadsafe(lambda: self.loop.call_later(delay, expired.set))  # type: ignore[union-attr]
 
 
 def parse_devices(spec: str) -> list[torch.device]:
@@ -167,13 +178,17 @@ class Admission:
         self.slots = asyncio.Semaphore(concurrency)
         self.metrics = metrics
 
-    def admit(self) -> None:
-        """Count a request in, or refuse it before its body is even read."""
+    def check(self) -> None:
+        """Refuse a request before its body is read if it would be refused once it has arrived."""
         if self.admitted >= self.capacity:
             self.metrics.rejected.labels("queue_full").inc()
             # A rough hint: a slot frees up about every few seconds under load.
             raise QueueFullError(f"{self.admitted} requests are already queued or running; retry shortly",
                                  headers={"Retry-After": "2"})
+
+    def admit(self) -> None:
+        """Count a request in (its body has arrived), or refuse it."""
+        self.check()
         self.admitted += 1
         self.metrics.in_flight.set(self.admitted)
 

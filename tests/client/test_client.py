@@ -171,25 +171,25 @@ def test_cli_rejects_scale_with_width():
 
 @pytest.fixture(scope="module")
 def strict_server(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One request at a time and no queue, so a second concurrent request gets 429; API key required."""
+    """One upload and one request at a time, no queue, so a second concurrent request gets 429; API key
+    required; a held upload is not let go for being slow."""
     with live_server(weights_dir, tmp_path_factory.mktemp("strict"), models="x2", max_concurrent="1",
-                     queue_size="0", api_keys="sekrit") as live:
+                     queue_size="0", max_uploads="1", client_grace_s="60", api_keys="sekrit") as live:
         yield live
 
 
-def in_flight(server: ServiceProcess) -> float:
+def uploads_in_progress(server: ServiceProcess) -> float:
     with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
-            if line.startswith("imdn_requests_in_flight "):
+            if line.startswith("imdn_uploads_in_progress "):
                 return float(line.split()[1])
     return 0.0
 
 
 class HeldUpload:
-    """A request whose body arrives only when told: it holds the service's one slot for as long as the test likes.
-
-    The service admits a request before reading its body, so half a body is a request in flight that costs
-    no CPU, unlike a large image, whose duration would depend on how busy the machine is.
+    """A request whose body arrives only when told: it holds the service's one upload place (IMDN_MAX_UPLOADS=1)
+    for as long as the test likes, at no CPU cost, unlike a large image, whose duration would depend on how
+    busy the machine is.
     """
 
     def __init__(self, server: ServiceProcess, body: bytes, api_key: str) -> None:
@@ -214,8 +214,8 @@ class HeldUpload:
 def test_retries_429_until_the_slot_frees(strict_server: ServiceProcess):
     held = HeldUpload(strict_server, png_bytes(16, 16), "sekrit")
     deadline = time.monotonic() + 10
-    while in_flight(strict_server) < 1:
-        assert time.monotonic() < deadline, "the held request was never admitted"
+    while uploads_in_progress(strict_server) < 1:
+        assert time.monotonic() < deadline, "the held upload never started"
         time.sleep(0.05)
 
     seen: list[RetryEvent] = []
