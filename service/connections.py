@@ -16,13 +16,15 @@ log = logging.getLogger("service")
 
 def with_header_timeout(base: type[asyncio.Protocol], timeout: float) -> type[asyncio.Protocol]:
     """`base` whose connections close when a request's headers are not complete `timeout` s after the
-    connection opened or the previous response completed."""
+    connection opened or the first byte of a later request arrived. Between requests the connection is
+    idle keep-alive, which uvicorn times (IMDN_KEEPALIVE_S, longer than load balancers' idle timeouts)."""
 
     class HeaderTimeoutProtocol(base):  # type: ignore[valid-type, misc]
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             self._header_wait = 0  # which wait for headers is current; each gets its own deadline
             self._awaited_cycle = None
+            self._idle = False  # between a response and the next request's first byte
             self._await_headers()
 
         def _await_headers(self) -> None:
@@ -39,9 +41,13 @@ def with_header_timeout(base: type[asyncio.Protocol], timeout: float) -> type[as
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._await_headers()
+            self._header_wait += 1  # the wait for this request's headers, if any, is over
+            self._idle = True
 
         def data_received(self, data: bytes) -> None:
+            if self._idle and data:
+                self._idle = False
+                self._await_headers()
             super().data_received(data)
             if self.cycle is not self._awaited_cycle:
                 self._header_wait += 1  # headers complete: this wait is over

@@ -129,6 +129,23 @@ def test_partial_headers_are_cut_off(server: RealServer) -> None:
         assert closed, "the connection with unfinished headers stayed open"
 
 
+def test_partial_headers_of_a_second_request_are_cut_off(server: RealServer) -> None:
+    """Idle keep-alive between requests is uvicorn's to time (long, for load balancers); once the next
+    request's first byte arrives, its headers have IMDN_HEADER_TIMEOUT_S like the first request's."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=HEADER_TIMEOUT_S + 10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        started = time.monotonic()
+        sock.settimeout(HEADER_TIMEOUT_S + 10)
+        try:
+            closed = sock.recv(1024) == b""
+        except OSError:
+            closed = True
+        assert closed, "the connection with an unfinished second request stayed open"
+        assert time.monotonic() - started < HEADER_TIMEOUT_S + 5
+
+
 def test_a_client_that_does_not_read_its_response_is_cut(server: RealServer) -> None:
     """The mirror image of a slow upload: a client that stops reading would hold its processing slot (the
     work waits for it); after the grace period its response is cut, and the slot is free again."""
