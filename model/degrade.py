@@ -38,7 +38,9 @@ class RoundConfig:
     blur_prob: float = 1.0
     kernel_sizes: tuple[int, ...] = (7, 9, 11, 13, 15, 17, 19, 21)
     kernel_kinds: tuple[str, ...] = KERNEL_KINDS
-    sigma: tuple[float, float] = (0.2, 3.0)  # Gaussian width in HR pixels, per axis for anisotropic kernels
+    # Gaussian width per axis in pixels of the round's *output*: a lens's blur is set by the sensor's
+    # pixel pitch, so a photo taken at a quarter of the resolution is four times as blurred at HR size.
+    sigma: tuple[float, float] = (0.2, 1.5)
     beta_generalized: tuple[float, float] = (0.5, 4.0)
     beta_plateau: tuple[float, float] = (1.0, 2.0)
     resize_modes: tuple[str, ...] = RESIZE_MODES
@@ -65,7 +67,7 @@ class DegradationConfig:
     first: RoundConfig = field(default_factory=RoundConfig)
     second_prob: float = 0.2
     second: RoundConfig = field(default_factory=lambda: RoundConfig(
-        blur_prob=0.8, sigma=(0.2, 1.5), noise_prob=0.3, noise_sigma=(1.0, 4.0), poisson_sigma=(1.0, 3.0),
+        blur_prob=0.8, sigma=(0.2, 1.0), noise_prob=0.3, noise_sigma=(1.0, 4.0), poisson_sigma=(1.0, 3.0),
         jpeg_prob=0.3))
 
     def to_dict(self) -> dict[str, object]:
@@ -161,11 +163,13 @@ def jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def random_kernel(rounds: RoundConfig, rng: random.Random) -> Kernel:
+def random_kernel(rounds: RoundConfig, rng: random.Random, pixel: float = 1.0) -> Kernel:
+    """A kernel at the input's resolution whose widths are drawn in output pixels, each `pixel` input pixels
+    wide; its size is drawn too, but never cuts a Gaussian off before 2.5 sigma."""
     kind = rng.choice(rounds.kernel_kinds)
-    size = rng.choice(rounds.kernel_sizes)
-    sx = rng.uniform(*rounds.sigma)
-    sy = sx if kind == "iso" else rng.uniform(*rounds.sigma)
+    sx = rng.uniform(*rounds.sigma) * pixel
+    sy = sx if kind == "iso" else rng.uniform(*rounds.sigma) * pixel
+    size = max(rng.choice(rounds.kernel_sizes), 2 * math.ceil(2.5 * max(sx, sy)) + 1)
     theta = 0.0 if kind == "iso" else rng.uniform(0, math.pi)
     beta = 1.0
     if kind == "generalized":
@@ -179,7 +183,8 @@ def degrade_round(image: torch.Tensor, size: tuple[int, int], rounds: RoundConfi
                   gen: torch.Generator) -> torch.Tensor:
     """One round: blur (maybe), resize to `size`, noise (maybe), JPEG (maybe) -> float (3,*size)."""
     if rng.random() < rounds.blur_prob:
-        image = blur(image, blur_kernel(random_kernel(rounds, rng)))
+        pixel = max(image.shape[-2] / size[0], image.shape[-1] / size[1])
+        image = blur(image, blur_kernel(random_kernel(rounds, rng, pixel)))
     image = resize(image, size, rng.choice(rounds.resize_modes))
     if rng.random() < rounds.noise_prob:
         gray = rng.random() < rounds.gray_noise_prob

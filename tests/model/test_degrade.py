@@ -124,15 +124,19 @@ def test_jpeg_is_pillows_round_trip_at_that_quality(make_image):
     assert errors[30] < errors[60] < errors[95]
 
 
-def test_random_kernels_stay_in_their_ranges():
+@pytest.mark.parametrize("pixel", [1.0, 4.0])
+def test_random_kernels_stay_in_their_ranges(pixel):
+    """Widths are drawn in output pixels (`pixel` input pixels each); sizes never cut a kernel short."""
     rounds = RoundConfig()
     rng = random.Random(3)
     kinds = set()
+    low, high = rounds.sigma[0] * pixel, rounds.sigma[1] * pixel
     for _ in range(200):
-        k = random_kernel(rounds, rng)
+        k = random_kernel(rounds, rng, pixel)
         kinds.add(k.kind)
-        assert k.size in rounds.kernel_sizes
-        assert rounds.sigma[0] <= k.sigma_x <= rounds.sigma[1] and rounds.sigma[0] <= k.sigma_y <= rounds.sigma[1]
+        assert k.size in rounds.kernel_sizes or k.size == 2 * math.ceil(2.5 * max(k.sigma_x, k.sigma_y)) + 1
+        assert k.size >= 5 * max(k.sigma_x, k.sigma_y) and k.size % 2 == 1
+        assert low <= k.sigma_x <= high and low <= k.sigma_y <= high
         if k.kind == "iso":
             assert k.sigma_x == k.sigma_y
     assert kinds == {"iso", "aniso", "generalized", "plateau"}
