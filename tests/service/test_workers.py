@@ -127,7 +127,7 @@ async def test_readyz_waits_for_the_other_workers(start_app: Callable[..., objec
         assert response.json()["detail"] == "1 of 2 worker processes not ready yet"
         flags[1] = 1
         assert (await client.get("/readyz")).status_code == 200
-        state.start_draining()
+        state.start_drain()
         assert flags == [0, 1] and (await client.get("/readyz")).status_code == 503
 
 
