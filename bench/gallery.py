@@ -154,7 +154,7 @@ def markdown(entries: list[Entry], weights: str, crop: int, zoom: int) -> str:
 
 
 def real_markdown(entries: list[Entry], weights: str) -> str:
-    lines = ["", "### Real camera photos", "",
+    lines = ["", "### Real camera pairs", "",
              "The camera's own low-resolution shot, brought to the high-resolution shot's size as the engine's "
              "bicubic pre-scaling does, then IMDN_AS; right, the camera's high-resolution shot. RGB PSNR of the "
              f"whole image, border {REAL_PAIR_BORDER}. Made with `python bench/gallery.py --weights {weights}`.", "",
