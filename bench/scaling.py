@@ -1,13 +1,14 @@
 """Cost per output pixel against image size, for every path, on the engine as the service builds it.
 
-    python bench/scaling.py --quick          # sanity: outputs of 0.07 to 1.2 MP, one run each
-    python bench/scaling.py                  # the docs figure: 0.07 to 16 MP, minimum of 2 runs
+    python bench/scaling.py --quick          # sanity: outputs of 0.09 to 3 MP
+    python bench/scaling.py                  # the docs figure: 0.09 to 16 MP
     python bench/scaling.py --paths x2 as --repeats 3
 
 For each path (x2, x3, x4; IMDN_AS at x2.5; the service's any-scale policy at x2.5,
 which is x3 then bicubic down; x6, which is x4 then IMDN_AS) and each output size, the
 engine upscales a photo-like 3:4 picture to the end (all bands, as uint8) and the
-minimum time of the repeats is divided by the output pixels. Prints the curve and each
+minimum time of the repeats (default 2: the first run of a new shape also pays one-time
+set-up in ONNX Runtime) is divided by the output pixels. Prints the curve and each
 path's worst/best ratio, and writes a plot (default docs/performance/scaling.png).
 
 The engine is ``bench/service.py engine()``: the service's device, backend and memory
@@ -35,7 +36,7 @@ from model.imageio import picture_from_array  # noqa: E402
 PATHS = {"x2": ("auto", 2.0), "x3": ("auto", 3.0), "x4": ("auto", 4.0), "as": ("as", 2.5),
          "downscale": ("auto", 2.5), "x4+as": ("auto", 6.0)}
 # Output heights; widths are 4/3 of them (256x341 up to 3456x4608 = 15.9 MP).
-QUICK_HEIGHTS = (256, 384, 512, 768, 960)
+QUICK_HEIGHTS = (256, 384, 768, 960, 1536)
 FULL_HEIGHTS = (256, 320, 384, 480, 576, 640, 768, 960, 1152, 1344, 1536, 1920, 2304, 2880, 3456)
 
 
@@ -86,10 +87,10 @@ def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str, y
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, one run each (a sanity check)")
+    parser.add_argument("--quick", action="store_true", help="fewer, smaller sizes (a sanity check)")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     parser.add_argument("--heights", type=int, nargs="+", help="output heights (default: by mode)")
-    parser.add_argument("--repeats", type=int, help="runs per size, the minimum counts (default 1 quick, 2 full)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per size; the minimum counts")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="what the ratios and the plot use: wall time, or CPU time of all threads "
                              "(steadier when other processes share the cores)")
@@ -98,7 +99,7 @@ def main() -> None:
                         help="where the PNG goes ('-' for none)")
     args = parser.parse_args()
     heights = args.heights or (QUICK_HEIGHTS if args.quick else FULL_HEIGHTS)
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats
     upscaler = engine(args.weights)
     runner = type(upscaler.runner).__name__
     print(f"cost per output pixel: {runner}, budget {upscaler.budget_bytes / 2**20:.0f} MB, "

@@ -82,7 +82,7 @@ def _axis_count(length: int, max_window: int, context: int, align: int, start: i
         return 1
     if max_window - 2 * context < align:
         return None
-    count = max(1, -(-(length - start - context * (2 - borders)) // (max_window - 2 * context)))
+    count = max(1, -(-(length - start - context * borders) // (max_window - 2 * context)))
     while _axis_window(length, count, context, align, start) > max_window:
         count += 1
     return count
@@ -106,7 +106,7 @@ def _axis_tiles(length: int, window: int, context: int, align: int, start: int =
     spans = []
     begin = start
     while begin < length:
-        first = begin - context if begin > 0 else 0
+        first = max(0, begin - context)
         if first + window >= length:  # the last core: its window ends at the border
             spans.append((Span(length - window, length), Span(begin, length)))
             break

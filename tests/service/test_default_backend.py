@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.live_service import REPO, run_service
 
@@ -23,6 +23,7 @@ def test_make_serve_installs_onnx_runtime_without_extras() -> None:
     installs = [c for c in commands if " pip install " in c]
     assert installs and all(re.search(r"-e \.(\s|$)", c) for c in installs), commands  # the package, no extras
     assert commands[-1].split()[1:4] == ["-m", "service", "--host"], commands
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=!~; \[]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]}
     assert {"onnxruntime", "onnx"} <= names, "ONNX Runtime must come with a plain install"
