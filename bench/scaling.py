@@ -3,6 +3,7 @@
     python bench/scaling.py --quick          # sanity: outputs of 0.09 to 3 MP
     python bench/scaling.py                  # the docs figure: 0.09 to 16 MP
     python bench/scaling.py --paths x2 as --repeats 3
+    python bench/scaling.py --naive          # x2 against one plain eager pass over the whole image
 
 For each path (x2, x3, x4; IMDN_AS at x2.5; the service's any-scale policy at x2.5,
 which is x3 then bicubic down; x6, which is x4 then IMDN_AS) and each output size, the
@@ -10,6 +11,10 @@ engine upscales a photo-like 3:4 picture to the end (all bands, as uint8) and th
 minimum time of the repeats (default 2: the first run of a new shape also pays one-time
 set-up in ONNX Runtime) is divided by the output pixels. Prints the curve and each
 path's worst/best ratio, and writes a plot (default docs/performance/scaling.png).
+
+With --naive, x2 on square inputs of 256 to 1024 px is also timed as the paper authors'
+code runs it: one eager fp32 PyTorch pass over the whole image (model.backends.EagerRunner),
+interleaved with the engine, and the ratio naive/engine is printed (> 1: the engine is faster).
 
 The engine is ``bench/service.py engine()``: the service's device, backend and memory
 budget. Timings come from one run on a possibly shared CPU: compare ratios, not seconds.
@@ -29,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.service import engine  # noqa: E402
+from model.backends import EagerRunner, load_models  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
 from model.imageio import picture_from_array  # noqa: E402
 
@@ -63,6 +69,26 @@ def seconds(upscaler: Upscaler, pixels: np.ndarray, model: str, scale: float,
     return wall, cpu, plan.label
 
 
+def naive_comparison(upscaler: Upscaler, weights: str, repeats: int) -> None:
+    """x2 on square inputs: one eager pass over the whole image (naive) vs the engine, interleaved."""
+    eager = EagerRunner(load_models(["x2"], weights))
+    print(f"\nx2, naive one-pass eager PyTorch vs the engine (min of {repeats}, interleaved)")
+    print(f"{'input':>9} {'naive s':>8} {'engine s':>9} {'naive/engine':>12} {'cpu naive/engine':>16}")
+    for side in (256, 384, 512, 768, 1024):
+        pixels = photo(side, side)
+        batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div(255)
+        naive_wall = naive_cpu = engine_wall = engine_cpu = float("inf")
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            eager("x2", batch).clamp(0, 1).mul(255).round().byte()
+            naive_wall = min(naive_wall, time.perf_counter() - start)
+            naive_cpu = min(naive_cpu, time.process_time() - start_cpu)
+            wall, cpu, _ = seconds(upscaler, pixels, "auto", 2.0, 1)
+            engine_wall, engine_cpu = min(engine_wall, wall), min(engine_cpu, cpu)
+        print(f"{f'{side}x{side}':>9} {naive_wall:8.2f} {engine_wall:9.2f} {naive_wall / engine_wall:12.2f} "
+              f"{naive_cpu / engine_cpu:16.2f}", flush=True)
+
+
 def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str, ylabel: str) -> None:
     import matplotlib
 
@@ -94,6 +120,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="what the ratios and the plot use: wall time, or CPU time of all threads "
                              "(steadier when other processes share the cores)")
+    parser.add_argument("--naive", action="store_true", help="only the x2 comparison with a naive one-pass peer")
     parser.add_argument("--weights", default="default")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/performance/scaling.png",
                         help="where the PNG goes ('-' for none)")
@@ -101,6 +128,9 @@ def main() -> None:
     heights = args.heights or (QUICK_HEIGHTS if args.quick else FULL_HEIGHTS)
     repeats = args.repeats
     upscaler = engine(args.weights)
+    if args.naive:
+        naive_comparison(upscaler, args.weights, repeats)
+        return
     runner = type(upscaler.runner).__name__
     print(f"cost per output pixel: {runner}, budget {upscaler.budget_bytes / 2**20:.0f} MB, "
           f"{torch.get_num_threads()} threads, minimum of {repeats} run(s) per size")
