@@ -1,8 +1,10 @@
-"""Gallery for the README: bicubic | IMDN | HR crops from benchmark images, labelled with PSNR-Y.
+"""Gallery for docs/model-card.md (one of its images heads the README): bicubic | IMDN | HR crops
+from benchmark images, labelled with PSNR-Y, and camera input | IMDN_AS | camera HR crops from real pairs.
 
     python bench/gallery.py                                   # default weights, Set5/Set14 from ../shared
     python bench/gallery.py --weights runs/latest --threads 1
     python bench/gallery.py --images Set14/img_014 --scales 4 --crop 160 --zoom 1
+    python bench/gallery.py --images --real-images cam1_02    # one real pair only
 
 Each HR image is cropped to a multiple of s (of 4 for fractional s), shrunk by s
 with the project's MATLAB bicubic, then brought back to the HR size by plain
@@ -11,6 +13,11 @@ scales, IMDN_AS otherwise). PSNR-Y is over the whole image, border ceil(s)
 shaved. The crop is the HR window with the most detail (gradient energy), the
 same for every scale of one image. Writes docs/gallery/<set>_<image>_x<s>.png
 and prints a Markdown snippet (progress goes to stderr).
+
+Real pairs (``--real``, the RealSR layout): the camera's low-resolution shot at
+HR size, as the engine's bicubic pre-scaling hands it to IMDN_AS, then IMDN_AS,
+then the camera's high-resolution shot; RGB PSNR over the whole image, border 4,
+as ``python -m model.evaluate`` scores them. Writes docs/gallery/real_<image>.png.
 """
 
 from __future__ import annotations
@@ -32,18 +39,20 @@ sys.path.insert(0, str(ROOT))
 from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner, pick_device  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
-from model.evaluate import read_uint8  # noqa: E402
+from model.evaluate import REAL_PAIR_BORDER, REAL_PAIR_LR, read_uint8, restore_same_size  # noqa: E402
 from model.imageio import (  # noqa: E402
     IMAGE_SUFFIXES,  # noqa: E402
     picture_from_array,
     to_array,
 )
+from model.imdn import IMDN_AS  # noqa: E402
 from model.metrics import psnr, to_y  # noqa: E402
 from model.resize import imresize  # noqa: E402
 from model.weights import WeightsError, file_sha256, resolve_weights  # noqa: E402
 
 DEFAULT_IMAGES = ("Set5/butterfly", "Set14/img_005", "Set14/img_014")  # butterfly, comic, zebra
 DEFAULT_SCALES = (2.0, 3.0, 4.0, 3.3)
+DEFAULT_REAL_IMAGES = ("cam1_02", "cam2_02")  # one pair from each camera
 GAP, LABEL_H, CAPTION_H = 6, 26, 22
 BACKGROUND, INK, MUTED = (255, 255, 255), (20, 24, 30), (95, 102, 114)
 
@@ -120,11 +129,12 @@ def weights_note(spec: str) -> str:
 
 
 def markdown(entries: list[Entry], weights: str, crop: int, zoom: int) -> str:
-    def rel(path: Path) -> str:
-        return path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) else str(path)
+    def rel(path: Path) -> str:  # links relative to docs/, where the snippet goes
+        docs = ROOT / "docs"
+        return path.resolve().relative_to(docs).as_posix() if path.resolve().is_relative_to(docs) else str(path)
 
     lines = [
-        "### Gallery",
+        "## Gallery",
         "",
         f"Each benchmark image is shrunk by s with MATLAB bicubic, then upscaled back. Crops of {crop} px "
         f"{'(shown ' + str(zoom) + '× with nearest neighbour) ' if zoom > 1 else ''}"
@@ -143,13 +153,49 @@ def markdown(entries: list[Entry], weights: str, crop: int, zoom: int) -> str:
     return "\n".join(lines)
 
 
+def real_markdown(entries: list[Entry], weights: str) -> str:
+    lines = ["", "### Real camera photos", "",
+             "The camera's own low-resolution shot, brought to the high-resolution shot's size as the engine's "
+             "bicubic pre-scaling does, then IMDN_AS; right, the camera's high-resolution shot. RGB PSNR of the "
+             f"whole image, border {REAL_PAIR_BORDER}. Made with `python bench/gallery.py --weights {weights}`.", "",
+             "| Pair | Input RGB PSNR | IMDN_AS RGB PSNR | Gain |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {e.image} | {e.psnr_bicubic:.2f} dB | {e.psnr_imdn:.2f} dB | {e.psnr_imdn - e.psnr_bicubic:+.2f} dB |"
+              for e in entries]
+    lines.append("")
+    docs = (ROOT / "docs").resolve()
+    lines += [f"![{e.image}: camera input | IMDN_AS | camera HR]({e.path.resolve().relative_to(docs).as_posix()})"
+              if e.path.resolve().is_relative_to(docs) else f"![{e.image}]({e.path})" for e in entries]
+    return "\n".join(lines)
+
+
+def real_pair_panel(restorer: IMDN_AS, folder: Path, name: str, crop: int, zoom: int, out_dir: Path) -> Entry:
+    """One real pair -> a panel (camera input | IMDN_AS | camera HR) and its whole-image RGB PSNRs."""
+    hr_path = find_image(folder.parent, f"{folder.name}/{name}")
+    lr = read_uint8(folder / REAL_PAIR_LR / hr_path.name).expand(3, -1, -1).contiguous()
+    hr = read_uint8(hr_path).expand(3, -1, -1).contiguous()
+    sr = restore_same_size(restorer, lr)
+    p_in = psnr(lr, hr, REAL_PAIR_BORDER, y_channel=False)
+    p_sr = psnr(sr, hr, REAL_PAIR_BORDER, y_channel=False)
+    side = min(crop, hr.shape[1], hr.shape[2])
+    y, x = detail_window(hr, side)
+    crops = [(img[:, y : y + side, x : x + side], label) for img, label in
+             ((lr, f"Camera input  {p_in:.2f} dB"), (sr, f"IMDN_AS  {p_sr:.2f} dB"), (hr, "Camera HR"))]
+    out = out_dir / f"real_{name.lower()}.png"
+    panel(crops, zoom, f"{folder.name}/{name} · RGB PSNR of the whole image · crop at ({x}, {y})").save(
+        out, optimize=True)
+    return Entry(name, 1.0, out, "as", p_in, p_sr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="default",
                         help="'default' (model/weights), a folder of imdn_<name>.safetensors, or 'random'")
     parser.add_argument("--benchmarks", type=Path, default=SHARED / "data/benchmarks",
                         help="folder of sets in the <Set>/HR/<name>.png layout")
-    parser.add_argument("--images", nargs="+", default=list(DEFAULT_IMAGES), metavar="SET/NAME")
+    parser.add_argument("--images", nargs="*", default=list(DEFAULT_IMAGES), metavar="SET/NAME")
+    parser.add_argument("--real", type=Path, default=SHARED / "data/realsr-sample",
+                        help="a folder of real pairs (HR/, LR_same_size/); skipped when absent")
+    parser.add_argument("--real-images", nargs="*", default=list(DEFAULT_REAL_IMAGES), metavar="NAME")
     parser.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES))
     parser.add_argument("--crop", type=int, default=112, help="crop side in HR pixels")
     parser.add_argument("--zoom", type=int, default=2, help="nearest-neighbour enlargement of the crops")
@@ -201,6 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec} x{s:g}: bicubic {p_bic:.2f} dB, IMDN ({used}) {p_sr:.2f} dB "
                   f"[{time.perf_counter() - started:.1f} s] -> {out}", file=sys.stderr)
     print(markdown(entries, args.weights, args.crop, args.zoom))
+    if args.real_images and (args.real / REAL_PAIR_LR).is_dir():
+        restorer = models["as"]
+        assert isinstance(restorer, IMDN_AS)
+        real = []
+        for name in args.real_images:
+            started = time.perf_counter()
+            real.append(real_pair_panel(restorer, args.real, name, args.crop, args.zoom, args.out))
+            print(f"{name}: input {real[-1].psnr_bicubic:.2f} dB, IMDN_AS {real[-1].psnr_imdn:.2f} dB "
+                  f"[{time.perf_counter() - started:.1f} s] -> {real[-1].path}", file=sys.stderr)
+        print(real_markdown(real, args.weights))
     return 0
 
 

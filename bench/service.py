@@ -5,6 +5,7 @@
     python bench/service.py ttfb          # time to first byte / total, 2048x2048 -> x2
     python bench/service.py memory        # server peak RSS vs output megapixels (1 .. 64 MP)
     python bench/service.py batching      # cross-request batching on/off, 1/8/32 clients, 64x64 -> x2
+    python bench/service.py workers       # IMDN_WORKERS 1 vs N: throughput at 1, 4, 16 clients, memory per worker
     python bench/service.py all
 
 A uvicorn process is started on a loopback port with the settings given through
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -260,9 +261,77 @@ def batching(args: argparse.Namespace) -> None:
         print(f"{clients:7d} {r1:10.1f} {r8:10.1f} {r8 / r1:6.2f} {l1:11.1f} {l8:11.1f}")
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The IMDN_WORKERS processes under a server (spawned children), or the server itself when it has none."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    spawned = [int(c) for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    return spawned or [pid]
+
+
+def gpu_memory_by_pid() -> dict[int, int]:
+    """nvidia-smi's memory per compute process, MiB ({} without nvidia-smi or a GPU)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {int(pid): int(mib) for pid, mib in (line.split(",") for line in out.splitlines() if line.strip())}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def workers(args: argparse.Namespace) -> None:
+    """All servers run at once and take turns (args.rounds slices per level): background load hits all alike."""
+    data = test_image(args.side)
+    upscaler = engine(args.weights)
+    single = statistics.median(engine_seconds(upscaler, data, 2, max(3, args.rounds)))
+    del upscaler
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what this process keeps is not the servers'
+    print(f"IMDN_WORKERS: {args.side}x{args.side} -> x2 PNG, {args.duration:g} s per level and server in "
+          f"{args.rounds} interleaved slices, {os.cpu_count()} CPUs split between a server's workers; "
+          f"engine single stream {1 / single:.2f} img/s")
+    print(f"{'workers':>7} {'clients':>7} {'img/s':>7} {'/engine':>7} {'/first':>7} {'p50 s':>7} {'non-200':>8}")
+    queue = str(max(16, 2 * max(args.clients)))
+    with ExitStack() as stack:
+        servers = [stack.enter_context(server(args.weights, IMDN_WORKERS=str(count), IMDN_QUEUE_SIZE=queue))
+                   for count in args.workers]
+        for clients in args.clients:
+            done = [0] * len(servers)
+            elapsed = [0.0] * len(servers)
+            latencies: list[list[float]] = [[] for _ in servers]
+            errors: list[list[int]] = [[] for _ in servers]
+            for _ in range(args.rounds):
+                for i, (url, _pid) in enumerate(servers):
+                    before = len(latencies[i])
+                    start = time.perf_counter()
+                    asyncio.run(_clients(clients, url, data, time.monotonic() + args.duration / args.rounds,
+                                         latencies[i], errors[i]))
+                    elapsed[i] += time.perf_counter() - start
+                    done[i] += len(latencies[i]) - before
+            rates = [n / t for n, t in zip(done, elapsed, strict=True)]
+            for count, rate, lat, err in zip(args.workers, rates, latencies, errors, strict=True):
+                print(f"{count:7d} {clients:7d} {rate:7.2f} {rate * single:7.2f} {rate / rates[0]:7.2f} "
+                      f"{statistics.median(lat):7.2f} {len(err):8d}", flush=True)
+        gpu = gpu_memory_by_pid()
+        if gpu:
+            print(f"GPU memory of all {len(gpu)} processes on the GPU (this one included): {sum(gpu.values())} MiB")
+        elif torch.cuda.is_available():  # nvidia-smi sees no PIDs (a container's PID namespace): the device total
+            free, total = torch.cuda.mem_get_info()
+            print(f"GPU memory in use on the device, all processes: {(total - free) / 2**20:.0f} MiB")
+        for count, (_url, pid) in zip(args.workers, servers, strict=True):
+            print(f"{count} workers, per worker: " + ", ".join(
+                f"RSS {rss_mb(p):.0f} MB" + (f" GPU {gpu[p]} MiB" if p in gpu else "") for p in worker_pids(pid)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["overhead", "throughput", "ttfb", "memory", "batching", "all"])
+    parser.add_argument("what", choices=["overhead", "throughput", "ttfb", "memory", "batching", "workers", "all"])
     parser.add_argument("--weights", default="default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--side", type=int, default=256, help="throughput: input side")
@@ -271,9 +340,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--megapixels", type=float, nargs="+", default=[1, 4, 16, 36, 64])
     parser.add_argument("--batch-clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="workers: IMDN_WORKERS values")
     args = parser.parse_args()
     for name, fn in (("overhead", overhead), ("throughput", throughput), ("ttfb", ttfb), ("memory", memory),
-                     ("batching", batching)):
+                     ("batching", batching), ("workers", workers)):
         if args.what in (name, "all"):
             fn(args)
 

@@ -26,17 +26,24 @@ from model.weights import WeightsError
 CLI_SUFFIXES = IMAGE_SUFFIXES | {".gif"}
 
 
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders -> the images directly inside them, sorted."""
+def expand_inputs(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
+    """Files as given; folders -> the images directly inside them, sorted. Also what was left out, and why."""
     files: list[Path] = []
+    skipped: dict[Path, str] = {}
     for path in inputs:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in CLI_SUFFIXES))
+            for entry in sorted(path.iterdir()):
+                if entry.is_dir():
+                    skipped[entry] = "a folder (only the images directly inside a given folder are read)"
+                elif entry.suffix.lower() not in CLI_SUFFIXES:
+                    skipped[entry] = f"not an image file name (takes {', '.join(sorted(CLI_SUFFIXES))})"
+                else:
+                    files.append(entry)
         elif path.is_file():
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    return files
+    return files, skipped
 
 
 def make_runner(models: list[str], weights: str, device: str, backend: str) -> Runner:
@@ -53,7 +60,9 @@ def output_name(path: Path, args: argparse.Namespace) -> str:
 
 
 def upscale_command(args: argparse.Namespace) -> int:
-    files = expand_inputs(args.inputs)
+    files, skipped = expand_inputs(args.inputs)
+    for path, reason in skipped.items():
+        print(f"skipped: {path}: {reason}", file=sys.stderr)
     if not files:
         print("error: no images found", file=sys.stderr)
         return 2
@@ -82,10 +91,12 @@ def upscale_command(args: argparse.Namespace) -> int:
                     out.write(encode_whole(np.concatenate(list(bands)), args.format, args.quality,
                                            picture.icc_profile))
             partial.replace(target)
-            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {plan.label})")
+            flattened = ", alpha flattened onto white" if args.format == "jpeg" and picture.alpha is not None else ""
+            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {plan.label}{flattened})")
         except (ImageDecodeError, ImageTooLargeError, UpscaleError, OSError) as exc:
             failures += 1
             print(f"error: {path}: {exc}", file=sys.stderr)
+    print(f"{len(files) - failures} written, {len(skipped)} skipped, {failures} failed", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -5,7 +5,9 @@ Two kinds of pairs:
   so an epoch never re-decodes a PNG or re-runs the resize;
 - any scale (IMDN_AS): same-size pairs made per patch by shrinking the HR patch
   by a random scale and bringing it back with bicubic, exactly the degradation
-  the engine's bicubic pre-scaling produces; or real same-size LR/HR pairs.
+  the engine's bicubic pre-scaling produces; or, with a ``DegradationConfig``,
+  by the synthetic camera model of ``model.degrade`` (blur, downscaling, noise,
+  JPEG, then the same bicubic back); or real same-size LR/HR pairs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from model.degrade import DegradationConfig, degrade
 from model.evaluate import read_uint8
 from model.imageio import IMAGE_SUFFIXES
 from model.resize import imresize
@@ -83,7 +86,8 @@ class PatchSampler:
     """Random aligned (LR, HR) patch batches as float tensors in [0,1].
 
     Fixed scale: LR patch = hr_patch / scale. Any-scale: same-size pairs; from HR
-    images a random scale in [min_scale, max_scale] is drawn per patch.
+    images a random scale in [min_scale, max_scale] is drawn per patch, or, with
+    `degradation`, the whole synthetic camera model (its own scale range).
     Images smaller than the HR patch are skipped (with a count in the log).
     """
 
@@ -95,10 +99,12 @@ class PatchSampler:
         hr_patch: int,
         seed: int,
         scale_range: tuple[float, float] = (1.1, 4.0),
+        degradation: DegradationConfig | None = None,
     ) -> None:
         if hr_patch % max(scale, 1) != 0:
             raise ValueError(f"HR patch {hr_patch} is not divisible by the scale {scale}")
         self.scale, self.hr_patch, self.scale_range = scale, hr_patch, scale_range
+        self.degradation = degradation
         self.rng = random.Random(seed)
 
         def big_enough(hr: torch.Tensor) -> bool:
@@ -123,6 +129,8 @@ class PatchSampler:
         y = self.rng.randrange(hr_image.shape[1] - p + 1)
         x = self.rng.randrange(hr_image.shape[2] - p + 1)
         hr = hr_image[:, y : y + p, x : x + p]
+        if self.degradation is not None:
+            return degrade(hr, self.degradation, self.rng), hr.float() / 255
         s = self.rng.uniform(*self.scale_range)
         small = max(1, round(p / s))
         lr_small = imresize(hr, size=(small, small))  # uint8, as a stored LR image would be

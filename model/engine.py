@@ -9,7 +9,7 @@ Scale policy:
 - any other scale up to 4: MATLAB bicubic pre-scaling to the target size, then
   IMDN_AS (paper Sec. 3.3), with ACS for sides not divisible by 4 -- or, with
   ``any_scale="downscale"``, the next integer IMDN and bicubic down to the target
-  (what the service uses while the project's IMDN_AS weights trail it: see README);
+  (what the service uses while the project's IMDN_AS weights trail it: see docs/model-card.md);
 - above 4 (up to ``max_scale``): IMDN x4 first, then x2 if exactly 8 remains,
   else the any-scale path for the remaining factor;
 - an explicit model (``x2``/``x3``/``x4``) runs that network and resizes its
@@ -140,15 +140,29 @@ def target_size(in_size: tuple[int, int], scale: float | None, width: int | None
     for name, value in (("width", width), ("height", height)):
         if value is not None and value < 1:
             raise UpscaleError(f"{name} must be a positive number of pixels, got {value}")
-    out_w = width if width is not None else max(w, math.floor(w * (height or h) / h + 0.5))
-    out_h = height if height is not None else max(h, math.floor(h * (width or w) / w + 0.5))
+    # One side given: the other follows the aspect ratio, so errors name the size really asked for.
+    out_w = width if width is not None else max(1, math.floor(w * (height or h) / h + 0.5))
+    out_h = height if height is not None else max(1, math.floor(h * (width or w) / w + 0.5))
     if out_h < h or out_w < w:
-        raise UpscaleError(f"target {out_w}x{out_h} is smaller than the input {w}x{h}: this service only enlarges")
+        kept = " (the aspect ratio kept)" if width is None or height is None else ""
+        raise UpscaleError(f"target {out_w}x{out_h}{kept} is smaller than the input {w}x{h}: "
+                           "this service only enlarges")
     if (out_h, out_w) == (h, w):
         raise UpscaleError(f"target {out_w}x{out_h} is the input size: nothing to upscale")
     if out_h > h * max_scale + 0.5 or out_w > w * max_scale + 0.5:
         raise UpscaleError(f"target {out_w}x{out_h} is more than {max_scale}x the input {w}x{h}")
     return out_h, out_w
+
+
+def scale_policy(any_scale: str) -> str:
+    """What `auto` does, in words: the one description the web page and /v1/models show; keep it beside
+    plan_upscale, whose rules it states."""
+    non_integer = {
+        "downscale": "the next larger integer IMDN, then bicubic down to the exact size",
+        "as": "bicubic to the size, then IMDN any-scale (IMDN_AS)",
+    }[any_scale]
+    return (f"auto: IMDN ×2/×3/×4 for those exact scales; other scales up to 4: {non_integer}; "
+            "above 4: IMDN ×4, then the rest with IMDN any-scale (×2 for exactly 8).")
 
 
 def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: int | None = None,

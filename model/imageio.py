@@ -4,23 +4,25 @@ All colour-mode handling lives here, apart from the network: RGB and L run
 through the network (L as three equal channels), alpha is carried beside the
 colour and resized with bicubic, palettes become RGB(A), CMYK/YCCK JPEGs become
 RGB, 16-bit images are processed in float and come back as 16-bit. EXIF
-orientation is applied on decode; the ICC profile is carried to the output and
-other metadata is dropped.
+orientation is applied on decode; the ICC profile is carried to the output if it
+parses as ICC (LittleCMS), and other metadata is dropped.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import re
 import struct
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 try:  # ISA-L's deflate: zlib-format streams, several times faster than zlib (bench/encode.py)
     from isal import isal_zlib
@@ -32,6 +34,8 @@ ISAL_LEVELS = range(1, 4)
 
 # File suffixes of still-image formats the project reads from folders (benchmarks, training, CLI).
 IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
+
+log = logging.getLogger("model.imageio")
 
 # Pillow's own bomb guard is replaced by the explicit pixel limit in decode().
 Image.MAX_IMAGE_PIXELS = None
@@ -89,8 +93,27 @@ def unit_float(samples: torch.Tensor) -> torch.Tensor:
     return samples.float().div_(255) if samples.dtype == torch.uint8 else samples
 
 
+def valid_icc(profile: bytes | None) -> bytes | None:
+    """The profile if LittleCMS parses it as ICC, else None (logged): outputs only carry real profiles,
+    never arbitrary upload bytes (an 'ICC profile' of <html><script>... copied into a JPEG)."""
+    if not profile:
+        return None
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        # LittleCMS reads tags lazily: a cut-off profile opens; its header says how long it should be.
+        declared = struct.unpack(">I", profile[:4])[0]
+        if declared != len(profile):
+            raise ValueError(f"the header says {declared} bytes")
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("dropped an embedded ICC profile that does not parse as ICC (%d bytes: %s)", len(profile), exc)
+        return None
+    return profile
+
+
 def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> Picture:
-    """(H,W), (H,W,1..4) uint8/uint16 (or float in [0,1]) -> Picture. Channels: L, LA, RGB, RGBA."""
+    """(H,W), (H,W,1..4) uint8/uint16 (or float in [0,1]) -> Picture. Channels: L, LA, RGB, RGBA.
+
+    An ICC profile is kept only if it parses as one."""
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
@@ -111,7 +134,7 @@ def picture_from_array(array: np.ndarray, icc_profile: bytes | None = None) -> P
     has_alpha = array.shape[2] in (2, 4)
     color = values[:, :, :1].expand(-1, -1, 3) if gray else values[:, :, :3]
     alpha = values[:, :, -1].contiguous() if has_alpha else None
-    return Picture(color.permute(2, 0, 1).contiguous(), alpha, gray, bits, icc_profile)
+    return Picture(color.permute(2, 0, 1).contiguous(), alpha, gray, bits, valid_icc(icc_profile))
 
 
 def _sixteen_bit_array(img: Image.Image) -> np.ndarray | None:
@@ -127,11 +150,15 @@ def _sixteen_bit_array(img: Image.Image) -> np.ndarray | None:
 def with_color_key(array: np.ndarray, key: object) -> np.ndarray:
     """Gray or RGB (H,W[,C]) + a tRNS colour key -> the same with an alpha channel (0 where the key matches)."""
     planes = array[:, :, None] if array.ndim == 2 else array
-    key_values = np.asarray(key if isinstance(key, tuple) else (key,), dtype=planes.dtype)
-    if key_values.size != planes.shape[2]:
+    values = key if isinstance(key, tuple) else (key,)
+    top = np.iinfo(planes.dtype).max
+    if len(values) != planes.shape[2]:
         return array  # a key that does not fit the layout: ignore it, as decoders do
-    opaque = np.iinfo(planes.dtype).max
-    alpha = np.where((planes == key_values).all(axis=2), 0, opaque).astype(planes.dtype)
+    if not all(isinstance(v, int) and 0 <= v <= top for v in values):
+        raise ImageDecodeError(f"the PNG's tRNS transparency key {values} does not fit its "
+                               f"{planes.dtype.itemsize * 8}-bit samples")
+    key_values = np.asarray(values, dtype=planes.dtype)
+    alpha = np.where((planes == key_values).all(axis=2), 0, top).astype(planes.dtype)
     return np.concatenate([planes, alpha[:, :, None]], axis=2)
 
 
@@ -162,88 +189,158 @@ def picture_from_pil(img: Image.Image) -> Picture:
     return picture_from_array(np.asarray(img), icc)
 
 
-def probe(data: bytes) -> tuple[Image.Image, str]:
+# The documented input formats (Pillow's names); every other plugin stays unreachable. Cameras' JPEGs
+# with several pictures open as MPO (a JPEG).
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+# Progressive JPEGs decode scan by scan, each a pass over the whole image: encoders write about 10
+# (libjpeg) to a few dozen (mozjpeg); a crafted file repeats one thousands of times (8-43 s of CPU).
+MAX_JPEG_SCANS = 100
+
+
+class DecodeCancelledError(Exception):
+    """The caller no longer wants the picture (its request ended); raised from inside the decoder."""
+
+
+class _CheckedBytesIO(io.BytesIO):
+    """The upload as a file whose every read first asks `check` whether to go on: Pillow's decoders read
+    in blocks of at most 64 KB, so a decode is abandoned within a block of its request ending."""
+
+    def __init__(self, data: bytes, check: Callable[[], None] | None) -> None:
+        super().__init__(data)
+        self.check = check
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.check is not None:
+            self.check()
+        return super().read(size)
+
+
+def probe(data: bytes, check: Callable[[], None] | None = None) -> tuple[Image.Image, str]:
     """Open the image header without decoding pixels -> (lazy image, format name)."""
     if not data:
         raise UnsupportedImageError("the request body is empty: no image was sent")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(_CheckedBytesIO(data, check), formats=INPUT_FORMATS)
     except UnidentifiedImageError as exc:
         raise UnsupportedImageError("not a recognised image format: send a PNG, JPEG, WebP, GIF, BMP or TIFF") from exc
-    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+    except DecodeCancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read a known format's header is damage
+        if check is not None:
+            check()  # the request's end (or deadline) first, if that is what stopped the reading
         # Pillow knew the format but could not read its header: a damaged file, not a foreign one.
         raise ImageDecodeError(f"the image header is truncated or corrupt ({exc})") from exc
     return img, (img.format or "unknown").lower()
 
 
-# Our own 16-bit colour PNG decoder unfilters Average/Paeth rows pixel by pixel in Python
-# (~6 us per pixel); above this size the image is decoded by Pillow at 8 bits per channel.
-PNG16_COLOR_MAX_PIXELS = 1_000_000
+def jpeg_scans(data: bytes, stop_after: int) -> int:
+    """Count a JPEG's scans (SOS markers) from its bytes, without decoding; stops counting past `stop_after`."""
+    pos, scans = 2, 0
+    while pos + 4 <= len(data) and scans <= stop_after:
+        if data[pos] != 0xFF:
+            break  # not a marker where one must be: leave the damage to the decoder
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker in (0x01, 0xD8):  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next real marker
+            scans += 1
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return scans
 
 
-def _unfilter_rows(raw: np.ndarray, height: int, stride: int, bpp: int) -> np.ndarray:
-    """Undo PNG scanline filters. Sub and Up vectorise; Average and Paeth depend on the
-    reconstructed left neighbour, so they go pixel by pixel (16-bit colour PNGs only)."""
-    rows = raw.reshape(height, stride + 1)
-    out = np.zeros((height, stride), np.uint8)
-    previous = np.zeros(stride, np.int32)
-    for y in range(height):
-        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
-        if kind == 0:
-            current = line
-        elif kind == 1:  # Sub: a running sum per byte lane, modulo 256
-            lanes = line.reshape(-1, bpp)
-            current = (np.cumsum(lanes, axis=0) & 0xFF).reshape(-1)
-        elif kind == 2:
-            current = (line + previous) & 0xFF
-        elif kind in (3, 4):
-            current = np.zeros(stride, np.int32)
-            for x in range(0, stride, bpp):
-                left = current[x - bpp : x] if x else np.zeros(bpp, np.int32)
-                up = previous[x : x + bpp]
-                if kind == 3:
-                    predictor = (left + up) // 2
-                else:
-                    upper_left = previous[x - bpp : x] if x else np.zeros(bpp, np.int32)
-                    p = left + up - upper_left
-                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upper_left)
-                    predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upper_left))
-                current[x : x + bpp] = (line[x : x + bpp] + predictor) & 0xFF
-        else:
-            raise ImageDecodeError(f"PNG row {y} has an unknown filter type {kind}")
-        out[y] = current
-        previous = current
-    return out
+# In entropy-coded data, 0xFF is followed by 0x00 (stuffing), 0xFF (fill) or a restart marker; anything
+# else is the next segment.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 
 
-def _decode_png16_color(data: bytes) -> np.ndarray | None:
-    """(H,W,C) uint16 for a non-interlaced 16-bit colour or gray+alpha PNG, else None.
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+
+
+def open_checked(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
+                 check: Callable[[], None] | None = None) -> tuple[Image.Image, str]:
+    """probe() plus every limit that the header and the file's structure can decide before any pixel
+    is decoded: a size, the pixel limit, the scan limit of progressive JPEGs."""
+    img, fmt = probe(data, check)
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"image header says {width}x{height}: no pixels")
+    _check_pixels(width, height, max_pixels)
+    if fmt in ("jpeg", "mpo") and max_jpeg_scans is not None:
+        scans = jpeg_scans(data, max_jpeg_scans)
+        if scans > max_jpeg_scans:
+            raise ImageDecodeError(f"the JPEG has more than {max_jpeg_scans} scans (a decoding cost bomb; "
+                                   "ordinary progressive JPEGs have about 10)")
+    return img, fmt
+
+
+def header_size(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS) -> \
+        tuple[int, int]:
+    """(height, width) as the picture will be seen (EXIF orientation applied), from the header alone;
+    raises what decode() would raise for the limits. A PNG whose eXIf chunk follows its pixels is
+    measured unrotated (reading that chunk means decoding)."""
+    img, fmt = open_checked(data, max_pixels, max_jpeg_scans)
+    width, height = img.size
+    exif_in_header = fmt != "png" or "exif" in img.info
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1) if exif_in_header else 1
+    except Exception:  # noqa: BLE001 - unreadable EXIF: decode() reports the damage, if it matters
+        orientation = 1
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+# Pillow reads 16-bit colour PNGs at 8 bits per channel, but its C inflate-and-unfilter can hand over either
+# byte of each sample (raw modes ;16B and ;16L): two passes give all 16 bits at C speed. Gray+alpha
+# (4 bytes a pixel) is unfiltered exactly as 8-bit RGBA is, so one pass reads it byte for byte.
+PNG16_PASSES = {2: ("RGB", ("RGB;16B", "RGB;16L")), 4: ("RGBA", ("RGBA",)), 6: ("RGBA", ("RGBA;16B", "RGBA;16L"))}
+
+
+def _decode_png16_color(data: bytes) -> tuple[np.ndarray, int] | None:
+    """(H,W,C) uint16 and the EXIF orientation for a non-interlaced 16-bit colour or gray+alpha PNG, else None.
 
     Pillow reduces these to 8 bits per channel; this keeps all 16.
     """
     if not data.startswith(PNG_SIGNATURE) or len(data) < 33:
         return None
     width, height, depth, color_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    channels = {2: 3, 4: 2, 6: 4}.get(color_type)
-    if depth != 16 or channels is None or interlace:
+    if depth != 16 or color_type not in PNG16_PASSES or interlace:
         return None
-    idat, pos = [], 8
+    idat, pos, orientation = [], 8, 1
     while pos + 8 <= len(data):
         (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
         if kind == b"IDAT":
             idat.append(data[pos + 8 : pos + 8 + length])
+        elif kind == b"eXIf":  # read here: Pillow's getexif() would decode the whole image to find it
+            exif = Image.Exif()
+            exif.load(data[pos + 8 : pos + 8 + length])
+            orientation = exif.get(EXIF_ORIENTATION, 1)
         elif kind == b"IEND":
             break
         pos += 12 + length
-    bpp, stride = 2 * channels, 2 * channels * width
+    stream = b"".join(idat)
+    mode, rawmodes = PNG16_PASSES[color_type]
     try:
-        raw = np.frombuffer(zlib.decompressobj().decompress(b"".join(idat), height * (stride + 1)), np.uint8)
-    except zlib.error as exc:
-        raise ImageDecodeError(f"the png image is corrupt ({exc})") from exc
-    if raw.size < height * (stride + 1):
-        raise ImageDecodeError("the png image is truncated")
-    pixels = _unfilter_rows(raw[: height * (stride + 1)], height, stride, bpp)
-    return pixels.view(">u2").reshape(height, width, channels).astype(np.uint16)
+        # The decoder inflates only as much as the image needs: an inflate bomb costs nothing more.
+        passes = [np.asarray(Image.frombytes(mode, (width, height), stream, "zip", rawmode))
+                  for rawmode in rawmodes]
+    except ValueError as exc:
+        raise ImageDecodeError(f"the png image is truncated or corrupt ({exc})") from exc
+    if len(passes) == 1:  # gray+alpha read as RGBA: the bytes of G and A, big-endian
+        return passes[0].view(">u2").reshape(height, width, 2).astype(np.uint16), orientation
+    high, low = passes
+    return (high.astype(np.uint16) << 8) | low, orientation
 
 
 EXIF_ORIENTATION = 0x0112
@@ -259,37 +356,39 @@ def oriented(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, quarter_turns))
 
 
-def decode(data: bytes, max_pixels: int | None = None) -> Picture:
+def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
+           check: Callable[[], None] | None = None) -> Picture:
     """Encoded image bytes -> Picture (first frame of an animation, EXIF orientation applied).
 
-    Raises ImageTooLargeError before decoding if width*height > max_pixels (bombs
-    cost nothing), ImageDecodeError for anything unreadable.
+    Raises ImageTooLargeError before decoding if width*height > max_pixels (bombs cost nothing),
+    ImageDecodeError for anything unreadable: every decoding and colour-conversion step is inside
+    that mapping. `check` is called before each block the decoder reads; whatever it raises
+    (the request ended) stops the decode.
     """
-    img, fmt = probe(data)
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise ImageDecodeError(f"image header says {width}x{height}: no pixels")
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+    img, fmt = open_checked(data, max_pixels, max_jpeg_scans, check)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frames = int(getattr(img, "n_frames", 1) or 1)  # seeks through every frame: may hit the damage
-            sixteen = _decode_png16_color(data) if fmt == "png" and width * height <= PNG16_COLOR_MAX_PIXELS else None
+            sixteen = _decode_png16_color(data) if fmt == "png" else None
             if sixteen is not None:
-                picture = picture_from_array(oriented(sixteen, img.getexif().get(EXIF_ORIENTATION, 1)),
-                                             img.info.get("icc_profile"))
+                picture = picture_from_array(oriented(*sixteen), img.info.get("icc_profile"))
                 picture.frames = frames
                 return picture
             img.seek(0)
+            _check_pixels(*img.size, max_pixels)  # a GIF frame larger than its screen grows the canvas
             img.load()
             icc = img.info.get("icc_profile")
             img = ImageOps.exif_transpose(img) or img
-    except (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, IndexError, zlib.error) as exc:
-        raise ImageDecodeError(f"the {fmt} image is truncated or corrupt ({exc})") from exc
-    if icc and not img.info.get("icc_profile"):
-        img.info["icc_profile"] = icc
-    picture = picture_from_pil(img)
+            if icc and not img.info.get("icc_profile"):
+                img.info["icc_profile"] = icc
+            picture = picture_from_pil(img)
+    except (ImageDecodeError, ImageTooLargeError, DecodeCancelledError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder or a conversion raises, the file is at fault
+        if check is not None:
+            check()  # a decoder may wrap the check's exception in its own: the request's end comes first
+        raise ImageDecodeError(f"the {fmt} image is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
     picture.frames = frames
     return picture
 
@@ -442,7 +541,10 @@ def encode_whole(array: np.ndarray, fmt: str, quality: int = 90, icc_profile: by
     """(H,W,C) array -> WebP or JPEG bytes (formats whose encoders need the whole image)."""
     img = array_to_pil(array, icc_profile)
     if fmt == "jpeg" and img.mode in ("LA", "RGBA"):
-        img = img.convert("L" if img.mode == "LA" else "RGB")  # JPEG has no alpha
+        # JPEG has no alpha: composite onto white, as a page shows the transparent image (the service says so
+        # in X-Alpha-Flattened); dropping the channel would bring back whatever colour hid under alpha 0.
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img.convert("RGBA")).convert("L" if img.mode == "LA" else "RGB")
     if img.mode == "I;16":
         img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8), mode="L")
     buffer = io.BytesIO()

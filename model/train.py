@@ -3,6 +3,7 @@
     python -m model.train --scale 2 --data ../shared/data/train291 --out runs/x2
     python -m model.train --scale 2 --out runs/x2          # same command again resumes
     python -m model.train --model as --init runs/x2/best.safetensors --out runs/as
+    python -m model.train --model as --degradation camera --val-real ../shared/data/realsr-sample --out runs/as-real
 
 Defaults follow the paper (Sec. 4.2): HR patch 192, batch 16, Adam (0.9, 0.999),
 lr 2e-4 halved every 200K iterations, L1 loss, flips and 90-degree rotations.
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import math
+import random
 import signal
 import sys
 import time
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.data import PatchSampler, list_images, load_hr, load_pairs, load_real_pairs
+from model.degrade import DegradationConfig, degrade
 from model.evaluate import evaluate_set, read_uint8
 from model.imdn import IMDN, IMDN_AS, build_model
 from model.metrics import psnr
@@ -46,6 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=4, choices=[2, 3, 4])
     p.add_argument("--data", type=Path, default=Path("../shared/data/train291"), help="folder of HR images")
     p.add_argument("--real-pairs", type=Path, help="IMDN_AS: also train on same-size pairs (HR/, LR_same_size/)")
+    p.add_argument("--degradation", choices=["bicubic", "camera"], default="bicubic",
+                   help="IMDN_AS inputs: clean bicubic round trips, or the synthetic camera model of model.degrade "
+                        "(blur, downscaling, noise, JPEG, one or two rounds); validation then uses the same model "
+                        "on the validation set's HR images, with a fixed seed")
+    p.add_argument("--clean-prob", type=float, default=DegradationConfig.clean_prob,
+                   help="camera degradation: share of plain bicubic round trips")
+    p.add_argument("--val-real", type=Path,
+                   help="IMDN_AS: also log RGB PSNR on real same-size pairs (HR/, LR_same_size/); a monitor only, "
+                        "never used to pick weights")
     p.add_argument("--out", type=Path, required=True, help="run folder (created; resumed if it has last.pt)")
     p.add_argument("--iters", type=int, default=1_000_000)
     p.add_argument("--patch", type=int, default=192, help="HR patch side")
@@ -106,25 +119,65 @@ def init_from(model: torch.nn.Module, path: Path) -> None:
     log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
 
 
+def degradation_config(args: argparse.Namespace) -> DegradationConfig | None:
+    return DegradationConfig(clean_prob=args.clean_prob) if args.degradation == "camera" else None
+
+
+def restore(model: IMDN_AS, image: torch.Tensor, device: str) -> torch.Tensor:
+    """(3,H,W) float in [0,1] -> (3,H,W) uint8 through IMDN_AS."""
+    return model(image[None].to(device))[0].clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
 @torch.inference_mode()
 def validate(model: IMDN | IMDN_AS, args: argparse.Namespace) -> float:
-    """Mean PSNR-Y on the validation set (AS: mean over shrink scales 1.5/2.5/3.3, bicubic round trip)."""
+    """Mean PSNR-Y on the validation set.
+
+    AS: the mean over shrink scales 1.5/2.5/3.3 of bicubic round trips, or with the
+    camera degradation, one degraded copy of each image (seeded by its index).
+    """
     model.eval()
     try:
         if isinstance(model, IMDN):
             return evaluate_set(model, args.val, model.scale).psnr
+        config = degradation_config(args)
         scores = []
-        for hr_path in list_images(args.val / "HR"):
+        for index, hr_path in enumerate(list_images(args.val / "HR")):
             hr = read_uint8(hr_path).expand(3, -1, -1)
             hr = hr[:, : hr.shape[1] // 4 * 4, : hr.shape[2] // 4 * 4]
+            if config is not None:
+                scores.append(psnr(restore(model, degrade(hr, config, random.Random(index)), args.device), hr,
+                                   crop_border=4))
+                continue
             for s in AS_VALIDATION_SCALES:
                 small = imresize(hr, size=(round(hr.shape[1] / s), round(hr.shape[2] / s)))
                 up = imresize(small.float() / 255, size=(hr.shape[1], hr.shape[2])).clamp(0, 1)
-                sr = model(up[None].to(args.device))[0].clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-                scores.append(psnr(sr, hr, crop_border=4))
+                scores.append(psnr(restore(model, up, args.device), hr, crop_border=4))
         return sum(scores) / len(scores)
     finally:
         model.train()
+
+
+@torch.inference_mode()
+def validate_real(model: IMDN_AS, folder: Path, device: str) -> float:
+    """Mean RGB PSNR (border 4) of IMDN_AS on real same-size pairs."""
+    model.eval()
+    try:
+        scores = [psnr(restore(model, lr.float() / 255, device), hr, crop_border=4, y_channel=False)
+                  for lr, hr in load_real_pairs(folder)]
+        return sum(scores) / len(scores)
+    finally:
+        model.train()
+
+
+def training_metadata(args: argparse.Namespace, step: int, score: float) -> dict[str, str]:
+    """What a weights file records about its making: model, length, validation, degradation, the options."""
+    meta = {"model": args.model, "step": str(step), "val_psnr": f"{score:.4f}",
+            "train_args": json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                     sort_keys=True)}
+    config = degradation_config(args)
+    if args.model == "as":
+        meta["degradation"] = json.dumps(config.to_dict() if config else "bicubic", sort_keys=True)
+    return meta
 
 
 def write_plot(csv_path: Path, png_path: Path) -> None:
@@ -140,10 +193,14 @@ def write_plot(csv_path: Path, png_path: Path) -> None:
     ax.set_xlabel("iteration")
     ax.set_ylabel("L1 loss (running mean)")
     val = [(int(r["step"]), float(r["val_psnr"])) for r in rows if r["val_psnr"]]
+    real = [(int(r["step"]), float(r["val_real_psnr"])) for r in rows if r.get("val_real_psnr")]
     if val:
         ax2 = ax.twinx()
         ax2.plot(*zip(*val, strict=True), "o-", color="tab:red", label="val PSNR-Y")
-        ax2.set_ylabel("validation PSNR-Y (dB)")
+        if real:
+            ax2.plot(*zip(*real, strict=True), "s-", color="tab:green", label="real pairs, RGB PSNR")
+            ax2.legend(loc="lower right")
+        ax2.set_ylabel("validation PSNR (dB)")
     ax.set_title(csv_path.parent.name)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
@@ -154,7 +211,8 @@ def make_sampler(args: argparse.Namespace) -> PatchSampler:
     cache = args.out / "cache"
     if args.model == "as":
         real = load_real_pairs(args.real_pairs) if args.real_pairs else None
-        return PatchSampler(real, load_hr(args.data), scale=1, hr_patch=args.patch, seed=args.seed)
+        return PatchSampler(real, load_hr(args.data), scale=1, hr_patch=args.patch, seed=args.seed,
+                            degradation=degradation_config(args))
     return PatchSampler(load_pairs(args.data, args.scale, cache), None, args.scale, args.patch, args.seed)
 
 
@@ -191,15 +249,16 @@ def train(args: argparse.Namespace) -> float:
 
     stop = False
 
-    def validate_and_keep_best() -> str:
+    def validate_and_keep_best() -> tuple[str, str]:
         nonlocal best
         score = validate(model, args)
+        real = validate_real(model, args.val_real, args.device) if args.val_real and args.model == "as" else None
         if score > best:
             best = score
-            save_weights(model, args.out / "best.safetensors",
-                         {"model": args.model, "step": str(step), "val_psnr": f"{score:.4f}"})
-        log.info("step %d: val PSNR %.3f dB (best %.3f)", step, score, best)
-        return f"{score:.4f}"
+            save_weights(model, args.out / "best.safetensors", training_metadata(args, step, score))
+        log.info("step %d: val PSNR %.3f dB (best %.3f)%s", step, score, best,
+                 "" if real is None else f", real pairs RGB PSNR {real:.3f} dB")
+        return f"{score:.4f}", "" if real is None else f"{real:.4f}"
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stop
@@ -211,7 +270,7 @@ def train(args: argparse.Namespace) -> float:
     log_file = csv_path.open("a", newline="")
     writer = csv.writer(log_file)
     if new_log:
-        writer.writerow(["step", "loss", "lr", "seconds_per_iter", "val_psnr"])
+        writer.writerow(["step", "loss", "lr", "seconds_per_iter", "val_psnr", "val_real_psnr"])
     use_amp = args.precision == "bf16"
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: pick the fastest kernels once
@@ -241,15 +300,15 @@ def train(args: argparse.Namespace) -> float:
             step += 1
             running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
             bar.update(1)
-            val_psnr = ""
+            val_psnr = val_real = ""
             if step % args.val_every == 0 or step == args.iters or stop:
-                val_psnr = validate_and_keep_best()
+                val_psnr, val_real = validate_and_keep_best()
             if step % args.save_every == 0 or val_psnr:
                 elapsed = (time.perf_counter() - since) / max(1, args.save_every)
                 loss_now = running.item() if running is not None else math.nan
                 bar.set_postfix(loss=f"{loss_now:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
                 writer.writerow([step, f"{loss_now:.5f}", f"{optimizer.param_groups[0]['lr']:.3e}", f"{elapsed:.3f}",
-                                 val_psnr])
+                                 val_psnr, val_real])
                 log_file.flush()
                 since = time.perf_counter()
                 checkpoint()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU lease, one command: fine-tune x2/x3/x4 side by side for a fixed time, then the GPU benchmarks.
+# One GPU lease, one command: fine-tune x2/x3/x4 and the camera-degradation IMDN_AS side by side for a
+# fixed time, then the GPU benchmarks.
 #
 #   bash scripts/gpu_session.sh DATA OUT [TRAIN_SECONDS]
 #
@@ -22,12 +23,19 @@ for scale in 2 3 4; do
         --patch 192 --batch 16 --lr 2e-4 --schedule cosine --warmup 100 --iters 1000000 \
         --time-budget "$budget" --val-every 500 --save-every 100 --threads 4 >runs/x$scale.log 2>&1 &
 done
+# IMDN_AS for real photos: synthetic camera degradation (model/degrade.py), monitored on real pairs if sent.
+real_val=()
+[ -d "$data/realsr-sample" ] && real_val=(--val-real "$data/realsr-sample")
+timeout -s TERM $((budget + 30)) python3 -m model.train --model as --degradation camera --data "$data/train291" \
+    --val "$data/Set5" "${real_val[@]}" --out runs/as --init model/weights/imdn_as.safetensors \
+    --patch 192 --batch 16 --lr 1e-4 --schedule cosine --warmup 100 --iters 1000000 \
+    --time-budget "$budget" --val-every 500 --save-every 100 --threads 4 >runs/as.log 2>&1 &
 wait
-tail -n 3 runs/x*.log
+tail -n 3 runs/x*.log runs/as.log
 tar cf "$out/runs.tar" runs/*/best.safetensors runs/*/log.csv runs/*/curve.png runs/*.log
 fi
 
-# Benchmarks, each bounded so that one hang cannot eat the lease (the README's GPU figures).
+# Benchmarks, each bounded so that one hang cannot eat the lease (the GPU figures in docs/performance.md).
 {
     timeout 60 python3 bench/backends.py --device cuda --model x4 --size 256
     timeout 60 python3 bench/backends.py --device cuda --model x2 --size 1024 --rounds 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -42,20 +43,43 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(0, ge=0, description="requests processed at once; 0 = 2 per replica")
     queue_size: int = Field(8, ge=0, description="requests waiting beyond those; more get 429")
     request_timeout_s: float = Field(300.0, gt=0)
-    drain_timeout_s: float = Field(30.0, ge=0)
+    drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long in-flight requests may run; "
+                                   "then those not yet streaming get 503 + Retry-After and streams are cut")
+
+    # Uploads (docs/reliability.md): bodies are read before admission, so a slow client holds no slot
+    max_uploads: int = Field(32, ge=1, description="request bodies being received at once; more get 429")
+    client_grace_s: float = Field(5.0, ge=0, description="slow clients: how long an upload may run before its "
+                                  "rate is checked, and how long a download may wait for the client to take 64 KB")
+    min_client_rate: int = Field(16384, ge=0, description="bytes/s an upload must average after the grace period "
+                                 "(else 408), and a download's pieces must go at (else cut); 0 = no minimum")
+    header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a request's headers")
+    # Several interpreters per port: upload, decode, PNG and HTTP stop sharing one GIL (docs/deploy.md).
+    workers: int = Field(1, ge=1, le=64, description="worker processes on the one port, each with its own replicas")
 
     # Limits (imgproxy-like defaults)
     max_upload_bytes: int = Field(32 * 2**20, ge=1)
     max_input_pixels: int = Field(16_800_000, ge=1)
     max_output_pixels: int = Field(67_108_864, ge=1)
     max_scale: float = Field(8.0, gt=1, le=16)
+    max_jpeg_scans: int = Field(100, ge=1, description="progressive JPEGs with more scans get 422")
 
     # Output
     png_compress_level: int = Field(1, ge=0, le=9,
                                     description="deflate level for streamed PNGs: 0 stored, 1-3 ISA-L, 4-9 zlib")
 
     # HTTP
-    cors_origins: CommaList = Field(default_factory=list)
+    # Above common load-balancer idle timeouts (60 s on AWS ALB and ingress-nginx upstreams): the balancer,
+    # not the server, must close an idle connection, or it reuses one the server already closed (502).
+    keepalive_s: int = Field(75, ge=1, le=3600, description="idle keep-alive timeout of a client connection")
+    metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics on this port only; 0 = the API port")
+    docs: bool = Field(True, description="serve /docs and /openapi.json (assets from the installed packages)")
+    cors_origins: CommaList = Field(default_factory=list, description="web origins allowed to call the API "
+                                    "from a browser (CORS); other origins' POSTs get 403")
+    frame_ancestors: str = Field("'none'", description="CSP frame-ancestors: who may frame the page, e.g. "
+                                 "'self' https://portal.example.com")
+    server_header: bool = Field(False, description="send 'server: uvicorn'")
+    http_parser: Literal["httptools", "h11"] = Field("httptools", description="HTTP/1.1 parser; httptools "
+                                                      "refuses ambiguous framing (CL + TE) itself")
     api_keys: CommaList = Field(default_factory=list, repr=False)
     log_level: str = Field("info")
     log_format: Literal["text", "json"] = Field("text")
@@ -75,6 +99,21 @@ class Settings(BaseSettings):
         if unknown or not value:
             raise ValueError(f"models must be a non-empty subset of {list(MODEL_NAMES)}, got {value}")
         return value
+
+    @field_validator("frame_ancestors")
+    @classmethod
+    def frame_sources(cls, value: str) -> str:
+        """CSP source expressions only: 'none', 'self' (quotes optional) or scheme/host sources."""
+        sources = []
+        for source in value.split():
+            keyword = source.strip("'")
+            sources.append(f"'{keyword}'" if keyword in ("none", "self") else source)
+        host_source = r"([A-Za-z][A-Za-z0-9+.-]*://)?(\*\.)?[A-Za-z0-9.-]+(:(\d+|\*))?/?|[A-Za-z][A-Za-z0-9+.-]*:"
+        valid = all(s in ("'none'", "'self'") or re.fullmatch(host_source, s) for s in sources)
+        if not sources or not valid or ("'none'" in sources and len(sources) > 1):
+            raise ValueError(f"frame_ancestors must be 'none', or 'self' and/or origins like https://a.example, "
+                             f"got {value!r}")
+        return " ".join(sources)
 
     @property
     def concurrency(self) -> int:

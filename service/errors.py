@@ -37,6 +37,10 @@ class UnauthorizedError(ServiceError):
     status, kind, title = 401, "unauthorized", "Missing or invalid API key"
 
 
+class ForbiddenOriginError(ServiceError):
+    status, kind, title = 403, "forbidden-origin", "Cross-origin request refused"
+
+
 class PayloadTooLargeError(ServiceError):
     status, kind, title = 413, "too-large", "Upload or image too large"
 

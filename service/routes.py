@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import io
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from PIL import Image, ImageDraw
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model.engine import Upscaler
-from model.imageio import decode
+from model.engine import Plan, Upscaler, scale_policy
+from model.imageio import DecodeCancelledError, decode, header_size
 from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
+    ForbiddenOriginError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
@@ -32,7 +36,7 @@ from service.errors import (
 )
 from service.processing import RequestRunner, Timings, encoded_chunks, run_in_thread, while_in_use
 from service.state import ServiceState
-from service.upload import UploadTimeoutError, read_image
+from service.upload import UploadLimits, UploadTimeoutError, read_image
 
 STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
@@ -40,7 +44,7 @@ MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
-                  "X-Frames-Dropped"]
+                  "X-Frames-Dropped", "X-Alpha-Flattened"]
 
 router = APIRouter()
 
@@ -56,9 +60,14 @@ class UpscaleParams(BaseModel):
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")
     model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
-        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the configured any-scale "
-        "method (IMDN_ANY_SCALE); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS")
-    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed")
+        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the any-scale method "
+        "(any_scale); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS at any scale")
+    any_scale: Literal["as", "downscale"] | None = Field(
+        None, description="how model=auto reaches a non-integer scale: 'as' (bicubic + IMDN_AS, trained on "
+        "camera blur, noise and JPEG: for photos) or 'downscale' (the next integer IMDN, then bicubic down: for "
+        "clean, already sharp images); default: the server's IMDN_ANY_SCALE")
+    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
+                                                  "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
 
 
@@ -117,20 +126,53 @@ UPSCALE_BODY = {
 }
 
 
-async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: threading.Event) -> bytes:
-    """Wait for the first encoded bytes, dropping the work if the client hangs up meanwhile."""
-    pending = asyncio.ensure_future(chunks.__anext__())
-    while True:
-        done, _ = await asyncio.wait({pending}, timeout=0.25)
-        if done:
-            return pending.result()
-        if await request.is_disconnected():
-            cancel.set()  # the worker stops before its next tile
-            pending.cancel()
-            # Let the cancellation reach the generator: closing it while __anext__ is still running fails.
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # the client is gone: no result matters
-                await pending
-            raise ClientDisconnectedError("client disconnected before the first byte")
+T = TypeVar("T")
+
+
+async def watched(request: Request, work: Awaitable[T], cancel: threading.Event, when: str) -> T:
+    """Await `work` (a thread's result, the first chunk) while watching for the client hanging up: then
+    set `cancel`, so the thread stops at its next check, and answer 499."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientDisconnectedError(f"client disconnected {when}")
+    except BaseException:
+        cancel.set()  # a decode stops at its next read, a worker before its next tile
+        if not task.done():
+            task.cancel()
+            # Let the cancellation reach a generator: closing it while __anext__ is still running fails.
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # nobody wants the result now
+                await task
+        raise
+
+
+class DrainDeadlineError(NotReadyError):
+    """The drain deadline passed before this request's response started."""
+
+
+async def unless_drain_ends(state: ServiceState, work: Awaitable[T]) -> T:
+    """Await `work`, unless the drain deadline passes first: then cancel it and raise DrainDeadlineError."""
+    expired = state.drain_expired
+    if expired is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(expired.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # its own cleanup ran; no result needed
+                await task
+    if task.cancelled():
+        raise DrainDeadlineError("the server is shutting down; retry (another instance will answer)",
+                                 headers={"Retry-After": "1", "Connection": "close"})
+    return task.result()
 
 
 @router.post(
@@ -141,13 +183,15 @@ async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: th
         "upscaled. PNG output is streamed band by band as it is computed. Animated images: the first frame is "
         "used (header `X-Frames-Dropped`). Response headers say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
-        "encode; for a streamed PNG, up to its first band)."
+        "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "
+        "composited onto white and says so in `X-Alpha-Flattened: white`."
     ),
     response_class=Response,
     responses={
         200: {"description": "The upscaled image",
               "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()}},
-        **problem_responses(BadRequestError, UnauthorizedError, UploadTimeoutError, PayloadTooLargeError,
+        **problem_responses(BadRequestError, UnauthorizedError, ForbiddenOriginError, UploadTimeoutError,
+                            PayloadTooLargeError,
                             UnsupportedMediaError, UnprocessableImageError, QueueFullError, NotReadyError,
                             RequestTimeoutError),
     },
@@ -155,43 +199,90 @@ async def first_chunk(request: Request, chunks: AsyncIterator[bytes], cancel: th
     dependencies=[Depends(require_api_key)],
 )
 async def superresolve(request: Request, params: Annotated[UpscaleParams, Query()], state: StateDep) -> Response:
-    settings = state.settings
     if not state.is_ready() or state.admission is None or state.pool is None:
         raise NotReadyError("the service is starting or draining; retry shortly", headers={"Retry-After": "5"})
+    return await unless_drain_ends(state, _superresolve(request, params, state))
+
+
+async def _receive_upload(request: Request, state: ServiceState) -> tuple[bytes, dict[str, str]]:
+    """The body, read before admission: a slow client holds an upload place (IMDN_MAX_UPLOADS), never a
+    processing slot or a queue place."""
+    settings, admission = state.settings, state.admission
+    assert admission is not None
+    if state.uploads >= settings.max_uploads:
+        state.metrics.rejected.labels("uploads_full").inc()
+        raise QueueFullError(f"{state.uploads} uploads are already arriving; retry shortly",
+                             headers={"Retry-After": "2"})
+    admission.check()  # a full queue refuses before the body is sent, not after
+    state.uploads += 1
+    state.metrics.uploads.set(state.uploads)
+    try:
+        limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.client_grace_s,
+                              settings.min_client_rate)
+        return await read_image(request, limits)
+    finally:
+        state.uploads -= 1
+        state.metrics.uploads.set(state.uploads)
+
+
+async def _superresolve(request: Request, params: UpscaleParams, state: ServiceState) -> Response:
+    settings = state.settings
     admission, pool = state.admission, state.pool
-    admission.admit()
-    admitted = True
+    assert admission is not None and pool is not None
     started = time.perf_counter()
     deadline = time.monotonic() + settings.request_timeout_s
+    data, fields = await _receive_upload(request, state)
+    admission.admit()
+    admitted = True
+    cancel = threading.Event()
+
+    def still_wanted() -> None:  # called by the decoder before each block it reads
+        if cancel.is_set():
+            raise DecodeCancelledError("the request ended")
+        if time.monotonic() > deadline:
+            raise RequestTimeoutError("decoding ran past the request's time limit")
+
     try:
-        data, fields = await read_image(request, settings.max_upload_bytes, settings.request_timeout_s)
         params = merge_form_fields(params, fields)
-        timings = Timings()
-        decode_start = time.perf_counter()
-        picture = await asyncio.to_thread(decode, data, settings.max_input_pixels)
-        del data
-        timings.decode = time.perf_counter() - decode_start
         scale = params.scale if params.scale is not None or params.width or params.height else 2.0
         upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
-                            settings.tile_size, settings.refine_stats, settings.any_scale, settings.models)
-        plan = upscaler.plan(picture.size, scale, params.width, params.height, params.model)
+                            settings.tile_size, settings.refine_stats, params.any_scale or settings.any_scale,
+                            settings.models)
+
+        def checked_plan(size: tuple[int, int]) -> Plan:
+            plan = upscaler.plan(size, scale, params.width, params.height, params.model)
+            out_h, out_w = plan.out_size
+            side_limit = FORMAT_MAX_SIDE.get(params.format)
+            if side_limit is not None and max(out_h, out_w) > side_limit:
+                raise PayloadTooLargeError(f"{params.format.upper()} images are limited to {side_limit} pixels a "
+                                           f"side; the output would be {out_w}x{out_h}: use format=png")
+            if out_h * out_w > settings.max_output_pixels:
+                raise PayloadTooLargeError(f"the output would be {out_w}x{out_h} = {out_w * out_h:,} pixels; "
+                                           f"the limit is {settings.max_output_pixels:,}")
+            return plan
+
+        timings = Timings()
+        decode_start = time.perf_counter()
+        # Every limit the header can decide, before any pixel is decoded.
+        plan = checked_plan(await asyncio.to_thread(header_size, data, settings.max_input_pixels,
+                                                    settings.max_jpeg_scans))
+        picture = await watched(request, asyncio.to_thread(decode, data, settings.max_input_pixels,
+                                                           settings.max_jpeg_scans, still_wanted),
+                                cancel, "while its image was decoded")
+        del data
+        timings.decode = time.perf_counter() - decode_start
+        if picture.size != plan.in_size:  # an orientation the header did not show
+            plan = checked_plan(picture.size)
         out_h, out_w = plan.out_size
-        side_limit = FORMAT_MAX_SIDE.get(params.format)
-        if side_limit is not None and max(out_h, out_w) > side_limit:
-            raise PayloadTooLargeError(f"{params.format.upper()} images are limited to {side_limit} pixels a side; "
-                                       f"the output would be {out_w}x{out_h}: use format=png")
-        if out_h * out_w > settings.max_output_pixels:
-            raise PayloadTooLargeError(f"the output would be {out_w}x{out_h} = {out_w * out_h:,} pixels; "
-                                       f"the limit is {settings.max_output_pixels:,}")
         queue_start = time.perf_counter()
         await admission.slot(max(0.0, deadline - time.monotonic()))
         timings.queue = time.perf_counter() - queue_start
         state.metrics.queue_wait.observe(timings.queue)
     except BaseException:
+        cancel.set()
         admission.leave()
         raise
 
-    cancel = threading.Event()
     upscaler.runner = RequestRunner(pool, cancel, deadline)
     chunks = run_in_thread(while_in_use(pool, encoded_chunks(upscaler, picture, plan, params.format, params.quality,
                                                              settings.png_compress_level, timings, cancel)), cancel)
@@ -204,7 +295,7 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
             admission.leave()
 
     try:
-        first = await first_chunk(request, chunks, cancel)
+        first = await watched(request, chunks.__anext__(), cancel, "before the first byte")
     except BaseException:
         finish()
         await chunks.aclose()
@@ -225,11 +316,22 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
     }
     if picture.frames > 1:
         headers["X-Frames-Dropped"] = str(picture.frames - 1)
+    if params.format == "jpeg" and picture.alpha is not None:
+        headers["X-Alpha-Flattened"] = "white"  # JPEG has no alpha: encode_whole composites onto white
 
     async def body() -> object:
         try:
             yield first
-            async for chunk in chunks:
+            while True:
+                try:
+                    chunk = await unless_drain_ends(state, chunks.__anext__())
+                except StopAsyncIteration:
+                    break
+                except DrainDeadlineError:
+                    # Cut: the response never completes, so the connection closes and the client sees a
+                    # truncated body, never a short image that looks whole (the access log says "cut").
+                    request.scope["state"]["cut"] = "drain"
+                    return
                 yield chunk
             state.metrics.encode.labels(params.format).observe(timings.encode)
             state.metrics.output_pixels.labels(model_names).inc(out_w * out_h)
@@ -252,6 +354,8 @@ async def list_models(state: StateDep) -> dict[str, object]:
         "backend": state.backend,
         "replicas": len(state.pool.replicas) if state.pool else 0,
         "max_scale": state.settings.max_scale,
+        "any_scale": state.settings.any_scale,
+        "scale_policy": scale_policy(state.settings.any_scale),
         "limits": {
             "max_upload_bytes": state.settings.max_upload_bytes,
             "max_input_pixels": state.settings.max_input_pixels,
@@ -278,13 +382,39 @@ async def readyz(state: StateDep) -> dict[str, str]:
         raise NotReadyError("draining: finishing in-flight requests before shutdown")
     if not state.is_ready():
         raise NotReadyError("models are loading or a model worker has stopped")
+    if warming := state.workers_warming():
+        raise NotReadyError(f"{warming} of {state.settings.workers} worker processes not ready yet")
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}}})
-async def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics_endpoint(state: StateDep) -> Response:
+    """Prometheus metrics (on the API port unless IMDN_METRICS_PORT moves them; added by create_app)."""
+    return Response(generate_latest(state.metrics.exposed), media_type=CONTENT_TYPE_LATEST)
+
+
+@functools.cache
+def favicon_ico() -> bytes:
+    """The page's icon, drawn here (nothing binary in the repository): big pixels turning into fine ones."""
+    side = 64
+    icon = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((0, 0, side - 1, side - 1), radius=12, fill=(36, 87, 214, 255))  # the page's accent
+    for i, shade in enumerate((150, 205, 205, 255)):  # coarse 2x2 on the left, fine 8x8 on the right
+        x, y = 8 + (i % 2) * 12, 20 + (i // 2) * 12
+        draw.rectangle((x, y, x + 11, y + 11), fill=(shade, shade, 255, 255))
+    for row in range(8):
+        for col in range(8):
+            shade = 150 + 105 * ((row + col) % 2)
+            x, y = 34 + col * 3, 20 + row * 3
+            draw.rectangle((x, y, x + 2, y + 2), fill=(shade, shade, 255, 255))
+    out = io.BytesIO()
+    icon.save(out, format="ICO", sizes=[(16, 16), (32, 32), (48, 48), (64, 64)])
+    return out.getvalue()
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response:
+    return Response(favicon_ico(), media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/", include_in_schema=False, response_model=None)

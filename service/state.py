@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,7 @@ class ModelInfo:
     name: str
     scale: str
     parameters: int
-    weights: str
+    weights: str  # the file's name: where it lies on the server is nobody's business
     sha256: str
     load_seconds: float
 
@@ -51,9 +52,40 @@ class ServiceState:
     draining: bool = False
     startup_error: str | None = None
     admission: Admission | None = None
+    # IMDN_WORKERS > 1: one flag per worker in shared memory, and this worker's index into it.
+    worker_flags: MutableSequence[int] | None = None
+    worker_index: int = 0
+    uploads: int = 0  # request bodies being received
+    # Set when the drain deadline passes: requests not yet streaming get 503, streams are cut.
+    drain_expired: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
     def is_ready(self) -> bool:
         return self.ready and not self.draining and self.pool is not None and self.pool.alive()
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        serving = int(ready and not self.draining)  # a pool that finishes warming during a drain stays out
+        self.metrics.ready.set(serving)
+        if self.worker_flags is not None:
+            self.worker_flags[self.worker_index] = serving
+
+    def workers_warming(self) -> int:
+        """Other workers on this port that are not (or no longer) ready; /readyz waits for all of them."""
+        if self.worker_flags is None:
+            return 0
+        return sum(1 for i, flag in enumerate(self.worker_flags) if i != self.worker_index and not flag)
+
+    def start_drain(self) -> None:
+        """Stop being ready; in drain_timeout_s, end what is still running. Safe from a signal handler."""
+        if self.draining:
+            return
+        self.draining = True
+        self.set_ready(False)
+        if self.loop is not None and self.drain_expired is not None:
+            expired = self.drain_expired
+            delay = self.settings.drain_timeout_s
+            self.loop.call_soon_threadsafe(lambda: self.loop.call_later(delay, expired.set))  # type: ignore[union-attr]
 
 
 def parse_devices(spec: str) -> list[torch.device]:
@@ -69,7 +101,8 @@ def memory_budget(settings: Settings, device: torch.device) -> int:
     if settings.memory_budget_mb:
         return settings.memory_budget_mb * 2**20
     if device.type == "cuda":  # a quarter of the card per replica leaves room for the caching allocator
-        share = torch.cuda.get_device_properties(device).total_memory * 0.25 / settings.replicas_per_device
+        replicas = settings.replicas_per_device * settings.workers
+        share = torch.cuda.get_device_properties(device).total_memory * 0.25 / replicas
         return int(min(share, GPU_BUDGET_CAP_MB * 2**20))
     return CPU_BUDGET_MB * 2**20
 
@@ -83,7 +116,7 @@ def check_weights(settings: Settings) -> list[ModelInfo]:
         started = time.perf_counter()
         model = load_models([name], settings.weights)[name]
         infos.append(ModelInfo(name, "any (bicubic pre-scaling)" if name == "as" else name,
-                               count_parameters(model), str(path), file_sha256(path), time.perf_counter() - started))
+                               count_parameters(model), path.name, file_sha256(path), time.perf_counter() - started))
     return infos
 
 
@@ -145,13 +178,17 @@ class Admission:
         self.slots = asyncio.Semaphore(concurrency)
         self.metrics = metrics
 
-    def admit(self) -> None:
-        """Count a request in, or refuse it before its body is even read."""
+    def check(self) -> None:
+        """Refuse a request before its body is read if it would be refused once it has arrived."""
         if self.admitted >= self.capacity:
             self.metrics.rejected.labels("queue_full").inc()
             # A rough hint: a slot frees up about every few seconds under load.
             raise QueueFullError(f"{self.admitted} requests are already queued or running; retry shortly",
                                  headers={"Retry-After": "2"})
+
+    def admit(self) -> None:
+        """Count a request in (its body has arrived), or refuse it."""
+        self.check()
         self.admitted += 1
         self.metrics.in_flight.set(self.admitted)
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
-from service.errors import BadRequestError, PayloadTooLargeError, ServiceError, UnsupportedMediaError
+from service.errors import (
+    BadRequestError,
+    ClientDisconnectedError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnsupportedMediaError,
+)
 
 
 class UploadTimeoutError(ServiceError):
@@ -17,32 +25,67 @@ class UploadTimeoutError(ServiceError):
 
 
 RAW_TYPES = ("image/", "application/octet-stream")
+# An answer sent before the whole body arrived ends the connection: the rest of the body is unread.
+CLOSE = {"Connection": "close"}
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The whole body, refusing more than `limit` bytes (early, from Content-Length, when it is sent)."""
+@dataclass
+class UploadLimits:
+    """How much may arrive (`limit` bytes), by when (`timeout` s in all), and how fast: after `grace_s`, at
+    least `min_rate` bytes/s on average since the first byte was awaited (0: no minimum)."""
+
+    limit: int
+    timeout: float
+    grace_s: float = 5.0
+    min_rate: int = 0
+
+
+async def read_body(request: Request, limits: UploadLimits) -> bytes:
+    """The whole body, refusing more than `limit` bytes (early, from Content-Length, when it is sent),
+    and a client that sends too slowly (408) or leaves (499: ClientDisconnectedError)."""
+    limit = limits.limit
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"the upload is {int(declared):,} bytes; the limit is {limit:,}")
+        raise PayloadTooLargeError(f"the upload is {int(declared):,} bytes; the limit is {limit:,}",
+                                   headers=CLOSE)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    data = bytearray()
+    chunks = request.stream().__aiter__()
+    while True:
+        elapsed = loop.time() - started
+        # The next bytes must come before the total deadline and before the average rate falls below
+        # the minimum (a trickling or idle client is let go after the grace period, whatever it sent).
+        wait = limits.timeout - elapsed
+        too_slow = False
+        if limits.min_rate:
+            by_rate = max(limits.grace_s, (len(data) + 1) / limits.min_rate) - elapsed
+            too_slow = by_rate < wait
+            wait = min(wait, by_rate)
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.0))
+        except StopAsyncIteration:
+            return bytes(data)
+        except TimeoutError as exc:
+            if too_slow:
+                raise UploadTimeoutError(
+                    f"the upload is too slow: {len(data):,} bytes in {loop.time() - started:.1f} s; after the "
+                    f"first {limits.grace_s:g} s it must average at least {limits.min_rate:,} bytes/s",
+                    headers=CLOSE) from exc
+            raise UploadTimeoutError(f"the upload did not arrive within {limits.timeout:g} s",
+                                     headers=CLOSE) from exc
+        except ClientDisconnect as exc:
+            raise ClientDisconnectedError(f"the client closed the connection during the upload, after "
+                                          f"{len(data):,} bytes") from exc
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLargeError(f"the upload is over the limit of {limit:,} bytes", headers=CLOSE)
 
-    async def collect() -> bytes:
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > limit:
-                raise PayloadTooLargeError(f"the upload is over the limit of {limit:,} bytes")
-        return bytes(data)
 
-    try:
-        return await asyncio.wait_for(collect(), timeout)
-    except TimeoutError as exc:
-        raise UploadTimeoutError(f"the upload did not arrive within {timeout:g} s") from exc
-
-
-async def read_image(request: Request, limit: int, timeout: float) -> tuple[bytes, dict[str, str]]:
+async def read_image(request: Request, limits: UploadLimits) -> tuple[bytes, dict[str, str]]:
     """-> (image bytes, form fields). Accepts multipart field `image` or a raw image/* body."""
     content_type = request.headers.get("content-type", "").lower()
-    body = await read_body(request, limit, timeout)
+    body = await read_body(request, limits)
     if content_type.startswith("multipart/form-data"):
         return await _parse_multipart(request, body)
     if not content_type or content_type.startswith(RAW_TYPES):

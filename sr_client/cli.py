@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m sr_client") -> in
         overwrite=not args.skip_existing, recursive=args.recursive, progress=not args.quiet,
         retry=RetryPolicy(attempts=args.retries + 1),
     )
+    for source, reason in summary.skipped.items():
+        print(f"skipped: {source}: {reason}", file=sys.stderr)
     for source, reason in summary.failed.items():
         print(f"failed: {source}: {reason}", file=sys.stderr)
     print(summary, file=sys.stderr)

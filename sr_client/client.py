@@ -330,7 +330,7 @@ class FolderSummary:
     """What ``upscale_folder`` did with each input."""
 
     written: list[Path] = field(default_factory=list)  # output files
-    skipped: list[Path] = field(default_factory=list)  # not sent: not images (by suffix), or this run's outputs
+    skipped: dict[Path, str] = field(default_factory=dict)  # not sent -> why (not an image, a folder, an output)
     existing: list[Path] = field(default_factory=list)  # outputs already there, left alone (overwrite=False)
     failed: dict[Path, str] = field(default_factory=dict)  # input -> why
     seconds: float = 0.0
@@ -362,18 +362,23 @@ def output_suffix(scale: float | None, width: int | None, height: int | None) ->
     return "_x2"  # the service's default
 
 
-def collect_images(paths: Iterable[str | os.PathLike[str]], recursive: bool = False) -> tuple[list[Path], list[Path]]:
-    """Files and folders -> (image files in a stable order, skipped non-image files)."""
+def collect_images(paths: Iterable[str | os.PathLike[str]],
+                   recursive: bool = False) -> tuple[list[Path], dict[Path, str]]:
+    """Files and folders -> (image files in a stable order, {skipped path: why})."""
     images: list[Path] = []
-    skipped: list[Path] = []
+    skipped: dict[Path, str] = {}
     for entry in map(Path, paths):
-        if entry.is_dir():
-            pattern = entry.rglob("*") if recursive else entry.iterdir()
-            files = sorted(p for p in pattern if p.is_file() and not p.name.startswith("."))
-        else:
-            files = [entry]
-        for file in files:
-            (images if file.suffix.lower() in IMAGE_SUFFIXES else skipped).append(file)
+        found = [entry] if not entry.is_dir() else sorted(entry.rglob("*") if recursive else entry.iterdir())
+        for file in found:
+            if file.is_dir():
+                if not recursive:
+                    skipped[file] = "a folder (-r descends into sub-folders)"
+            elif file.name.startswith(".") and file != entry:
+                skipped[file] = "a hidden file"
+            elif file.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped[file] = f"not an image file name (sends {', '.join(sorted(IMAGE_SUFFIXES))})"
+            else:
+                images.append(file)
     return list(dict.fromkeys(images)), skipped
 
 
@@ -419,7 +424,7 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
     # A rerun over the same folder must not upscale the previous run's outputs again.
     outputs = {p.resolve() for p in jobs}
     jobs = {out: src for out, src in jobs.items() if src.resolve() not in outputs}
-    summary.skipped += [p for p in images if p.resolve() in outputs]
+    summary.skipped.update({p: "an output of this run" for p in images if p.resolve() in outputs})
 
     owns_client = client is None
     client = client or AsyncSRClient(url, api_key=api_key, retry=retry, max_connections=concurrency)

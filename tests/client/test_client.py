@@ -107,7 +107,8 @@ def test_upscale_folder_writes_every_image(server: ServiceProcess, tmp_path: Pat
     summary = upscale_folder([src], out, url=server.url, concurrency=3, scale=2, progress=False)
     assert summary.ok, summary.failed
     assert [p.name for p in summary.written] == [f"img{i}_x2.png" for i in range(5)]
-    assert summary.skipped == [src / "readme.txt"]
+    assert list(summary.skipped) == [src / "readme.txt"]
+    assert summary.skipped[src / "readme.txt"].startswith("not an image file name")
     for i in range(5):
         w, h = image_size((src / f"img{i}.png").read_bytes())
         assert image_size((out / f"img{i}_x2.png").read_bytes()) == (2 * w, 2 * h)
@@ -125,6 +126,7 @@ def test_upscale_folder_beside_inputs_and_rerun(server: ServiceProcess, tmp_path
     assert second.ok and second.written == []
     assert sorted(p.name for p in second.existing) == [f"img{i}_x3.3.jpeg" for i in range(5)]
     assert {p.name for p in second.skipped} == {"readme.txt"} | {f"img{i}_x3.3.jpeg" for i in range(5)}
+    assert second.skipped[src / "img0_x3.3.jpeg"] == "an output of this run"
 
 
 def test_upscale_folder_reports_failures_and_goes_on(server: ServiceProcess, tmp_path: Path):
@@ -144,6 +146,20 @@ def test_cli_writes_outputs(server: ServiceProcess, tmp_path: Path, capsys: pyte
     assert "2 written" in capsys.readouterr().err
 
 
+def test_cli_names_every_skipped_file_and_why(server: ServiceProcess, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]):
+    src = make_folder(tmp_path / "in")
+    (src / "nested").mkdir()
+    (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    code = cli_main([str(src), "--url", server.url, "-o", str(tmp_path / "out"), "-q"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"skipped: {src / 'readme.txt'}: not an image file name (sends .bmp, .gif, .jpeg" in err
+    assert f"skipped: {src / 'nested'}: a folder (-r descends into sub-folders)" in err
+    assert f"skipped: {src / '.DS_Store'}: a hidden file" in err
+    assert "5 written, 3 skipped, 0 failed" in err
+
+
 def test_cli_rejects_scale_with_width():
     with pytest.raises(SystemExit) as caught:
         cli_main(["a.png", "--scale", "2", "--width", "100"])
@@ -155,25 +171,25 @@ def test_cli_rejects_scale_with_width():
 
 @pytest.fixture(scope="module")
 def strict_server(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One request at a time and no queue, so a second concurrent request gets 429; API key required."""
+    """One upload and one request at a time, no queue, so a second concurrent request gets 429; API key
+    required; a held upload is not let go for being slow."""
     with live_server(weights_dir, tmp_path_factory.mktemp("strict"), models="x2", max_concurrent="1",
-                     queue_size="0", api_keys="sekrit") as live:
+                     queue_size="0", max_uploads="1", client_grace_s="60", api_keys="sekrit") as live:
         yield live
 
 
-def in_flight(server: ServiceProcess) -> float:
+def uploads_in_progress(server: ServiceProcess) -> float:
     with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
-            if line.startswith("imdn_requests_in_flight "):
+            if line.startswith("imdn_uploads_in_progress "):
                 return float(line.split()[1])
     return 0.0
 
 
 class HeldUpload:
-    """A request whose body arrives only when told: it holds the service's one slot for as long as the test likes.
-
-    The service admits a request before reading its body, so half a body is a request in flight that costs
-    no CPU, unlike a large image, whose duration would depend on how busy the machine is.
+    """A request whose body arrives only when told: it holds the service's one upload place (IMDN_MAX_UPLOADS=1)
+    for as long as the test likes, at no CPU cost, unlike a large image, whose duration would depend on how
+    busy the machine is.
     """
 
     def __init__(self, server: ServiceProcess, body: bytes, api_key: str) -> None:
@@ -198,8 +214,8 @@ class HeldUpload:
 def test_retries_429_until_the_slot_frees(strict_server: ServiceProcess):
     held = HeldUpload(strict_server, png_bytes(16, 16), "sekrit")
     deadline = time.monotonic() + 10
-    while in_flight(strict_server) < 1:
-        assert time.monotonic() < deadline, "the held request was never admitted"
+    while uploads_in_progress(strict_server) < 1:
+        assert time.monotonic() < deadline, "the held upload never started"
         time.sleep(0.05)
 
     seen: list[RetryEvent] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,14 @@ def one(docs: list[dict], kind: str) -> dict:
     found = [d for d in docs if d["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
+
+
+def settings_of(env: dict[str, str]) -> Any:
+    """The service's Settings for these IMDN_* variables (and defaults for the rest)."""
+    check_settings(env)
+    from service import config
+
+    return config.Settings(_env_file=None, **{k.removeprefix("IMDN_").lower(): v for k, v in env.items()})
 
 
 def check_settings(env: dict[str, str]) -> None:

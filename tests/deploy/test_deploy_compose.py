@@ -106,3 +106,15 @@ def test_dashboard_shows_the_key_metrics():
     assert re.search(r"sum by \(status\)", exprs), "error rate by status missing"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_dashboard_request_and_error_panels_leave_out_probes():
+    """/readyz is 503 during every start-up and drain; probes and scrapes are not traffic."""
+    dashboard = json.loads((REPO / "docker/grafana/dashboards/imdn.json").read_text())
+    panels = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in dashboard["panels"]}
+    for title in ("Requests / s", "Error ratio (5xx)", "Errors by status"):
+        expr = panels[title]
+        for selector in re.findall(r"imdn_http_requests_total\{([^}]*)\}", expr):
+            assert 'route!~"/healthz|/readyz|/metrics"' in selector, (title, selector)
+    assert "imdn_rejected_requests_total" in panels["Rejected requests"]
+    assert "imdn_batch_size_bucket" in panels["Batch size (tiles per network call)"]

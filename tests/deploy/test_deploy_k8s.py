@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.deploy.conftest import check_settings, one, render
+from tests.deploy.conftest import check_settings, one, render, settings_of
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate missing: pip install -r requirements-deploy.txt"
@@ -15,7 +15,7 @@ kubernetes_validate = pytest.importorskip(
 # Oldest cluster version we promise to support, and the newest the validator knows.
 K8S_VERSIONS = ("1.30.0", "latest")
 # CRDs have no built-in schema; their structure is checked by hand below.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 
 
 def _container(docs: list[dict]) -> dict:
@@ -43,7 +43,8 @@ def test_overlay_documents_pass_strict_schema(overlay, version):
             pytest.fail(f"{name}: {doc['kind']}/{doc['metadata']['name']} invalid for {version}: {exc.message}")
         checked += 1
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress",
+            "NetworkPolicy"} <= kinds
     assert checked == len(docs) - len([d for d in docs if d["kind"] in CRD_KINDS])
 
 
@@ -175,3 +176,108 @@ def test_servicemonitor_scrapes_the_service_metrics(overlay):
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+
+
+# --- behind a load balancer: timings, Ingress, NetworkPolicy ------------------------------------
+
+
+def _pre_stop_s(container: dict) -> int:
+    pre_stop = container["lifecycle"]["preStop"]
+    return int(pre_stop["sleep"]["seconds"]) if "sleep" in pre_stop else int(pre_stop["exec"]["command"][1])
+
+
+def test_rollout_never_cuts_a_request_within_its_timeout(overlay):
+    """SIGTERM -> drain: every request admitted before it ends within IMDN_REQUEST_TIMEOUT_S, so the drain must
+    last that long, and SIGKILL (grace period) must come after preStop + drain."""
+    _, docs = overlay
+    settings = settings_of(_config(docs))
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert settings.drain_timeout_s >= settings.request_timeout_s
+    assert pod["terminationGracePeriodSeconds"] >= _pre_stop_s(_container(docs)) + settings.drain_timeout_s + 10
+    # ingress-nginx's upstream keep-alive is 60 s: the pod must not close idle connections first.
+    assert settings.keepalive_s > 60
+
+
+def test_ingress_fits_the_service_limits(overlay):
+    _, docs = overlay
+    settings = settings_of(_config(docs))
+    ingress = one(docs, "Ingress")
+    notes = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    body = notes[prefix + "proxy-body-size"]
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    assert int(body[:-1]) * units[body[-1].lower()] >= settings.max_upload_bytes
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        assert int(notes[prefix + timeout]) >= settings.request_timeout_s, timeout
+    assert notes[prefix + "proxy-buffering"] == "off"  # PNG bands stream through
+    assert notes[prefix + "proxy-request-buffering"] == "off"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    svc = one(docs, "Service")
+    assert backend["name"] == svc["metadata"]["name"]
+    assert backend["port"] == {"name": "http"}, "only the API port goes public"
+
+
+def test_metrics_have_their_own_port(overlay):
+    _, docs = overlay
+    settings = settings_of(_config(docs))
+    ports = {p["name"]: p["containerPort"] for p in _container(docs)["ports"]}
+    assert settings.metrics_port == ports["metrics"] != ports["http"]
+    svc_ports = {p["name"]: p["targetPort"] for p in one(docs, "Service")["spec"]["ports"]}
+    assert svc_ports == {"http": "http", "metrics": "metrics"}
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    assert settings.docs is False
+
+
+def test_network_policy_admits_only_the_ingress_and_prometheus(overlay):
+    _, docs = overlay
+    policy = one(docs, "NetworkPolicy")["spec"]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    admitted = {}
+    for rule in policy["ingress"]:
+        (source,) = rule["from"]
+        (port,) = rule["ports"]
+        admitted[port["port"]] = (source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                                  source["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+    assert admitted == {"http": ("ingress-nginx", "ingress-nginx"), "metrics": ("monitoring", "prometheus")}
+
+
+def test_pods_spread_across_zones_and_nodes(overlay):
+    _, docs = overlay
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    keys = [c["topologyKey"] for c in pod["topologySpreadConstraints"]]
+    assert keys == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+
+
+def test_gpu_pods_are_guaranteed_qos():
+    docs = render("gpu")
+    resources = _container(docs)["resources"]
+    assert resources["requests"] == resources["limits"]
+    settings = settings_of(_config(docs))
+    assert settings.workers <= int(resources["limits"]["cpu"]), "a worker per CPU at most"
+
+
+# --- KEDA instead of the HPA -----------------------------------------------------------------------
+
+
+def test_keda_overlay_replaces_the_hpa_with_a_scaled_object():
+    docs = render("gpu-keda")
+    kinds = [d["kind"] for d in docs]
+    assert "HorizontalPodAutoscaler" not in kinds, "KEDA makes its own HPA; two on one Deployment fight"
+    for doc in docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    scaled = one(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["metadata"]["namespace"] == "imdn"
+    deployment = one(docs, "Deployment")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    queries = [t["metadata"]["query"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"]
+    assert any("imdn_queue_depth" in q for q in queries)
+    assert scaled["spec"]["fallback"]["replicas"] >= scaled["spec"]["minReplicaCount"]
+    assert 2 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"] == 4

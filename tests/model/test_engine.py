@@ -131,6 +131,19 @@ def test_plan_upscale_errors(request_, message):
         plan_upscale((20, 50), **request_)
 
 
+@pytest.mark.parametrize(("request_", "target"), [
+    ({"width": 100}, "100x96 (the aspect ratio kept)"),
+    ({"height": 96}, "100x96 (the aspect ratio kept)"),
+    ({"width": 400}, "400x384 (the aspect ratio kept)"),
+    ({"width": 100, "height": 600}, "100x600 is"),
+])
+def test_too_small_target_names_the_size_really_produced(request_, target):
+    # A width-only request keeps the aspect ratio: the message must not say 100x480 for a 500x480 input.
+    with pytest.raises(UpscaleError, match=rf"target {target.replace('(', '[(]').replace(')', '[)]')} .*"
+                                           r"smaller than the input 500x480"):
+        plan_upscale((480, 500), **request_)
+
+
 def test_plan_upscale_custom_max_scale():
     assert plan_upscale((10, 10), scale=12, max_scale=16).out_size == (120, 120)
     with pytest.raises(UpscaleError, match="above the maximum of 3"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -142,3 +143,65 @@ def test_format_table_lists_every_result(synthetic):
     results = evaluate(str(weights), set_dir, [2])
     lines = format_table(results).splitlines()
     assert len(lines) == 2 and lines[1].split()[:2] == ["Synth", "x2"]
+
+
+@pytest.fixture()
+def real_pairs(tmp_path, make_image):
+    """A set in the RealSR layout (HR/, LR_same_size/): the LR is a blurred, noisier copy; one odd size."""
+    set_dir = tmp_path / "real" / "Cams"
+    for folder in ("HR", "LR_same_size"):
+        (set_dir / folder).mkdir(parents=True)
+    for i, (h, w) in enumerate(((40, 48), (34, 37))):
+        hr = make_image(h, w, seed=200 + i, noise=6.0)
+        lr = np.asarray(Image.fromarray(hr).resize((w // 2, h // 2), Image.BICUBIC).resize((w, h), Image.BICUBIC))
+        Image.fromarray(hr).save(set_dir / "HR" / f"cam_{i}.png")
+        Image.fromarray(lr).save(set_dir / "LR_same_size" / f"cam_{i}.png")
+    weights = tmp_path / "weights"
+    torch.manual_seed(18)
+    save_weights(build_model("as"), weights / "imdn_as.safetensors")
+    return set_dir, weights
+
+
+def test_evaluate_real_pairs_scores_model_beside_input(real_pairs, tmp_path):
+    from model.evaluate import RealSetResult
+    from model.metrics import psnr as psnr_of
+
+    set_dir, weights = real_pairs
+    (result,) = evaluate(str(weights), set_dir.parent, [2, 3, 4], save_dir=tmp_path / "sr")
+    assert isinstance(result, RealSetResult)
+    assert (result.set, result.scale, result.model, result.images) == ("Cams", 1, "as", 2)
+    # the input row is exactly the metric of the LR as it is: RGB PSNR, border 4
+    pairs = [(read_uint8(set_dir / "LR_same_size" / n), read_uint8(set_dir / "HR" / n)) for n in ("cam_0.png",
+                                                                                             "cam_1.png")]
+    expected = np.mean([psnr_of(lr, hr, 4, y_channel=False) for lr, hr in pairs])
+    assert result.input_psnr == pytest.approx(expected)
+    assert result.psnr_y != result.psnr and 0 < result.ssim <= 1 and 0 < result.input_ssim <= 1
+    with Image.open(tmp_path / "sr" / "Cams" / "AS" / "cam_1.png") as img:
+        assert img.size == (37, 34)  # same size, even when not a multiple of 4
+
+
+def test_evaluate_cli_real_pairs_json(real_pairs, tmp_path, capsys):
+    set_dir, weights = real_pairs
+    out = tmp_path / "real.json"
+    assert main(["--weights", str(weights), "--data", str(set_dir), "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert {"set", "scale", "psnr", "ssim", "psnr_y", "input_psnr", "input_psnr_y", "input_ssim"} <= row.keys()
+    assert row["set"] == "Cams" and row["scale"] == 1
+    table = capsys.readouterr().out
+    assert "RGB PSNR" in table and "input" in table and "IMDN_AS" in table
+
+
+def test_evaluate_mixed_root_benchmark_and_real_sets(real_pairs, tmp_path, make_benchmark_set):
+    set_dir, weights = real_pairs
+    make_benchmark_set(set_dir.parent, "Synth", sizes=((24, 24),), scales=(2,))
+    torch.manual_seed(19)
+    save_weights(build_model("x2"), weights / "imdn_x2.safetensors")
+    results = evaluate(str(weights), set_dir.parent, [2])
+    assert [(r.set, r.scale) for r in results] == [("Synth", 2), ("Cams", 1)]
+
+
+def test_evaluate_real_pairs_size_mismatch_raises(real_pairs):
+    set_dir, weights = real_pairs
+    Image.new("RGB", (10, 10)).save(set_dir / "LR_same_size" / "cam_0.png")
+    with pytest.raises(ValueError, match="differ in size"):
+        evaluate(str(weights), set_dir, [2])

@@ -318,6 +318,23 @@ def test_decode_keeps_icc_profile():
     assert decode(data).icc_profile == SRGB_ICC
 
 
+HTML_AS_ICC = b"<html><script>alert(document.domain)</script></html>"
+
+
+@pytest.mark.parametrize("profile", [HTML_AS_ICC, SRGB_ICC[:128], b"\x00" * 600, SRGB_ICC[:-40]],
+                         ids=["html", "header-only", "zeros", "cut-off"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_decode_drops_a_profile_that_is_not_icc(profile: bytes, fmt: str, caplog: pytest.LogCaptureFixture):
+    """Bytes that do not parse as ICC (LittleCMS) are dropped with a log line, so outputs never carry
+    arbitrary upload bytes; a real profile in the same file format is kept (test above)."""
+    data = _save(Image.fromarray(_pattern(6, 6, 3)), fmt, icc_profile=profile)
+    with caplog.at_level("WARNING", logger="model.imageio"):
+        picture = decode(data)
+    assert picture.icc_profile is None
+    assert any("ICC profile" in r.getMessage() and str(len(profile)) in r.getMessage() for r in caplog.records)
+    assert decode(_save(Image.fromarray(_pattern(6, 6, 3)), fmt, icc_profile=SRGB_ICC)).icc_profile == SRGB_ICC
+
+
 def test_decode_pixel_limit_before_decoding():
     """A 65535 x 65535 PNG header with a few bytes of data: refused from the header alone."""
     ihdr = struct.pack(">IIBBBBB", 65535, 65535, 8, 2, 0, 0, 0)
@@ -478,6 +495,18 @@ def test_encode_whole_8bit(fmt, channels):
         if fmt == "jpeg":
             assert img.mode == ("L" if channels <= 2 else "RGB")  # JPEG drops alpha
         assert img.info.get("icc_profile") == SRGB_ICC
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_encode_whole_jpeg_flattens_alpha_onto_white(channels):
+    array = np.zeros((8, 8, channels), np.uint8)  # black everywhere under the alpha
+    array[:, :, -1] = [[0, 0, 128, 128, 255, 255, 255, 255]] * 8
+    array[:, 6:, :-1] = 200  # opaque and light on the right
+    out = np.asarray(Image.open(io.BytesIO(encode_whole(array, "jpeg", quality=100)))).astype(int)
+    out = out if out.ndim == 2 else out.mean(axis=2)
+    assert out[:, :2].min() >= 250  # transparent: white, not the black under it
+    assert abs(out[:, 2:4].mean() - 128) <= 6  # half transparent black over white: mid grey
+    assert out[:, 4:6].max() <= 12  # opaque black stays black
 
 
 def test_encode_whole_16bit_gray():

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from model.degrade import DegradationConfig
 from model.imdn import build_model
 from model.train import fit_iters_to_budget, init_from, lr_factor, main, parse_args
 from model.weights import load_model, save_weights
@@ -181,3 +182,31 @@ def test_init_from_copies_matching_tensors(tmp_path):
 def test_init_from_rejects_pth(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         init_from(build_model("x2"), tmp_path / "weights.pth")
+
+
+def test_train_any_scale_camera_degradation_records_its_making(data, tmp_path, make_image):
+    """--degradation camera trains IMDN_AS on synthetic camera pairs, logs the real-pair monitor, and the
+    weights file records the degradation settings and the training length."""
+    import json
+
+    out = tmp_path / "as-camera"
+    train, val = data
+    real = tmp_path / "real"
+    for folder in ("HR", "LR_same_size"):
+        (real / folder).mkdir(parents=True)
+    hr = make_image(36, 40, seed=9)
+    Image.fromarray(hr).save(real / "HR" / "p.png")
+    Image.fromarray(make_image(36, 40, seed=9, noise=12.0)).save(real / "LR_same_size" / "p.png")
+    argv = ["--model", "as", "--degradation", "camera", "--val-real", str(real), "--data", str(train),
+            "--out", str(out), "--iters", "3", "--patch", "32", "--batch", "2", "--val", str(val),
+            "--val-every", "3", "--save-every", "3", "--threads", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    (row,) = _log(out)
+    assert row["step"] == "3" and float(row["val_psnr"]) > 0 and float(row["val_real_psnr"]) > 0
+    with safe_open(str(out / "best.safetensors"), "pt") as f:
+        meta = f.metadata()
+    degradation = json.loads(meta["degradation"])
+    assert degradation["clean_prob"] == pytest.approx(DegradationConfig.clean_prob)
+    assert degradation["first"]["jpeg_quality"] == [30, 95]
+    assert meta["step"] == "3" and json.loads(meta["train_args"])["degradation"] == "camera"
+    assert load_model("as", out / "best.safetensors").input_skip

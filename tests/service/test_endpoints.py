@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -10,8 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from PIL import Image
 
+from model.engine import scale_policy
 from service.app import create_app
+from service.config import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -34,13 +38,65 @@ async def test_models_lists_loaded_models(client: httpx.AsyncClient, weights_dir
         path = weights_dir / f"imdn_{name}.safetensors"
         assert info["parameters"] > 100_000, info
         assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-        assert Path(info["weights"]) == path
+        assert info["weights"] == path.name  # the file's name, never where it lies on the server
+        assert str(weights_dir) not in response.text
         assert info["scale"]
     assert body["devices"] == ["cpu"]
     assert body["backend"]
     assert body["ready"] is True
     assert body["limits"]["max_upload_bytes"] > 0
     assert body["max_scale"] == 8.0
+
+
+async def test_models_state_the_scale_policy_that_requests_follow(client: httpx.AsyncClient,
+                                                                   make_image: Callable[..., bytes],
+                                                                   start_app: StartApp) -> None:
+    # The web page shows this text as its hint: it must describe what a non-integer request really gets.
+    body = (await client.get("/v1/models")).json()
+    assert body["any_scale"] == "downscale"
+    assert "next larger integer IMDN, then bicubic down" in body["scale_policy"]
+    response = await client.post(f"{URL}?scale=2.5", content=make_image(32, 24), headers=PNG)
+    assert response.headers["x-model"] == "x3+bicubic"
+    async with start_app(any_scale="as") as (_, other):
+        body = (await other.get("/v1/models")).json()
+        assert "then IMDN any-scale (IMDN_AS)" in body["scale_policy"]
+        assert "bicubic down" not in body["scale_policy"]
+        response = await other.post(f"{URL}?scale=2.5", content=make_image(32, 24), headers=PNG)
+        assert response.headers["x-model"] == "as"
+
+
+async def test_any_scale_per_request_overrides_the_server_default(client: httpx.AsyncClient,
+                                                                 make_image: Callable[..., bytes]) -> None:
+    # A photo and a screenshot want different paths at 2.5x: the caller says which, whatever the server default.
+    image = make_image(32, 24)
+    for choice, label in (("as", "as"), ("downscale", "x3+bicubic")):
+        response = await client.post(f"{URL}?scale=2.5&any_scale={choice}", content=image, headers=PNG)
+        assert response.status_code == 200 and response.headers["x-model"] == label
+        assert response.headers["x-output-size"] == "80x60"
+        form = await client.post(URL, files={"image": ("a.png", image, "image/png")},
+                                 data={"scale": "2.5", "any_scale": choice})
+        assert form.status_code == 200 and form.headers["x-model"] == label
+    # exact integer scales keep their own network; an explicit model wins over the choice
+    response = await client.post(f"{URL}?scale=2&any_scale=as", content=image, headers=PNG)
+    assert response.headers["x-model"] == "x2"
+    response = await client.post(f"{URL}?scale=2.5&any_scale=as&model=x4", content=image, headers=PNG)
+    assert response.headers["x-model"] == "x4+bicubic"
+
+
+async def test_page_hint_before_models_load_is_the_default_policy(client: httpx.AsyncClient) -> None:
+    # The page shows /v1/models' scale_policy once loaded; its built-in copy must say the same for the default.
+    page = (await client.get("/")).text
+    assert scale_policy(Settings.model_fields["any_scale"].default) in page
+    assert '<link rel="icon" href="favicon.ico"' in page
+
+
+async def test_favicon_is_an_icon(client: httpx.AsyncClient) -> None:
+    response = await client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/x-icon"
+    with Image.open(io.BytesIO(response.content)) as icon:
+        assert icon.format == "ICO"
+        assert (32, 32) in icon.info["sizes"] and (16, 16) in icon.info["sizes"]
 
 
 async def test_healthz_ok(client: httpx.AsyncClient) -> None:
@@ -74,6 +130,19 @@ async def test_metrics_exposes_families(client: httpx.AsyncClient) -> None:
                  "imdn_inference_seconds", "imdn_model_load_seconds", "imdn_ready"):
         assert name in text, f"{name} missing from /metrics"
     assert 'le="120.0"' in text  # latency buckets reach two minutes
+
+
+async def test_metrics_has_process_and_platform_families(client: httpx.AsyncClient,
+                                                         parse_metrics: Callable[[str], Samples]) -> None:
+    # The standard collectors a Prometheus operator expects next to the service's own families.
+    samples = parse_metrics((await client.get("/metrics")).text)
+    names = {name for name, _ in samples}
+    for name in ("process_resident_memory_bytes", "process_virtual_memory_bytes", "process_cpu_seconds_total",
+                 "process_open_fds", "process_max_fds", "process_start_time_seconds", "python_info",
+                 "python_gc_objects_collected_total"):
+        assert name in names, f"{name} missing from /metrics"
+    assert samples[("process_resident_memory_bytes", ())] > 50e6  # this process holds a model pool
+    assert samples[("process_open_fds", ())] >= 3
 
 
 async def test_metrics_no_gpu_families_on_cpu(client: httpx.AsyncClient) -> None:

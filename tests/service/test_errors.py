@@ -41,9 +41,11 @@ StartApp = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncC
         ("width=64&scale=2", "either scale or width/height"),
         ("sclae=2", "sclae"),  # unknown query parameter: a typo must not be ignored silently
         ("model=foo", "model"),
+        ("any_scale=sharp&scale=2.5", "any_scale"),
         ("format=gif", "format"),
         ("quality=0&format=jpeg", "quality"),
-        ("width=16", "smaller than the input"),  # target smaller than the 32x24 input
+        ("width=16", "target 16x12 (the aspect ratio kept) is smaller than the input 32x24"),
+        ("height=12", "target 16x12 (the aspect ratio kept) is smaller than the input 32x24"),
         ("width=32&height=24", "nothing to upscale"),
         ("width=32&height=10", "smaller than the input"),
         ("width=300", "more than 8"),  # over max_scale

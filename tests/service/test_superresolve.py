@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -203,6 +204,27 @@ async def test_superresolve_keeps_alpha_and_gray(client: httpx.AsyncClient) -> N
         img = Image.open(io.BytesIO(response.content))
         assert img.mode == mode
         assert img.size == (2 * size[0], 2 * size[1])
+
+
+async def test_jpeg_of_an_image_with_alpha_is_flattened_onto_white_and_says_so(client: httpx.AsyncClient) -> None:
+    # Left half opaque, right half fully transparent; the colour hidden under alpha 0 is black.
+    rgba = np.zeros((16, 24, 4), np.uint8)
+    rgba[:, :12] = (30, 90, 200, 255)
+    response = await client.post(f"{URL}?format=jpeg", content=encoded(Image.fromarray(rgba, "RGBA"), "PNG"),
+                                 headers=PNG)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-alpha-flattened"] == "white"
+    out = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert out.shape == (32, 48, 3)
+    assert out[:, 30:].min() >= 245  # the transparent half is white, not the black under it
+    # No flattening, no header: opaque input, or a format that keeps alpha.
+    opaque = await client.post(f"{URL}?format=jpeg", content=encoded(Image.new("RGB", (24, 16), "red"), "PNG"),
+                               headers=PNG)
+    kept = await client.post(f"{URL}?format=png", content=encoded(Image.fromarray(rgba, "RGBA"), "PNG"),
+                             headers=PNG)
+    assert opaque.status_code == kept.status_code == 200
+    assert "x-alpha-flattened" not in opaque.headers and "x-alpha-flattened" not in kept.headers
+    assert Image.open(io.BytesIO(kept.content)).mode == "RGBA"
 
 
 def encoded(img: Image.Image, fmt: str, **options: object) -> bytes:

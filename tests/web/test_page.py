@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.live_server import png_bytes
+from tests.client.live_server import live_server, png_bytes
 from tests.live_service import ServiceProcess
-
-WAIT_MS = 60_000  # a busy 2-core machine; the requests themselves take well under a second
+from tests.samples import random_weights
+from tests.web.browser import WAIT_MS, wait_for
 
 # Records every text #status shows, so the test can check the upload -> processing -> done sequence.
 RECORD_STATUS = """() => {
@@ -23,17 +23,42 @@ RECORD_STATUS = """() => {
 }"""
 
 
-@pytest.fixture
-def page(browser, web_server: ServiceProcess) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
+# Records every Content-Security-Policy violation the browser reports (installed before the page's own script).
+RECORD_CSP = """window.cspViolations = [];
+document.addEventListener('securitypolicyviolation',
+  (e) => window.cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`));"""
+DESKTOP = {"viewport": {"width": 1280, "height": 900}}
+PHONE = {"viewport": {"width": 375, "height": 740}, "device_scale_factor": 2}
+
+
+def console_errors(page) -> list[str]:
+    """JavaScript exceptions and console errors (CSP refusals among them), except the browser's note for an
+    HTTP error status, which the tests cause on purpose (a 401, a 415)."""
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{web_server.url}/")
+    page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith(
+        "Failed to load resource: the server responded with a status of") and errors.append(msg.text))
+    page.add_init_script(RECORD_CSP)
+    return errors
+
+
+def open_page(context, url: str) -> tuple[object, list[str]]:
+    page = context.new_page()
+    errors = console_errors(page)
+    page.goto(url)
     page.wait_for_load_state("networkidle")
+    return page, errors
+
+
+@pytest.fixture
+def page(browser, web_server: ServiceProcess) -> Iterator[object]:
+    context = browser.new_context(**DESKTOP)
+    page, errors = open_page(context, f"{web_server.url}/")
     yield page
+    violations = page.evaluate("window.cspViolations")
     context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not errors, f"errors on the page: {errors}"
+    assert not violations, f"CSP violations: {violations}"
 
 
 def test_page_upscales_compares_and_zooms(page, artifacts: Path):
@@ -42,7 +67,7 @@ def test_page_upscales_compares_and_zooms(page, artifacts: Path):
     assert "models x2, x3, x4, as" in page.inner_text("footer")  # the page read /v1/models
 
     page.set_input_files("#file", files=[{"name": "tiny.png", "mimeType": "image/png", "buffer": png_bytes(160, 120)}])
-    page.wait_for_function("document.getElementById('file-info').textContent.includes('160×120')")
+    wait_for(page, "document.getElementById('file-info').textContent.includes('160×120')")
     page.click("#preset-3")
     page.click("#preset-2")
     assert page.input_value("#scale") == "2"
@@ -115,10 +140,9 @@ def test_page_shows_problem_detail(page, artifacts: Path):
 
 
 def test_page_fits_a_phone_screen(browser, web_server: ServiceProcess, artifacts: Path):
-    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2)
-    page = context.new_page()
+    context = browser.new_context(**PHONE)
+    page, errors = open_page(context, f"{web_server.url}/")
     try:
-        page.goto(f"{web_server.url}/")
         page.set_input_files("#file", files=[{"name": "w.png", "mimeType": "image/png", "buffer": png_bytes(200, 90)}])
         page.click("#submit")
         page.wait_for_selector("#result-section", state="visible", timeout=WAIT_MS)
@@ -127,5 +151,67 @@ def test_page_fits_a_phone_screen(browser, web_server: ServiceProcess, artifacts
         width = page.evaluate("document.getElementById('compare').getBoundingClientRect().width")
         assert width <= 375
         page.screenshot(path=str(artifacts / "page-narrow.png"), full_page=True)
+        assert not errors and not page.evaluate("window.cspViolations"), errors
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("device", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_page_works_under_its_csp(browser, web_server: ServiceProcess, device: dict):
+    """The page is served with a strict CSP that Chromium enforces (an injected inline script is refused),
+    and everything the page does still works under it, at desktop and phone width: no violations."""
+    context = browser.new_context(**device)
+    try:
+        page = context.new_page()
+        errors = console_errors(page)
+        response = page.goto(f"{web_server.url}/")
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self' 'sha256-" in policy and "unsafe-inline" not in policy
+        assert response.headers["x-content-type-options"] == "nosniff"
+        wait_for(page, "document.getElementById('service-info').textContent.includes('models')")
+        page.set_input_files("#file", files=[{"name": "t.png", "mimeType": "image/png", "buffer": png_bytes(40, 30)}])
+        page.select_option("#format", "webp")
+        page.click("#submit")
+        page.wait_for_selector("#result-section", state="visible", timeout=WAIT_MS)
+        assert page.evaluate("document.getElementById('result').naturalWidth") == 80
+        page.locator("#compare").hover()  # the zoom canvases draw the blob: images
+        assert not errors, errors
+        assert page.evaluate("window.cspViolations") == []
+
+        # The policy is really enforced: inline script added to the DOM does not run, and is reported.
+        page.evaluate("""() => { const s = document.createElement('script');
+            s.textContent = 'window.injected = true'; document.body.append(s); }""")
+        wait_for(page, "window.cspViolations.length > 0")
+        assert page.evaluate("window.injected") is None
+        assert "script-src" in page.evaluate("window.cspViolations")[0]
+    finally:
+        context.close()
+
+
+def test_page_reloads_models_once_a_key_is_entered(browser, tmp_path_factory: pytest.TempPathFactory):
+    """With API keys on, /v1/models refuses the page until a key is typed; then the footer and the model
+    list fill in, and an upscale with that key works."""
+    key = "sk-page-" + "4" * 24
+    weights = random_weights(tmp_path_factory.mktemp("weights"))
+    with live_server(weights, tmp_path_factory.mktemp("service"), api_keys=key, models="x2,x4") as server:
+        context = browser.new_context(**DESKTOP)
+        try:
+            page, errors = open_page(context, f"{server.url}/")
+            assert "models" not in page.inner_text("footer")  # 401 without a key
+            page.click("#key-details summary")
+            page.fill("#api-key", key)
+            page.press("#api-key", "Tab")  # the change event
+            wait_for(page, "document.getElementById('service-info').textContent.includes('models x2, x4')")
+            labels = page.evaluate("[...document.getElementById('model').options].map(o => [o.value, o.disabled])")
+            assert dict(labels) == {"auto": False, "x2": False, "x3": True, "x4": False, "as": True}
+            assert page.inner_text("#model option[value=x3]").endswith("(not loaded)")
+            page.fill("#api-key", key)  # entered again: the labels are rebuilt, not suffixed twice
+            page.press("#api-key", "Tab")
+            page.set_input_files("#file", files=[{"name": "k.png", "mimeType": "image/png",
+                                                  "buffer": png_bytes(30, 20)}])
+            page.click("#submit")
+            page.wait_for_selector("#result-section", state="visible", timeout=WAIT_MS)
+            assert page.inner_text("#model option[value=x3]").count("(not loaded)") == 1
+            assert not errors and page.evaluate("window.cspViolations") == [], errors
+        finally:
+            context.close()
