@@ -160,10 +160,13 @@ def plan_grid(height: int, width: int, max_pixels: int, context: int = IMDN_CONT
         if cols is None:
             continue
         wide = min(width - width % align, _axis_window(width, cols, context, align))
-        cost = rows * cols * tall * wide
+        # Count the windows really placed: on an axis that is not a multiple of `align`, one window
+        # cannot span it, and two nearly whole ones would (so such a plan must cost what it reads).
+        cost = (len(_axis_tiles(height, tall, context, align)) * len(_axis_tiles(width, wide, context, align))
+                * tall * wide)
         if best is None or cost < best[0]:
             best = (cost, rows, cols)
-        if cols == 1:  # more rows can only read more
+        if cols == 1 and tall >= height:  # more rows can only read more
             break
     if best is None:
         return None
