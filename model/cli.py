@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
-from model.engine import ANY_SCALE_METHODS, MODEL_CHOICES, Runner, UpscaleError, Upscaler
+from model.engine import ANY_SCALE_METHODS, CONTENT_KINDS, MODEL_CHOICES, Runner, UpscaleError, Upscaler
 from model.imageio import IMAGE_SUFFIXES, ImageDecodeError, ImageTooLargeError, decode, encode_png_stream, encode_whole
 from model.weights import WeightsError
 
@@ -70,7 +70,7 @@ def upscale_command(args: argparse.Namespace) -> int:
         args.scale = 2.0
     runner = make_runner(["x2", "x3", "x4", "as"], args.weights, args.device, args.backend)
     upscaler = Upscaler(runner, budget_bytes=args.memory_mb * 2**20, max_scale=args.max_scale,
-                        any_scale=args.any_scale)
+                        any_scale=args.any_scale, content=args.content)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in tqdm(files, desc="upscale", unit="img", disable=len(files) < 2 or not sys.stderr.isatty()):
@@ -140,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--threads", type=int, help="CPU threads")
     up.add_argument("--memory-mb", type=int, default=512, help="activation memory budget per network call")
     up.add_argument("--max-scale", type=float, default=8.0)
+    up.add_argument("--content", choices=CONTENT_KINDS, default="photo",
+                    help="model auto: 'photo' (IMDN_AS up to 4x: also undoes camera blur, noise, JPEG) or 'clean' "
+                         "(already sharp images: x2/x3/x4 for exact scales, else --any-scale)")
     up.add_argument("--any-scale", choices=ANY_SCALE_METHODS, default="downscale",
-                    help="non-integer scales: 'as' (bicubic + IMDN_AS), 'downscale' (next integer IMDN, bicubic down)")
+                    help="clean content, non-integer scales: 'as' (bicubic + IMDN_AS), 'downscale' (next integer "
+                         "IMDN, bicubic down)")
     up.add_argument("--max-pixels", type=int, default=None, help="refuse inputs larger than this")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -4,7 +4,7 @@ Planning (which networks, which sizes) is a pure function of the request; the
 work is done through a ``Runner`` (model name, batch -> batch) so the service can
 put a batching pool behind it and a local tool can call the network directly.
 
-Scale policy:
+Scale policy (``content="clean"``, images that are sharp at their own size):
 - exactly x2, x3 or x4 (per axis): the dedicated IMDN network;
 - any other scale up to 4: MATLAB bicubic pre-scaling to the target size, then
   IMDN_AS (paper Sec. 3.3), with ACS for sides not divisible by 4 -- or, with
@@ -14,6 +14,11 @@ Scale policy:
   else the any-scale path for the remaining factor;
 - an explicit model (``x2``/``x3``/``x4``) runs that network and resizes its
   result to the target with bicubic; ``as`` forces the any-scale path.
+
+With ``content="photo"`` (camera photos: blur, noise, JPEG), every scale up to 4
+takes the any-scale path, whose IMDN_AS weights are trained on a camera degradation
+model while x2/x3/x4 learned clean bicubic downscales only (docs/model-card.md has
+the measurements on both kinds of input); above 4 the policy is the same.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Runner(Protocol):
 NETWORK_SCALES = {"x2": 2, "x3": 3, "x4": 4, "as": 1}
 MODEL_CHOICES = ("auto", "x2", "x3", "x4", "as")
 ANY_SCALE_METHODS = ("as", "downscale")
+CONTENT_KINDS = ("photo", "clean")
 # IMDN_AS reads its input at 1/4 resolution, so its receptive field is 4x wider.
 AS_CONTEXT = 4 * IMDN_CONTEXT
 # IMDN_AS works at 1/4 resolution after its two stride-2 convs.
@@ -154,26 +160,29 @@ def target_size(in_size: tuple[int, int], scale: float | None, width: int | None
     return out_h, out_w
 
 
-def scale_policy(any_scale: str) -> str:
+def scale_policy(any_scale: str, content: str = "clean") -> str:
     """What `auto` does, in words: the one description the web page and /v1/models show; keep it beside
     plan_upscale, whose rules it states."""
+    above = "above 4: IMDN ×4, then the rest with IMDN any-scale (×2 for exactly 8)."
+    if content == "photo":
+        return f"auto, photo: bicubic to the size, then IMDN any-scale (IMDN_AS) at every scale up to 4; {above}"
     non_integer = {
         "downscale": "the next larger integer IMDN, then bicubic down to the exact size",
         "as": "bicubic to the size, then IMDN any-scale (IMDN_AS)",
     }[any_scale]
-    return (f"auto: IMDN ×2/×3/×4 for those exact scales; other scales up to 4: {non_integer}; "
-            "above 4: IMDN ×4, then the rest with IMDN any-scale (×2 for exactly 8).")
+    return f"auto, clean: IMDN ×2/×3/×4 for those exact scales; other scales up to 4: {non_integer}; {above}"
 
 
 def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
                  height: int | None = None, model: str = "auto", max_scale: float = 8.0,
-                 any_scale: str = "as", available: Collection[str] | None = None) -> Plan:
+                 any_scale: str = "as", available: Collection[str] | None = None, content: str = "clean") -> Plan:
     """Request -> Plan (see the module docstring for the policy).
 
     any_scale: how `auto` reaches a non-integer scale up to 4: "as" (bicubic pre-scaling
     then IMDN_AS, the paper's way) or "downscale" (the next integer IMDN, then bicubic down
     to the target; bench/quality.py compares the two for a set of weights).
     available: the models that can run (default: all); a plan never needs another one.
+    content: "photo" sends `auto` up to 4x through IMDN_AS (when loaded), "clean" as above.
     """
 
     def loaded(name: str) -> bool:
@@ -181,6 +190,8 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
 
     if any_scale not in ANY_SCALE_METHODS:
         raise ValueError(f"any_scale must be one of {ANY_SCALE_METHODS}, got {any_scale!r}")
+    if content not in CONTENT_KINDS:
+        raise ValueError(f"content must be one of {CONTENT_KINDS}, got {content!r}")
     if model not in MODEL_CHOICES:
         raise UpscaleError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES)}")
     h, w = in_size
@@ -192,6 +203,8 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
         stages = [Stage(model, (k * h, k * w))]
         if stages[0].size != out:
             stages.append(Stage(None, out))
+    elif model == "auto" and content == "photo" and out[0] <= 4 * h and out[1] <= 4 * w and loaded("as"):
+        stages = [Stage("as", out)]
     elif model == "auto" and exact:
         stages = [Stage(f"x{exact}", out)]
     elif model == "auto" and (out[0] > 4 * h or out[1] > 4 * w):
@@ -266,9 +279,10 @@ class Upscaler:
 
     def __init__(self, runner: Runner, budget_bytes: int = 512 * 2**20, max_batch: int = 4,
                  max_scale: float = 8.0, tile_core_override: int | None = None, refine_stats: bool = True,
-                 any_scale: str = "as", available: Collection[str] | None = None) -> None:
+                 any_scale: str = "as", available: Collection[str] | None = None, content: str = "clean") -> None:
         self.runner = runner
         self.any_scale = any_scale
+        self.content = content
         self.available = available
         self.refine_stats = refine_stats
         self.budget_bytes = budget_bytes
@@ -277,8 +291,9 @@ class Upscaler:
         self.tile_core_override = tile_core_override
 
     def plan(self, in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
-             height: int | None = None, model: str = "auto") -> Plan:
-        return plan_upscale(in_size, scale, width, height, model, self.max_scale, self.any_scale, self.available)
+             height: int | None = None, model: str = "auto", content: str | None = None) -> Plan:
+        return plan_upscale(in_size, scale, width, height, model, self.max_scale, self.any_scale, self.available,
+                            content or self.content)
 
     # --- colour planes -------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from model.data import PatchSampler, list_images, load_hr, load_pairs, load_real_pairs
 from model.degrade import DegradationConfig, degrade
-from model.evaluate import evaluate_set, read_uint8
+from model.evaluate import REAL_PAIR_BORDER, evaluate_set, read_uint8, restore_same_size
 from model.imdn import IMDN, IMDN_AS, build_model
 from model.metrics import psnr
 from model.resize import imresize
@@ -159,10 +159,10 @@ def validate(model: IMDN | IMDN_AS, args: argparse.Namespace) -> float:
 
 @torch.inference_mode()
 def validate_real(model: IMDN_AS, folder: Path, device: str) -> float:
-    """Mean RGB PSNR (border 4) of IMDN_AS on real same-size pairs."""
+    """Mean RGB PSNR of IMDN_AS on real same-size pairs, as `python -m model.evaluate` scores them."""
     model.eval()
     try:
-        scores = [psnr(restore(model, lr.float() / 255, device), hr, crop_border=4, y_channel=False)
+        scores = [psnr(restore_same_size(model, lr), hr, crop_border=REAL_PAIR_BORDER, y_channel=False)
                   for lr, hr in load_real_pairs(folder)]
         return sum(scores) / len(scores)
     finally:

@@ -33,9 +33,13 @@ class Settings(BaseSettings):
     tile_size: int | None = Field(None, ge=32, description="force a tile core size in input pixels")
     max_batch: int = Field(4, ge=1, le=256, description="tiles per network call, across requests")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    content: Literal["photo", "clean"] = Field(
+        "photo", description="what model=auto assumes uploads are: 'photo' (IMDN_AS, trained on camera blur, noise "
+        "and JPEG, at every scale up to 4) or 'clean' (x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); "
+        "a request's content parameter overrides it")
     any_scale: Literal["as", "downscale"] = Field(
         "downscale", description="non-integer scales up to 4: 'as' (bicubic + IMDN_AS, the paper's way) or "
-        "'downscale' (next integer IMDN, then bicubic down; measured better with the current weights)")
+        "'downscale' (next integer IMDN, then bicubic down; measured better on clean images)")
     refine_stats: bool = Field(False, description="tiled images: one more pass for near-exact whole-image "
                                "statistics (about 2x the compute, and the first byte waits for it)")
 

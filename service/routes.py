@@ -60,12 +60,12 @@ class UpscaleParams(BaseModel):
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")
     model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
-        "auto", description="auto: IMDN x2/x3/x4 for those exact scales, otherwise the any-scale method "
-        "(any_scale); x2/x3/x4: that network, then bicubic to the target; as: bicubic + IMDN_AS at any scale")
-    any_scale: Literal["as", "downscale"] | None = Field(
-        None, description="how model=auto reaches a non-integer scale: 'as' (bicubic + IMDN_AS, trained on "
-        "camera blur, noise and JPEG: for photos) or 'downscale' (the next integer IMDN, then bicubic down: for "
-        "clean, already sharp images); default: the server's IMDN_ANY_SCALE")
+        "auto", description="auto: by content (below); x2/x3/x4: that network, then bicubic to the target; "
+        "as: bicubic + IMDN_AS at any scale")
+    content: Literal["photo", "clean"] | None = Field(
+        None, description="what the image is, for model=auto: 'photo' (camera photos: IMDN_AS, trained on camera "
+        "blur, noise and JPEG, at every scale up to 4) or 'clean' (already sharp images such as renders and "
+        "screenshots: IMDN x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); default: the server's IMDN_CONTENT")
     format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
                                                   "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
@@ -246,8 +246,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         params = merge_form_fields(params, fields)
         scale = params.scale if params.scale is not None or params.width or params.height else 2.0
         upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
-                            settings.tile_size, settings.refine_stats, params.any_scale or settings.any_scale,
-                            settings.models)
+                            settings.tile_size, settings.refine_stats, settings.any_scale, settings.models,
+                            params.content or settings.content)
 
         def checked_plan(size: tuple[int, int]) -> Plan:
             plan = upscaler.plan(size, scale, params.width, params.height, params.model)
@@ -354,8 +354,9 @@ async def list_models(state: StateDep) -> dict[str, object]:
         "backend": state.backend,
         "replicas": len(state.pool.replicas) if state.pool else 0,
         "max_scale": state.settings.max_scale,
+        "content": state.settings.content,
         "any_scale": state.settings.any_scale,
-        "scale_policy": scale_policy(state.settings.any_scale),
+        "scale_policy": scale_policy(state.settings.any_scale, state.settings.content),
         "limits": {
             "max_upload_bytes": state.settings.max_upload_bytes,
             "max_input_pixels": state.settings.max_input_pixels,

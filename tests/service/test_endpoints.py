@@ -51,42 +51,46 @@ async def test_models_lists_loaded_models(client: httpx.AsyncClient, weights_dir
 async def test_models_state_the_scale_policy_that_requests_follow(client: httpx.AsyncClient,
                                                                    make_image: Callable[..., bytes],
                                                                    start_app: StartApp) -> None:
-    # The web page shows this text as its hint: it must describe what a non-integer request really gets.
+    # The web page shows this text as its hint: it must describe what a request really gets.
     body = (await client.get("/v1/models")).json()
-    assert body["any_scale"] == "downscale"
-    assert "next larger integer IMDN, then bicubic down" in body["scale_policy"]
-    response = await client.post(f"{URL}?scale=2.5", content=make_image(32, 24), headers=PNG)
-    assert response.headers["x-model"] == "x3+bicubic"
-    async with start_app(any_scale="as") as (_, other):
+    assert (body["content"], body["any_scale"]) == ("photo", "downscale")
+    assert "IMDN any-scale (IMDN_AS) at every scale up to 4" in body["scale_policy"]
+    for scale in ("2", "2.5"):
+        response = await client.post(f"{URL}?scale={scale}", content=make_image(32, 24), headers=PNG)
+        assert response.headers["x-model"] == "as"
+    async with start_app(content="clean") as (_, other):
         body = (await other.get("/v1/models")).json()
-        assert "then IMDN any-scale (IMDN_AS)" in body["scale_policy"]
-        assert "bicubic down" not in body["scale_policy"]
+        assert "next larger integer IMDN, then bicubic down" in body["scale_policy"]
+        response = await other.post(f"{URL}?scale=2.5", content=make_image(32, 24), headers=PNG)
+        assert response.headers["x-model"] == "x3+bicubic"
+    async with start_app(content="clean", any_scale="as") as (_, other):
+        body = (await other.get("/v1/models")).json()
+        assert "other scales up to 4: bicubic to the size, then IMDN any-scale" in body["scale_policy"]
         response = await other.post(f"{URL}?scale=2.5", content=make_image(32, 24), headers=PNG)
         assert response.headers["x-model"] == "as"
 
 
-async def test_any_scale_per_request_overrides_the_server_default(client: httpx.AsyncClient,
-                                                                 make_image: Callable[..., bytes]) -> None:
-    # A photo and a screenshot want different paths at 2.5x: the caller says which, whatever the server default.
+async def test_content_per_request_overrides_the_server_default(client: httpx.AsyncClient,
+                                                                make_image: Callable[..., bytes]) -> None:
+    # A photo and a screenshot want different networks: the caller says which, whatever the server default.
     image = make_image(32, 24)
-    for choice, label in (("as", "as"), ("downscale", "x3+bicubic")):
-        response = await client.post(f"{URL}?scale=2.5&any_scale={choice}", content=image, headers=PNG)
-        assert response.status_code == 200 and response.headers["x-model"] == label
-        assert response.headers["x-output-size"] == "80x60"
+    for content, scale, label in (("clean", "2", "x2"), ("clean", "2.5", "x3+bicubic"), ("photo", "2", "as"),
+                                  ("photo", "2.5", "as"), ("photo", "6", "x4+as")):
+        response = await client.post(f"{URL}?scale={scale}&content={content}", content=image, headers=PNG)
+        assert response.status_code == 200 and response.headers["x-model"] == label, (content, scale)
         form = await client.post(URL, files={"image": ("a.png", image, "image/png")},
-                                 data={"scale": "2.5", "any_scale": choice})
+                                 data={"scale": scale, "content": content})
         assert form.status_code == 200 and form.headers["x-model"] == label
-    # exact integer scales keep their own network; an explicit model wins over the choice
-    response = await client.post(f"{URL}?scale=2&any_scale=as", content=image, headers=PNG)
-    assert response.headers["x-model"] == "x2"
-    response = await client.post(f"{URL}?scale=2.5&any_scale=as&model=x4", content=image, headers=PNG)
+    # an explicit model wins over the content
+    response = await client.post(f"{URL}?scale=2.5&content=photo&model=x4", content=image, headers=PNG)
     assert response.headers["x-model"] == "x4+bicubic"
 
 
 async def test_page_hint_before_models_load_is_the_default_policy(client: httpx.AsyncClient) -> None:
     # The page shows /v1/models' scale_policy once loaded; its built-in copy must say the same for the default.
     page = (await client.get("/")).text
-    assert scale_policy(Settings.model_fields["any_scale"].default) in page
+    defaults = Settings.model_fields
+    assert scale_policy(defaults["any_scale"].default, defaults["content"].default) in page
     assert '<link rel="icon" href="favicon.ico"' in page
 
 
@@ -154,7 +158,7 @@ async def test_metrics_move_after_request(client: httpx.AsyncClient, make_image:
                                           parse_metrics: Callable[[str], Samples]) -> None:
     route = (("method", "POST"), ("route", URL), ("status", "200"))
     before = parse_metrics((await client.get("/metrics")).text)
-    response = await client.post(f"{URL}?scale=2", content=make_image(32, 24), headers=PNG)
+    response = await client.post(f"{URL}?scale=2&content=clean", content=make_image(32, 24), headers=PNG)
     assert response.status_code == 200
     after = parse_metrics((await client.get("/metrics")).text)
 

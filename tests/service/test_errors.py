@@ -41,7 +41,7 @@ StartApp = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncC
         ("width=64&scale=2", "either scale or width/height"),
         ("sclae=2", "sclae"),  # unknown query parameter: a typo must not be ignored silently
         ("model=foo", "model"),
-        ("any_scale=sharp&scale=2.5", "any_scale"),
+        ("content=painting&scale=2.5", "content"),
         ("format=gif", "format"),
         ("quality=0&format=jpeg", "quality"),
         ("width=16", "target 16x12 (the aspect ratio kept) is smaller than the input 32x24"),

@@ -40,7 +40,7 @@ async def test_superresolve_multipart_upload(client: httpx.AsyncClient, make_ima
 async def test_superresolve_multipart_form_fields(client: httpx.AsyncClient,
                                                   make_image: Callable[..., bytes]) -> None:
     response = await client.post(URL, files={"image": ("in.png", make_image(32, 24), "image/png")},
-                                 data={"scale": "3", "format": "webp"})
+                                 data={"scale": "3", "format": "webp", "content": "clean"})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/webp"
     assert image_size(response) == (96, 72)
@@ -71,13 +71,15 @@ async def test_superresolve_octet_stream_body(client: httpx.AsyncClient, make_im
 @pytest.mark.parametrize(
     ("query", "size", "model"),
     [
-        ("scale=2", (64, 48), "x2"),
-        ("scale=2.5", (80, 60), "x3+bicubic"),  # the service's any-scale default: next integer IMDN, then down
-        ("width=80", (80, 60), "x3+bicubic"),  # width only: height follows the aspect ratio
-        ("width=64", (64, 48), "x2"),  # ... and an exact x2 picks the x2 network
-        ("height=72", (96, 72), "x3"),  # height only
-        ("width=70&height=50", (70, 50), "x3+bicubic"),  # both: exactly that size, aspect not kept
-        ("height=48&width=100", (100, 48), "x4+bicubic"),  # one side may stay as it is
+        # clean content: the integer networks, and the any-scale default (next integer IMDN, then down)
+        ("scale=2&content=clean", (64, 48), "x2"),
+        ("scale=2.5&content=clean", (80, 60), "x3+bicubic"),
+        ("width=80&content=clean", (80, 60), "x3+bicubic"),  # width only: height follows the aspect ratio
+        ("width=64&content=clean", (64, 48), "x2"),  # ... and an exact x2 picks the x2 network
+        ("height=72&content=clean", (96, 72), "x3"),  # height only
+        ("width=70&height=50&content=clean", (70, 50), "x3+bicubic"),  # both: exactly that size, aspect not kept
+        ("height=48&width=100&content=clean", (100, 48), "x4+bicubic"),  # one side may stay as it is
+        ("width=80", (80, 60), "as"),  # photos, the default: IMDN_AS whatever the size asked
     ],
 )
 async def test_superresolve_size_from(client: httpx.AsyncClient, make_image: Callable[..., bytes], query: str,
@@ -92,12 +94,17 @@ async def test_superresolve_size_from(client: httpx.AsyncClient, make_image: Cal
 @pytest.mark.parametrize(
     ("query", "size", "model"),
     [
-        ("model=auto&scale=2", (64, 48), "x2"),
-        ("model=auto&scale=3", (96, 72), "x3"),
-        ("model=auto&scale=4", (128, 96), "x4"),
-        ("model=auto&scale=1.5", (48, 36), "x2+bicubic"),
+        ("model=auto&scale=2", (64, 48), "as"),  # photos (the default content) take IMDN_AS up to 4x
+        ("model=auto&scale=3.3", (106, 79), "as"),
+        ("model=auto&scale=4", (128, 96), "as"),
         ("model=auto&scale=6", (192, 144), "x4+as"),
+        ("model=auto&scale=2&content=clean", (64, 48), "x2"),
+        ("model=auto&scale=3&content=clean", (96, 72), "x3"),
+        ("model=auto&scale=4&content=clean", (128, 96), "x4"),
+        ("model=auto&scale=1.5&content=clean", (48, 36), "x2+bicubic"),
+        ("model=auto&scale=6&content=clean", (192, 144), "x4+as"),
         ("model=auto&scale=8", (256, 192), "x4+x2"),
+        ("model=x2&scale=2&content=photo", (64, 48), "x2"),  # an explicit model wins over the content
         ("model=x2&scale=2", (64, 48), "x2"),
         ("model=x3&scale=3", (96, 72), "x3"),
         ("model=x4&scale=4", (128, 96), "x4"),
@@ -136,7 +143,7 @@ async def test_superresolve_output_format(client: httpx.AsyncClient, make_image:
 
 
 async def test_superresolve_result_headers(client: httpx.AsyncClient, make_image: Callable[..., bytes]) -> None:
-    response = await upscale_raw(client, make_image(32, 24), "scale=3")
+    response = await upscale_raw(client, make_image(32, 24), "scale=3&content=clean")
     assert response.status_code == 200, response.text
     assert response.headers["x-input-size"] == "32x24"
     assert response.headers["x-output-size"] == "96x72"
