@@ -28,11 +28,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import httpx
-import numpy as np
-import torch
-from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
+# The engine here runs as the service's does: idle OpenMP threads sleep (service/__main__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -152,7 +155,7 @@ def overhead(args: argparse.Namespace) -> None:
     print("the service's own mean inference and encode seconds per request from its /metrics")
     print(f"{'case':<16} {'engine s':>9} {'service s':>10} {'ratio':>6} {'svc infer':>10} {'svc encode':>11}")
     with server(args.weights) as (url, _), httpx.Client(timeout=600) as client:
-        for side, scale in ((256, 4), (1024, 2)):
+        for side, scale in (map(int, case.split("x")) for case in args.cases):
             data = test_image(side)
             engine_times, service_times = [], []
             before = histogram_sums(client, url)
@@ -335,6 +338,7 @@ def main() -> None:
     parser.add_argument("--weights", default="default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--side", type=int, default=256, help="throughput: input side")
+    parser.add_argument("--cases", nargs="+", default=["256x4", "1024x2"], help="overhead: SIDExSCALE inputs")
     parser.add_argument("--duration", type=float, default=30, help="throughput: seconds per concurrency level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--megapixels", type=float, nargs="+", default=[1, 4, 16, 36, 64])

@@ -36,7 +36,7 @@ from PIL import Image
 from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array, unit_float
 from model.imdn import contrast_from_moments
 from model.resize import contributions, imresize
-from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_samples, plan_tiles
+from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_grid, plan_samples, plan_tiles
 
 
 class Runner(Protocol):
@@ -60,11 +60,12 @@ CONTENT_KINDS = ("photo", "clean")
 AS_CONTEXT = 4 * IMDN_CONTEXT
 # IMDN_AS works at 1/4 resolution after its two stride-2 convs.
 FEATURE_STRIDE = {"x2": 1, "x3": 1, "x4": 1, "as": 4}
-MAX_SAMPLE_WINDOWS = 64
-# IMDN_AS's statistics come from 1/16 of the pixels and sampling misses too much (bench/tiling.py,
-# Set14 x2.5, 128 px cores: 95% of values within 1/255, max 9/255, vs 100% and 1/255 refined);
-# at 1/16 of IMDN's cost per pixel, the refining pass is cheap, so AS always gets it.
-ALWAYS_REFINED = frozenset({"as"})
+# The statistics of a tiled image come from sample windows whose pixels total about 1/16 of the
+# image (at least one window), so the estimate costs a small, fixed share of the work at any size.
+# Their cores are 4 contexts wide (168 px windows for IMDN, 44% of them core). Measured on Set14 x2
+# with 128 px tiles (bench/tiling.py): one such window already keeps every value within 1/255.
+SAMPLE_CORE_CONTEXTS = 4
+SAMPLE_SHARE = 1 / 16
 # Peak bytes per input pixel of one network call at fp32 (bench/activation_memory.py measured
 # 2.1-2.4 KB for IMDN with torch/onnxruntime on the CPU, 170-210 B for IMDN_AS, which works at
 # 1/16 of the pixels), with ~15% headroom.
@@ -323,8 +324,7 @@ class Upscaler:
 
             size = (source.shape[1], source.shape[2])
             work = NetworkPass(stage.model, NETWORK_SCALES[stage.model], size, crop, IMDN_CONTEXT, align=1)
-            yield from self._run_pass(work, self.tile_core_override or tile_core(stage.model, self.budget_bytes,
-                                                                                 IMDN_CONTEXT))
+            yield from self._run_pass(work, self.tile_core_override)
 
     def _resize_bands(self, source: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
         band = 256
@@ -347,8 +347,9 @@ class Upscaler:
             return resize_unit(source, size, (rows.start, rows.stop, cols.start, cols.stop))
 
         work = NetworkPass("as", 1, size, read, AS_CONTEXT, align=4)
-        core = self.tile_core_override or tile_core("as", self.budget_bytes, AS_CONTEXT)
-        if max(h, w) > core + 2 * AS_CONTEXT or (h % 4 == 0 and w % 4 == 0):
+        core = self.tile_core_override
+        fits = max(h, w) <= core + 2 * AS_CONTEXT if core else h * w * BYTES_PER_INPUT_PIXEL["as"] <= self.budget_bytes
+        if not fits or (h % 4 == 0 and w % 4 == 0):
             yield from self._run_pass(work, core)
             return
         try:  # fits at once, sides not divisible by 4: the paper's 4 patches, as one batch (Sec. 3.3)
@@ -360,13 +361,25 @@ class Upscaler:
             return
         yield 0, band
 
-    def _run_pass(self, work: NetworkPass, core: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """Tile the pass with `core`-pixel cores (one tile when it fits) and yield one band per tile row."""
+    def _run_pass(self, work: NetworkPass, core: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Tile the pass (one tile when it fits) and yield one band per tile row.
+
+        core: tiles of at most this many pixels a side; by default, the plan that reads the
+        fewest pixels with windows that fit the memory budget.
+        """
+        budget_core = tile_core(work.model, self.budget_bytes, work.context)
         # A thin first row: the first band (and a streamed response's first byte) comes sooner.
-        first_row = max(work.align, core // 4 // work.align * work.align)
-        rows = plan_tiles(work.size[0], work.size[1], core, work.context, work.align, first_row)
+        first_row = max(work.align, (core or budget_core) // 4 // work.align * work.align)
+        height, width = work.size
+        rows = None
+        if core is None:
+            max_pixels = self.budget_bytes // BYTES_PER_INPUT_PIXEL[work.model]
+            rows = plan_grid(height, width, max_pixels, work.context, work.align, first_row)
+        if rows is None:  # a forced size, or a budget too small for any plan: the smallest tiles
+            rows = plan_tiles(height, width, core or budget_core, work.context, work.align, first_row)
         contrast = self._image_contrast(work, rows)
         for row in rows:
+            core = max(max(t.core_rows.size, t.core_cols.size) for t in row)
             yield row[0].core_rows.start * work.scale, self._run_row_retrying(work, row, contrast, core)
 
     def _run_row_retrying(self, work: NetworkPass, row: list[Tile], contrast: torch.Tensor | None,
@@ -395,19 +408,22 @@ class Upscaler:
         Without this each tile would gate its channels by its own mean/std and
         neighbouring tiles would disagree (measured: up to 23/255 at a 128 px core).
         First an estimate from sample windows pooled as one image; then, if
-        ``refine_stats`` (always for IMDN_AS), one pass over every tile's core with that estimate
+        ``refine_stats``, one pass over every tile's core with that estimate
         gives the moments of the whole image (block 1 exact, later blocks off
         only by the estimate's error squared). A single tile needs nothing.
         """
         if len(rows) == 1 and len(rows[0]) == 1:
             return None
         stride, context = FEATURE_STRIDE[work.model], work.context
-        fitting = self.budget_bytes // ((4 * context) ** 2 * BYTES_PER_INPUT_PIXEL[work.model])
-        max_windows = int(min(MAX_SAMPLE_WINDOWS, max(1, fitting)))
-        samples = plan_samples(work.size[0], work.size[1], max_windows, 2 * context, context, align=stride)
+        core = SAMPLE_CORE_CONTEXTS * context
+        window_pixels = (core + 2 * context) ** 2
+        fitting = self.budget_bytes // (window_pixels * BYTES_PER_INPUT_PIXEL[work.model])
+        share = SAMPLE_SHARE * work.size[0] * work.size[1] // window_pixels
+        max_windows = int(max(1, min(fitting, share)))
+        samples = plan_samples(work.size[0], work.size[1], max_windows, core, context, align=stride)
         windows, mask = self._windows_and_mask(samples, work.read, stride)
         contrast = contrast_from_moments(self.runner.cca_moments(work.model, windows, mask))
-        if not self.refine_stats and work.model not in ALWAYS_REFINED:
+        if not self.refine_stats:
             return contrast
         total = torch.zeros(0)
         for row in rows:  # batches within a row: rows may differ in window size

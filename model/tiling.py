@@ -64,32 +64,61 @@ def acs_tiles(height: int, width: int, pad: int = 4) -> list[Tile]:
     return [Tile(r, c, cr, cc) for r, cr in rows for c, cc in cols]
 
 
-def _axis_tiles(length: int, core: int, context: int, align: int, start: int = 0) -> list[tuple[Span, Span]]:
-    """Split [0, length) into cores, each read through a window of one fixed size.
+def _axis_window(length: int, count: int, context: int, align: int, start: int = 0) -> int:
+    """The smallest window (a multiple of `align`) with which `count` cores cover [start, length).
 
-    The window is core + 2*context (or the whole axis if shorter), placed so the
-    core sits inside it with `context` pixels on each side away from the image
-    border, starting on a multiple of `align` unless it is pushed against the
-    far border. With `align` > 1 the window is a multiple of `align` too, so on
-    an axis that is not, the windows near the end are pushed off the grid
-    against the border, as ACS's patches are.
+    A window holds its core plus `context` on each side that is not an image border, so the
+    cores at the borders get `context` more than the others: no sliver, no context wasted.
+    """
+    borders = 1 + (start == 0)  # sides that need no context
+    window = -(-(length - start + context * (2 * count - borders)) // count)
+    return -(-window // align) * align
+
+
+def _axis_count(length: int, max_window: int, context: int, align: int, start: int = 0) -> int | None:
+    """The fewest cores whose common window fits `max_window`, or None if no count does."""
+    borders = 1 + (start == 0)
+    if _axis_window(length, 1, context, align, start) <= max_window:
+        return 1
+    if max_window - 2 * context < align:
+        return None
+    count = max(1, -(-(length - start - context * borders) // (max_window - 2 * context)))
+    while _axis_window(length, count, context, align, start) > max_window:
+        count += 1
+    return count
+
+
+def _axis_tiles(length: int, window: int, context: int, align: int, start: int = 0) -> list[tuple[Span, Span]]:
+    """Split [start, length) into cores, each read through a window of `window` pixels.
+
+    Cores are as long as the window allows (so with `_axis_window`'s size they come out
+    balanced); each sits inside its window with `context` pixels on each side away from the
+    image border. A window starts on a multiple of `align` unless it is pushed against the far
+    border; with `align` > 1 on an axis that is not a multiple of it, the last windows are
+    pushed off the grid against the border, as ACS's patches are.
     """
     usable = length - length % align  # windows must be multiples of `align` too
     if usable < 1:
         raise ValueError(f"axis of {length} px is shorter than the alignment {align}")
-    window = min(usable, core + 2 * context)
-    if window < length:
-        # Every core must fit inside a window with its context: cores shrink if the window is short.
-        core = min(core, window - 2 * context)
-        if core < align:  # an axis too short for any context: two windows meeting in the middle
+    window = min(usable, window)
+    if start == 0 and window >= length:
+        return [(Span(0, length), Span(0, length))]
+    spans = []
+    begin = start
+    while begin < length:
+        first = max(0, begin - context)
+        if first + window >= length:  # the last core: its window ends at the border
+            spans.append((Span(length - window, length), Span(begin, length)))
+            break
+        stop = first + window - context
+        if stop <= begin:  # too short for any context
+            if start > 0:
+                raise ValueError(f"a {window} px window leaves no core with {context} px of context")
+            # two windows meeting in the middle
             half = length // 2
             return [(Span(0, window), Span(0, half)), (Span(length - window, length), Span(half, length))]
-    spans = []
-    for begin in range(start, length, core):
-        owned = Span(begin, min(length, begin + core))
-        first = max(0, (begin - context) // align * align)
-        first = min(first, length - window)
-        spans.append((Span(first, first + window), owned))
+        spans.append((Span(first, first + window), Span(begin, stop)))
+        begin = stop
     return spans
 
 
@@ -97,25 +126,66 @@ def plan_tiles(height: int, width: int, core: int, context: int = IMDN_CONTEXT, 
                first_row_core: int | None = None) -> list[list[Tile]]:
     """Overlapping tiles for a height x width input, grouped in rows (top to bottom).
 
-    All tiles share one window size (so they batch together); with `align`=4 and
-    core/context multiples of 4, every window starts on the stride-4 grid
-    IMDN_AS needs, or ends on the image's far border. `first_row_core` makes the
-    first row thinner (with its own, smaller windows) so that the first band of
-    a streamed result is ready sooner.
+    Windows are at most core + 2*context on each side, and as few and as even as that allows.
+    All tiles share one window size (so they batch together); with `align`=4 and core/context
+    multiples of 4, every window starts on the stride-4 grid IMDN_AS needs, or ends on the
+    image's far border. `first_row_core` makes the first row thinner (with its own, smaller
+    windows) so that the first band of a streamed result is ready sooner.
     """
     if core < 1 or context < 0:
         raise ValueError(f"bad tile plan: core={core}, context={context}")
     if align > 1 and (core % align or context % align):
         raise ValueError(f"core {core} and context {context} must be multiples of {align}")
-    row_spans = _axis_tiles(height, core, context, align)
-    full_windows = height - height % align >= core + 2 * context  # no short-axis fallback in play
-    if first_row_core is not None and full_windows and len(row_spans) > 1 and first_row_core < core:
+    limit = core + 2 * context
+    rows = _axis_count(height, limit, context, align) or 2
+    cols = _axis_count(width, limit, context, align) or 2
+    return _grid(height, width, rows, cols, context, align, first_row_core)
+
+
+def plan_grid(height: int, width: int, max_pixels: int, context: int = IMDN_CONTEXT, align: int = 1,
+              first_row_core: int | None = None) -> list[list[Tile]] | None:
+    """The tile plan that reads the fewest pixels with windows of at most `max_pixels` each.
+
+    A whole image that fits is one tile; otherwise rows x columns are chosen together (a
+    wide strip or square tiles, whichever reads less), with balanced cores. None if no
+    window of that size holds a core with its context. `first_row_core`: as in plan_tiles.
+    """
+    best: tuple[int, int, int] | None = None
+    for rows in range(1, height // max(1, align) + 2):
+        tall = min(height - height % align, _axis_window(height, rows, context, align))
+        if rows > 1 and tall - 2 * context < align:
+            break
+        wide = max_pixels // tall // align * align
+        cols = _axis_count(width, wide, context, align) if wide >= align else None
+        if cols is None:
+            continue
+        wide = min(width - width % align, _axis_window(width, cols, context, align))
+        # Count the windows really placed: on an axis that is not a multiple of `align`, one window
+        # cannot span it, and two nearly whole ones would (so such a plan must cost what it reads).
+        cost = (len(_axis_tiles(height, tall, context, align)) * len(_axis_tiles(width, wide, context, align))
+                * tall * wide)
+        if best is None or cost < best[0]:
+            best = (cost, rows, cols)
+        if cols == 1 and tall >= height:  # more rows can only read more
+            break
+    if best is None:
+        return None
+    return _grid(height, width, best[1], best[2], context, align, first_row_core)
+
+
+def _grid(height: int, width: int, rows: int, cols: int, context: int, align: int,
+          first_row_core: int | None) -> list[list[Tile]]:
+    tall = _axis_window(height, rows, context, align)
+    row_spans = _axis_tiles(height, tall, context, align)
+    # A thin first row costs one more row of windows: worth it only where there are several.
+    if first_row_core is not None and len(row_spans) >= 3 and row_spans[0][1].size > first_row_core:
         if first_row_core < 1 or first_row_core % align:
             raise ValueError(f"first_row_core {first_row_core} must be a positive multiple of {align}")
-        first_window = min(height - height % align, first_row_core + 2 * context)
-        row_spans = [(Span(0, first_window), Span(0, first_row_core))]
-        row_spans += _axis_tiles(height, core, context, align, start=first_row_core)
-    col_spans = _axis_tiles(width, core, context, align)
+        first = min(height - height % align, first_row_core + context)
+        rest = _axis_window(height, rows, context, align, start=first_row_core)
+        row_spans = [(Span(0, first), Span(0, first_row_core))]
+        row_spans += _axis_tiles(height, rest, context, align, start=first_row_core)
+    col_spans = _axis_tiles(width, _axis_window(width, cols, context, align), context, align)
     return [[Tile(r, c, cr, cc) for c, cc in col_spans] for r, cr in row_spans]
 
 

@@ -89,6 +89,22 @@ def test_onnx_runner_is_an_engine_runner(onnx_runner, torch_runner, make_image):
     assert np.abs(tiled_onnx.astype(np.int16) - tiled_torch.astype(np.int16)).max() <= 1
 
 
+def test_onnx_runner_moments_equal_torch(onnx_runner, torch_runner):
+    """The statistics passes run as ONNX graphs too: same moments as PyTorch, with and without given statistics."""
+    windows = _batch(6, (3, 3, 24, 20))
+    mask = torch.zeros(3, 1, 24, 20, dtype=torch.bool)
+    mask[:, :, 5:19, 4:17] = True
+    expected = torch_runner.cca_moments("x2", windows, mask)
+    got = onnx_runner.cca_moments("x2", windows, mask)
+    assert got.shape == (6, 3, 64) and got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    contrast = contrast_from_moments(expected)
+    torch.testing.assert_close(onnx_runner.cca_moments("x2", windows, mask, contrast),
+                               torch_runner.cca_moments("x2", windows, mask, contrast), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="selects no pixel"):
+        onnx_runner.cca_moments("x2", windows, torch.zeros_like(mask))
+
+
 def test_export_onnx_writes_file(random_models, tmp_path):
     onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install .[onnx])")
     path = tmp_path / "x3.onnx"

@@ -323,14 +323,13 @@ def test_tiled_runs_with_whole_image_statistics(runner, natural, random_models):
     tiled = Upscaler(spy, tile_core_override=32, max_batch=4)
     picture = picture_from_array(natural)
     tiled.upscale_picture(picture, tiled.plan((96, 96), scale=2))
-    # A thin first row (8 px cores, for an early first band), then 3 rows; each row is one batch.
-    assert len(spy.calls) == 4
+    # 2 x 2 balanced tiles: 48 px cores in 76 px windows (context on the inner side only); a row is one batch.
+    assert len(spy.calls) == 2
     whole = contrast_from_moments(
         random_models["x2"].cca_moments(unit_float(picture.color)[None], torch.ones(1, 1, 96, 96, dtype=torch.bool))
     ).float()
-    for index, (name, shape, contrast) in enumerate(spy.calls):
-        rows = (8 if index == 0 else 32) + 2 * IMDN_CONTEXT
-        assert name == "x2" and shape[1:] == (3, rows, 32 + 2 * IMDN_CONTEXT)
+    for name, shape, contrast in spy.calls:
+        assert name == "x2" and shape == (2, 3, 76, 76)
         assert contrast is not None and contrast.shape == (shape[0], 6, 64)
         torch.testing.assert_close(contrast.float(), whole.expand(shape[0], -1, -1), rtol=1e-4, atol=1e-5)
 
@@ -366,7 +365,7 @@ def test_out_of_memory_whole_image_retries_in_tiles(runner, upscaler, make_image
     image = make_image(128, 128, seed=4)
     oom = OutOfMemoryRunner(runner, max_pixels=128 * 128 - 1)
     out = Upscaler(oom, budget_bytes=100 * 2**20).upscale(image, scale=2).astype(np.int16)
-    window = 64 + 2 * IMDN_CONTEXT
+    window = 64 + IMDN_CONTEXT  # two balanced 64 px cores per axis, each with context on its inner side
     assert [shape for _, shape, _ in oom.calls] == [(2, 3, window, window)] * 2
     assert all(contrast is not None for _, _, contrast in oom.calls)  # tiles share whole-image statistics
     expected = upscaler.upscale(image, scale=2).astype(np.int16)
@@ -389,7 +388,7 @@ def test_other_runner_errors_are_not_retried(runner, natural):
 @pytest.mark.parametrize(("scale", "model", "tile"), [(2, "auto", 32), (2.5, "auto", None), (3, "x4", 32),
                                                       (8, "auto", None)])
 def test_picture_bands_top_to_bottom_concatenate_to_output(runner, natural, scale, model, tile):
-    image = natural[:40, :36]
+    image = natural[:, :36]  # 96 rows: more than one 32 px tile window (32 + 2 x 28) holds
     up = Upscaler(runner, tile_core_override=tile, budget_bytes=WHOLE_BUDGET)
     picture = picture_from_array(image)
     plan = up.plan(picture.size, scale=scale, model=model)
@@ -410,7 +409,7 @@ def test_picture_bands_top_to_bottom_concatenate_to_output(runner, natural, scal
 
 
 def test_picture_bands_alpha_follows_color_bands(runner, natural):
-    rgba = np.concatenate([natural[:64, :40], np.full((64, 40, 1), 200, np.uint8)], axis=2)
+    rgba = np.concatenate([natural[:, :40], np.full((96, 40, 1), 200, np.uint8)], axis=2)
     up = Upscaler(runner, tile_core_override=32)
     picture = picture_from_array(rgba)
     plan = up.plan(picture.size, scale=2)

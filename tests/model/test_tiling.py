@@ -7,7 +7,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.tiling import IMDN_CONTEXT, Span, Tile, acs_patch_side, acs_tiles, plan_samples, plan_tiles
+from model.tiling import (
+    IMDN_CONTEXT,
+    Span,
+    Tile,
+    acs_patch_side,
+    acs_tiles,
+    plan_grid,
+    plan_samples,
+    plan_tiles,
+)
 
 HYPOTHESIS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                       suppress_health_check=[HealthCheck.too_slow])
@@ -95,7 +104,7 @@ def _check_plan(height: int, width: int, core: int, context: int, align: int) ->
         for window, owned, length in ((t.rows, t.core_rows, height), (t.cols, t.core_cols, width)):
             assert _inside(window, Span(0, length))
             assert _inside(owned, window), f"core {owned} outside window {window} on a {length} px axis"
-            assert owned.size <= core
+            assert window.size <= core + 2 * context
             assert owned.start - window.start >= context or window.start == 0
             assert window.stop - owned.stop >= context or window.stop == length
             if align > 1:
@@ -133,12 +142,54 @@ def test_plan_tiles_engine_settings(size):
 
 
 def test_plan_tiles_aligned_windows_sharing_the_border_window():
-    """On an axis that is not a multiple of 4, every core whose grid window would overrun the border
-    uses the one window that ends at the border (so more than one window may be off the grid)."""
+    """On an axis that is not a multiple of 4, the last core's window ends at the border, off the grid."""
     rows = plan_tiles(50, 8, core=8, context=8, align=4)
     windows = [row[0].rows for row in rows]
-    assert windows[:5] == [Span(0, 24), Span(0, 24), Span(8, 32), Span(16, 40), Span(24, 48)]
-    assert windows[5:] == [Span(26, 50), Span(26, 50)]
+    cores = [row[0].core_rows for row in rows]
+    assert windows[:4] == [Span(0, 24), Span(8, 32), Span(16, 40), Span(24, 48)]
+    assert cores[:4] == [Span(0, 16), Span(16, 24), Span(24, 32), Span(32, 40)]
+    assert windows[4:] == [Span(26, 50)] and cores[4:] == [Span(40, 50)]
+
+
+def test_plan_tiles_balanced_no_slivers():
+    """Issue 19: a 384 px axis with 380 px cores was 380 + 4 (two full windows for 4 px); now cores are even."""
+    rows = plan_tiles(600, 384, core=380, context=IMDN_CONTEXT)
+    assert [row[0].core_rows for row in rows] == [Span(0, 300), Span(300, 600)]
+    assert [row[0].rows for row in rows] == [Span(0, 328), Span(272, 600)]  # border cores need context on one side
+    assert len(rows[0]) == 1 and rows[0][0].cols == Span(0, 384)
+
+
+def _read(rows: list[list[Tile]]) -> int:
+    return sum(t.rows.size * t.cols.size for row in rows for t in row)
+
+
+@pytest.mark.parametrize(("height", "width"), [(384, 480), (512, 640), (768, 960), (1000, 1000), (2048, 2048),
+                                               (300, 5000), (5000, 300), (4000, 4000)])
+def test_plan_grid_reads_least_within_the_window_budget(height, width):
+    max_pixels = 191_000  # 512 MB at 2800 B per pixel
+    rows = plan_grid(height, width, max_pixels, IMDN_CONTEXT)
+    assert rows is not None
+    tiles = [t for row in rows for t in row]
+    assert np.all(_coverage(tiles, height, width) == 1)
+    assert all(t.rows.size * t.cols.size <= max_pixels for t in tiles)
+    if height * width <= max_pixels:
+        assert len(tiles) == 1
+    # Never more than square tiles of the same budget would read.
+    side = int(max_pixels**0.5)
+    assert _read(rows) <= _read(plan_tiles(height, width, side - 2 * IMDN_CONTEXT, IMDN_CONTEXT))
+    assert _read(rows) <= 1.32 * height * width
+
+
+def test_plan_grid_aligned_and_thin_first_row():
+    rows = plan_grid(6000, 2000, 2_000_000, context=112, align=4, first_row_core=300)
+    assert rows is not None and rows[0][0].core_rows == Span(0, 300) and rows[0][0].rows == Span(0, 412)
+    for t in (t for row in rows for t in row):
+        assert t.rows.size % 4 == 0 and t.cols.size % 4 == 0 and t.rows.start % 4 == 0 and t.cols.start % 4 == 0
+    assert np.all(_coverage([t for row in rows for t in row], 6000, 2000) == 1)
+
+
+def test_plan_grid_none_when_no_window_fits():
+    assert plan_grid(1000, 1000, 50 * 50, context=28) is None
 
 
 def test_plan_tiles_whole_image_when_small():
@@ -181,8 +232,8 @@ def test_plan_tiles_axis_shorter_than_alignment_raises():
 
 def test_plan_samples_all_tiles_when_they_fit():
     expected = [t for row in plan_tiles(200, 150, 40, 28) for t in row]
-    assert len(expected) == 20
-    assert plan_samples(200, 150, 20, 40, 28) == expected
+    assert len(expected) == 12
+    assert plan_samples(200, 150, 12, 40, 28) == expected
     assert plan_samples(200, 150, 64, 40, 28) == expected
 
 
