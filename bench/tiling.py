@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import SHARED, models_for  # noqa: E402
+from model import engine as engine_module  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
 from model.evaluate import read_uint8  # noqa: E402
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--core", type=int, default=128, help="forced tile core (input pixels)")
     parser.add_argument("--weights", default="default")
     args = parser.parse_args()
+    # "sampled" means no refining pass for any model here (the engine always refines IMDN_AS).
+    engine_module.ALWAYS_REFINED = frozenset()
     integer = args.scale in (2, 3, 4)
     model = f"x{int(args.scale)}" if integer else "as"
     runner = TorchRunner(models_for(args.weights, [model]))

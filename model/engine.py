@@ -66,6 +66,10 @@ FEATURE_STRIDE = {"x2": 1, "x3": 1, "x4": 1, "as": 4}
 # with 128 px tiles (bench/tiling.py): one such window already keeps every value within 1/255.
 SAMPLE_CORE_CONTEXTS = 4
 SAMPLE_SHARE = 1 / 16
+# IMDN_AS's statistics from samples alone miss its seam criterion (bench/tiling.py --scale 2.5 --core 128:
+# 97.7% of values within 1/255, max 6/255, vs 100% and 1/255 refined), so it always gets the refining
+# pass; it only tiles past ~2 MP, where that pass costs about 2x.
+ALWAYS_REFINED = frozenset({"as"})
 # Peak bytes per input pixel of one network call at fp32 (bench/activation_memory.py measured
 # 2.1-2.4 KB for IMDN with torch/onnxruntime on the CPU, 170-210 B for IMDN_AS, which works at
 # 1/16 of the pixels), with ~15% headroom.
@@ -408,7 +412,7 @@ class Upscaler:
         Without this each tile would gate its channels by its own mean/std and
         neighbouring tiles would disagree (measured: up to 23/255 at a 128 px core).
         First an estimate from sample windows pooled as one image; then, if
-        ``refine_stats``, one pass over every tile's core with that estimate
+        ``refine_stats`` (always for IMDN_AS), one pass over every tile's core with that estimate
         gives the moments of the whole image (block 1 exact, later blocks off
         only by the estimate's error squared). A single tile needs nothing.
         """
@@ -423,7 +427,7 @@ class Upscaler:
         samples = plan_samples(work.size[0], work.size[1], max_windows, core, context, align=stride)
         windows, mask = self._windows_and_mask(samples, work.read, stride)
         contrast = contrast_from_moments(self.runner.cca_moments(work.model, windows, mask))
-        if not self.refine_stats:
+        if not self.refine_stats and work.model not in ALWAYS_REFINED:
             return contrast
         total = torch.zeros(0)
         for row in rows:  # batches within a row: rows may differ in window size
