@@ -388,12 +388,15 @@ class Upscaler:
 
     def _run_row_retrying(self, work: NetworkPass, row: list[Tile], contrast: torch.Tensor | None,
                           core: int) -> torch.Tensor:
-        """Run one row; on out-of-memory, redo just that row with half-size tiles (down to MIN_CORE)."""
+        """Run one row; on out-of-memory, redo just that row with smaller tiles (cores halved, down to
+        MIN_CORE), as long as their windows really are smaller: a window is its core plus the context."""
         try:
             return self._run_row(work, row, contrast)
         except Exception as exc:
-            smaller = min(core, max(work.size)) // 2 // work.align * work.align
-            if not is_out_of_memory(exc) or smaller < MIN_CORE:
+            window = max(max(t.rows.size, t.cols.size) for t in row)
+            halved = min(core, max(work.size), window - 2 * work.context) // 2 // work.align * work.align
+            smaller = max(MIN_CORE, halved)
+            if not is_out_of_memory(exc) or smaller + 2 * work.context >= window:
                 raise
         top, bottom = row[0].core_rows.start, row[0].core_rows.stop
         if contrast is None:  # the row was the whole image: now it is tiled, so tiles need shared statistics

@@ -33,7 +33,7 @@ def test_upscale_sync_bytes(server: ServiceProcess):
     with SRClient(server.url) as client:
         result = client.upscale(png_bytes(20, 14), scale=2)
     assert image_size(result.content) == (40, 28)
-    assert (result.media_type, result.model, result.scale) == ("image/png", "x2", "2x2")
+    assert (result.media_type, result.model, result.scale) == ("image/png", "as", "2x2")  # a photo by default: IMDN_AS
     assert (result.input_size, result.output_size) == ((20, 14), (40, 28))
     assert result.request_id and result.attempts == 1
     assert {"decode", "queue", "inference", "encode"} <= result.timings_ms.keys()
@@ -46,7 +46,7 @@ def test_upscale_sync_path_to_width_as_webp(server: ServiceProcess, tmp_path: Pa
         result = client.upscale(source, width=24, format="webp", quality=80)
     assert result.media_type == "image/webp" and result.format == "webp"
     assert image_size(result.content) == (24, 18)  # one side given: the aspect ratio is kept
-    assert result.model == "x2+bicubic"  # 1.5x: the service's default any-scale method
+    assert result.model == "as"  # 1.5x of a photo (the default content): IMDN_AS
 
 
 def test_upscale_async_concurrent(server: ServiceProcess):
@@ -56,8 +56,8 @@ def test_upscale_async_concurrent(server: ServiceProcess):
                                           for seed, s in enumerate((2, 3))))
 
     first, second = asyncio.run(run())
-    assert image_size(first.content) == (24, 20) and first.model == "x2"
-    assert image_size(second.content) == (36, 30) and second.model == "x3"
+    assert image_size(first.content) == (24, 20) and first.model == "as"
+    assert image_size(second.content) == (36, 30) and second.model == "as"
 
 
 def test_problem_json_becomes_sr_error(server: ServiceProcess, tmp_path: Path):

@@ -98,10 +98,10 @@ def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("case,core,fault,image,scale", [
-    ("batch", 32, {"oom_above_tiles": 1}, (72, 72), 2),          # a batch of tiles -> one tile at a time
-    ("tile", 64, {"oom_above_pixels": 88 * 88}, (96, 96), 2),     # a row of 120 px tiles -> 88 px tiles
+    ("batch", 32, {"oom_above_tiles": 1}, (160, 160), 2),        # a batch of tiles -> one tile at a time
+    ("tile", 64, {"oom_above_pixels": 88 * 88}, (200, 200), 2),   # rows of 120 px windows -> 88 px windows
     ("whole", None, {"oom_above_pixels": 110 * 110}, (128, 128), 2),  # the whole image -> tiled, twice halved
-    ("any-scale", 32, {"oom_above_tiles": 1}, (48, 48), 2.5),     # IMDN_AS path
+    ("any-scale", 32, {"oom_above_tiles": 1}, (160, 160), 2.5),   # IMDN_AS path
 ])
 def test_oom_retry_engine(torch_runner: TorchRunner, case: str, core: int | None, fault: dict, image: tuple,
                           scale: float) -> None:
@@ -141,7 +141,7 @@ def test_oom_retry_through_the_pool(torch_runner: TorchRunner) -> None:
 
 @pytest.fixture(scope="module")
 def app(weights_dir: Path) -> Iterator[InProcessApp]:
-    """Small tiles so a 96x96 image is 9 tiles, batched by 4."""
+    """Small tiles (windows of at most 32 + 2 x 28 px) so a 200x200 image is dozens of tiles, batched by 4."""
     app = InProcessApp(make_settings(weights_dir, tile_size=32, max_batch=4, models=["x2", "as"]))
     yield app
     app.close()
@@ -157,13 +157,13 @@ def replica(app: InProcessApp) -> Iterator[object]:
 
 
 def test_oom_retry_service_path(app: InProcessApp, replica: object) -> None:
-    data = encode(noise(96, 96, seed=9))
-    expected = app.upscale(data, "scale=2")
-    check_image(expected, (192, 192))
+    data = encode(noise(200, 200, seed=9))
+    expected = app.upscale(data, "scale=2&content=clean")
+    check_image(expected, (400, 400))
     faulty = FaultyRunner(replica.backend, oom_above_tiles=1)  # type: ignore[attr-defined]
     replica.backend = faulty  # type: ignore[attr-defined]
-    got = app.upscale(data, "scale=2")
-    check_image(got, (192, 192))
+    got = app.upscale(data, "scale=2&content=clean")
+    check_image(got, (400, 400))
     assert faulty.ooms > 0
     assert_same_image(pixels(got), pixels(expected))
     assert app.state.pool.alive()
