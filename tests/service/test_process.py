@@ -1,7 +1,7 @@
 """The service as a real uvicorn process on a loopback port: streaming, readiness, disconnects, SIGTERM drain, curl.
 
 Sizes are chosen for a shared 2-core CPU: tall, narrow images at x2 with a small memory budget
-(IMDN_MEMORY_BUDGET_MB=48 -> ~76 px tiles, one statistics window) give many bands in about a second.
+(IMDN_MEMORY_BUDGET_MB=48 -> windows of at most ~134 px a side) give many bands in about a second.
 """
 
 from __future__ import annotations
