@@ -14,7 +14,9 @@ from tests.live_service import REPO, run_service
 
 def make_dry_run(target: str) -> list[str]:
     """The commands `make <target>` would run, without running them."""
-    result = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, check=True)
+    # --no-print-directory: under `make test` this is a sub-make, which would announce its directory.
+    result = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=REPO, capture_output=True,
+                            text=True, check=True)
     return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
 
