@@ -131,6 +131,7 @@ def main() -> None:
     heights = args.heights or (QUICK_HEIGHTS if args.quick else FULL_HEIGHTS)
     repeats = args.repeats
     upscaler = engine(args.weights)
+    upscaler.content = "clean"  # the paths name the integer networks; "as" is the path photos take
     if args.naive:
         naive_comparison(upscaler, args.weights, repeats)
         return

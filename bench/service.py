@@ -97,8 +97,8 @@ def engine(weights: str) -> Upscaler:
         runner: TorchRunner | OnnxRunner = TorchRunner(models, device)
     else:
         runner = OnnxRunner(models, torch.get_num_threads()) if onnx_available() else TorchRunner(models)
-    return Upscaler(runner, budget_bytes=memory_budget(settings, device), refine_stats=False,
-                    any_scale="downscale")
+    return Upscaler(runner, budget_bytes=memory_budget(settings, device), max_batch=settings.max_batch,
+                    refine_stats=settings.refine_stats, any_scale=settings.any_scale, content=settings.content)
 
 
 def engine_seconds(upscaler: Upscaler, data: bytes, scale: float, rounds: int) -> list[float]:
