@@ -128,11 +128,13 @@ def weights_note(spec: str) -> str:
         return f"weights `{spec}`"
 
 
-def markdown(entries: list[Entry], weights: str, crop: int, zoom: int) -> str:
-    def rel(path: Path) -> str:  # links relative to docs/, where the snippet goes
-        docs = ROOT / "docs"
-        return path.resolve().relative_to(docs).as_posix() if path.resolve().is_relative_to(docs) else str(path)
+def docs_link(path: Path) -> str:
+    """A link relative to docs/, where the snippets go (the path as it is when outside docs/)."""
+    docs = ROOT / "docs"
+    return path.resolve().relative_to(docs).as_posix() if path.resolve().is_relative_to(docs) else str(path)
 
+
+def markdown(entries: list[Entry], weights: str, crop: int, zoom: int) -> str:
     lines = [
         "## Gallery",
         "",
@@ -149,7 +151,7 @@ def markdown(entries: list[Entry], weights: str, crop: int, zoom: int) -> str:
                      f"| {e.psnr_imdn - e.psnr_bicubic:+.2f} dB |")
     lines.append("")
     for e in entries:
-        lines.append(f"![{e.image} ×{e.scale:g}: bicubic | IMDN | original]({rel(e.path)})")
+        lines.append(f"![{e.image} ×{e.scale:g}: bicubic | IMDN | original]({docs_link(e.path)})")
     return "\n".join(lines)
 
 
@@ -162,9 +164,7 @@ def real_markdown(entries: list[Entry], weights: str) -> str:
     lines += [f"| {e.image} | {e.psnr_bicubic:.2f} dB | {e.psnr_imdn:.2f} dB | {e.psnr_imdn - e.psnr_bicubic:+.2f} dB |"
               for e in entries]
     lines.append("")
-    docs = (ROOT / "docs").resolve()
-    lines += [f"![{e.image}: camera input | IMDN_AS | camera HR]({e.path.resolve().relative_to(docs).as_posix()})"
-              if e.path.resolve().is_relative_to(docs) else f"![{e.image}]({e.path})" for e in entries]
+    lines += [f"![{e.image}: camera input | IMDN_AS | camera HR]({docs_link(e.path)})" for e in entries]
     return "\n".join(lines)
 
 
