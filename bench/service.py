@@ -218,26 +218,40 @@ def ttfb(args: argparse.Namespace) -> None:
                   f"{size / 1e6:.1f} MB")
 
 
-def peak_rss(pid: int) -> int:
+def proc_status_bytes(pid: int, field: str) -> int:
+    """A memory field of /proc/PID/status (VmHWM: peak resident, VmRSS: resident now) in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
 
+def peak_rss(pid: int) -> int:
+    return proc_status_bytes(pid, "VmHWM")
+
+
+def resident(pid: int) -> int:
+    return proc_status_bytes(pid, "VmRSS")
+
+
 def memory(args: argparse.Namespace) -> None:
-    print("server peak RSS (VmHWM) after each request, growing output size (x2 from a square input)")
-    print(f"{'output MP':>9} {'input':>11} {'peak RSS MB':>12} {'seconds':>8}")
-    # Big photo-like PNGs pass 32 MB: lift the upload limit for this measurement only.
-    with server(args.weights, IMDN_MAX_UPLOAD_BYTES=str(2**30),
-                IMDN_REQUEST_TIMEOUT_S="3600") as (url, pid), httpx.Client(timeout=3600) as client:
-        print(f"{'(idle)':>9} {'':>11} {peak_rss(pid) / 2**20:12.0f}")
-        for megapixels in args.megapixels:
-            side = int((megapixels * 1e6 / 4) ** 0.5)
-            start = time.perf_counter()
-            post(client, url, test_image(side), 2)
-            print(f"{megapixels:9g} {f'{side}x{side}':>11} {peak_rss(pid) / 2**20:12.0f} "
-                  f"{time.perf_counter() - start:8.1f}")
+    for content in args.content:  # one server each: the peak (VmHWM) only ever grows
+        path = "IMDN_AS" if content == "photo" else "IMDN x2"
+        print(f"server peak RSS (VmHWM) after each request, growing output size: x2 from a square input, "
+              f"IMDN_CONTENT={content} ({path})")
+        print(f"{'output MP':>9} {'input':>11} {'peak RSS MB':>12} {'seconds':>8}")
+        # Big photo-like PNGs pass 32 MB: lift the upload limit for this measurement only.
+        with server(args.weights, IMDN_MAX_UPLOAD_BYTES=str(2**30), IMDN_REQUEST_TIMEOUT_S="3600",
+                    IMDN_CONTENT=content) as (url, pid), httpx.Client(timeout=3600) as client:
+            print(f"{'(idle)':>9} {'':>11} {peak_rss(pid) / 2**20:12.0f}")
+            for megapixels in args.megapixels:
+                side = int((megapixels * 1e6 / 4) ** 0.5)
+                start = time.perf_counter()
+                post(client, url, test_image(side), 2)
+                print(f"{megapixels:9g} {f'{side}x{side}':>11} {peak_rss(pid) / 2**20:12.0f} "
+                      f"{time.perf_counter() - start:8.1f}")
+            time.sleep(3)  # idle replicas hand their cached buffers back after a second
+            print(f"{'idle after':>9} {'':>11} {resident(pid) / 2**20:12.0f} (resident now, not peak)")
 
 
 def batching(args: argparse.Namespace) -> None:
@@ -342,6 +356,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30, help="throughput: seconds per concurrency level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--megapixels", type=float, nargs="+", default=[1, 4, 16, 36, 64])
+    parser.add_argument("--content", nargs="+", choices=["photo", "clean"], default=["photo", "clean"],
+                        help="memory: IMDN_CONTENT of each server (photo: x2 runs IMDN_AS; clean: IMDN x2)")
     parser.add_argument("--batch-clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="workers: IMDN_WORKERS values")
     args = parser.parse_args()

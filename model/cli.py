@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
-from model.engine import ANY_SCALE_METHODS, CONTENT_KINDS, MODEL_CHOICES, Runner, UpscaleError, Upscaler
+from model.engine import ANY_SCALE_METHODS, CONTENT_KINDS, MODEL_CHOICES, UpscaleError, Upscaler
 from model.imageio import IMAGE_SUFFIXES, ImageDecodeError, ImageTooLargeError, decode, encode_png_stream, encode_whole
 from model.weights import WeightsError
 
@@ -46,7 +46,7 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
     return files, skipped
 
 
-def make_runner(models: list[str], weights: str, device: str, backend: str) -> Runner:
+def make_runner(models: list[str], weights: str, device: str, backend: str) -> OnnxRunner | TorchRunner:
     loaded = load_models(models, weights)
     target = pick_device(device)
     if target.type == "cpu" and (backend == "onnx" or (backend == "auto" and onnx_available())):
@@ -96,6 +96,8 @@ def upscale_command(args: argparse.Namespace) -> int:
         except (ImageDecodeError, ImageTooLargeError, UpscaleError, OSError) as exc:
             failures += 1
             print(f"error: {path}: {exc}", file=sys.stderr)
+        finally:
+            runner.release_memory()  # the next image's tiles have other shapes
     print(f"{len(files) - failures} written, {len(skipped)} skipped, {failures} failed", file=sys.stderr)
     return 1 if failures else 0
 

@@ -29,6 +29,9 @@ from model.backends import OnnxRunner, TorchRunner
 log = logging.getLogger("service.pool")
 
 Backend = TorchRunner | OnnxRunner
+# A replica idle this long hands its backend's cached buffers back (ONNX Runtime's arena): a busy one keeps
+# them, so the tiles of a request reuse memory instead of having the kernel fault in fresh pages each run.
+IDLE_RELEASE_S = 1.0
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Replica:
     dead: bool = False
     batches: int = 0
     failures: int = 0
+    holding_memory: bool = False  # has run since it last released its backend's cached buffers
 
 
 class ModelPool:
@@ -127,11 +131,15 @@ class ModelPool:
         for job in self._queue:
             job.future.set_exception(RuntimeError("the model pool shut down"))
 
-    def _take_group(self) -> list[Job] | None:
-        """Block for the first job, then gather compatible ones until the batch is full or max_wait passes."""
+    def _take_group(self, idle_timeout: float | None = None) -> list[Job] | None:
+        """Block for the first job, then gather compatible ones until the batch is full or max_wait passes.
+
+        Returns None once the pool is closed, and an empty group if no job came within `idle_timeout`.
+        """
         with self._cond:
             while not self._queue and not self._closed:
-                self._cond.wait()
+                if not self._cond.wait(idle_timeout):
+                    return []
             if self._closed:
                 return None
             first = self._queue.popleft()
@@ -155,9 +163,17 @@ class ModelPool:
 
     def _worker(self, replica: Replica) -> None:
         while True:
-            group = self._take_group()
+            group = self._take_group(IDLE_RELEASE_S if replica.holding_memory else None)
             if group is None:
                 return
+            if not group:  # idle: between the tiles of a request there is never a whole second
+                replica.holding_memory = False
+                try:
+                    replica.backend.release_memory()
+                except Exception as exc:
+                    log.warning("replica %s: could not release memory: %s", replica.name, exc)
+                continue
+            replica.holding_memory = True
             group = [job for job in group if job.future.set_running_or_notify_cancel()]
             if not group:
                 continue

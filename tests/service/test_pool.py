@@ -87,3 +87,37 @@ def test_in_use_counts_down_on_error(pool: ModelPool) -> None:
         started = time.monotonic()
         pool("x2", torch.ones(1, 3, 8, 8))
         assert time.monotonic() - started < 2.5
+
+
+class ReleasingBackend(RecordingBackend):
+    """Also counts release_memory calls, with the time of each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released: list[float] = []
+
+    def release_memory(self) -> None:
+        self.released.append(time.monotonic())
+
+
+def test_an_idle_replica_releases_memory_once(monkeypatch):
+    monkeypatch.setattr("service.pool.IDLE_RELEASE_S", 0.2)
+    backend = ReleasingBackend()
+    pool = ModelPool([("fake#0", backend)], max_batch=1)  # type: ignore[list-item]
+    try:
+        time.sleep(0.5)
+        assert backend.released == []  # nothing run yet, nothing held
+        # A steady stream (gaps well under the idle time) keeps the buffers.
+        for _ in range(6):
+            pool("x2", torch.ones(1, 3, 4, 4))
+            time.sleep(0.05)
+        assert backend.released == []
+        finished = time.monotonic()
+        time.sleep(1.0)
+        assert len(backend.released) == 1  # released once after going idle, not again while idle
+        assert backend.released[0] - finished >= 0.1
+        pool("x2", torch.ones(1, 3, 4, 4))
+        time.sleep(0.6)
+        assert len(backend.released) == 2  # and again after the next burst
+    finally:
+        pool.close()
