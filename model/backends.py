@@ -11,6 +11,7 @@ import logging
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # onnxruntime's ArenaExtendStrategy values
 SAME_AS_REQUESTED = 1
+# How ONNX Runtime's arena says it has reached its limit (bfc_arena.cc).
+ARENA_FULL = "BFCArena::AllocateRawInternal"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -156,7 +159,9 @@ class OnnxRunner:
     with and without whole-image statistics). The statistics passes of tiled images get their own
     graphs on first use (measured: 1.4-2x less CPU time than eager PyTorch for 4 windows of 168 px)."""
 
-    def __init__(self, models: dict[str, IMDN | IMDN_AS], threads: int | None = None) -> None:
+    def __init__(self, models: dict[str, IMDN | IMDN_AS], threads: int | None = None,
+                 arena_limit_bytes: int = 0) -> None:
+        """arena_limit_bytes: a cap on the process's shared arena (0: none), set by the first runner made."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -164,10 +169,15 @@ class OnnxRunner:
         # Every session allocates from one shared arena, so a run reuses the buffers of the runs before
         # it. Without it, each activation of a large tile was a fresh mmap whose pages the kernel had to
         # fault in and zero on every run: measured 2-3x slower per pixel for IMDN windows past ~360 px
-        # and IMDN_AS past ~1400 px, and a higher peak RSS. release_memory() hands it back when idle.
+        # and IMDN_AS past ~1400 px, and a higher peak RSS. release_memory() hands it back when idle;
+        # a full arena (buffers of many tile shapes under steady load) is handed back and the run retried.
         options.enable_cpu_mem_arena = True
         options.add_session_config_entry("session.use_env_allocators", "1")
-        _register_shared_arena()
+        # Memory patterns pre-plan one block per input shape; with them a run that finds the arena full
+        # still failed after it was handed back (measured), and they gave no measurable speed here.
+        options.enable_mem_pattern = False
+        options.log_severity_level = 4  # failures surface as exceptions; a full arena is not worth a log line
+        _register_shared_arena(arena_limit_bytes)
         # Idle pool threads sleep instead of spinning: the spin would take the cores from the PNG encoder
         # and the other requests' threads working beside a run (and from neighbours on a shared host).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -189,7 +199,7 @@ class OnnxRunner:
         if cca_contrast is not None:
             feeds["cca_contrast"] = cca_contrast.float().contiguous().numpy()
         with self.lock:
-            (out,) = self.sessions[(name, cca_contrast is not None)].run(None, feeds)
+            out = self._run(self.sessions[(name, cca_contrast is not None)], feeds)
         return torch.from_numpy(out)
 
     def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
@@ -206,25 +216,45 @@ class OnnxRunner:
             if key not in self.moment_sessions:
                 self.moment_sessions[key] = ort.InferenceSession(
                     export_moments_onnx(self.models[name], key[1]), self.options, providers=["CPUExecutionProvider"])
-            (out,) = self.moment_sessions[key].run(None, feeds)  # type: ignore[attr-defined]
+            out = self._run(self.moment_sessions[key], feeds)
         return torch.from_numpy(out)
+
+    def _run(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One run (the lock held); if the arena is full, hand its free buffers back and try once more."""
+        try:
+            return session.run(None, feeds)[0]
+        except Exception as exc:
+            if ARENA_FULL not in str(exc):
+                raise
+        self._shrink()
+        try:
+            return session.run(None, feeds)[0]
+        except Exception as exc:
+            if ARENA_FULL not in str(exc):
+                raise
+            # The engine's out-of-memory handling redoes the work in smaller tiles.
+            raise MemoryError(f"ONNX Runtime's arena limit is too small for this run: {exc}") from None
 
     def release_memory(self) -> None:
         """Return the shared arena's free buffers to the system (a tiny run that shrinks it on the way out)."""
+
+        with self.lock:
+            self._shrink()
+
+    def _shrink(self) -> None:
         import onnxruntime as ort
 
-        name = next(iter(self.models))
         shrink = ort.RunOptions()
         shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        with self.lock:
-            self.sessions[(name, False)].run(None, {"lr": np.zeros((1, 3, 8, 8), np.float32)}, shrink)
+        name = next(iter(self.models))
+        self.sessions[(name, False)].run(None, {"lr": np.zeros((1, 3, 8, 8), np.float32)}, shrink)
 
 
 _arena_lock = threading.Lock()
 _arena_registered = False
 
 
-def _register_shared_arena() -> None:
+def _register_shared_arena(limit_bytes: int) -> None:
     """One CPU arena for every ONNX Runtime session of the process, growing by what is asked (not doubling)."""
     global _arena_registered
     import onnxruntime as ort
@@ -233,8 +263,8 @@ def _register_shared_arena() -> None:
         if _arena_registered:
             return
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        # max_mem 0 (no cap), extend by the request, default initial chunk and dead-bytes limit.
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, SAME_AS_REQUESTED, -1, -1))
+        # max_mem (0: no cap), extend by the request, default initial chunk and dead-bytes limit.
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit_bytes, SAME_AS_REQUESTED, -1, -1))
         _arena_registered = True
 
 

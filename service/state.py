@@ -97,6 +97,11 @@ def parse_devices(spec: str) -> list[torch.device]:
     return [pick_device(part.strip()) for part in spec.split(",") if part.strip()]
 
 
+# ONNX Runtime's shared arena may hold this many times the activation budget per CPU replica before
+# it hands its free buffers back (model.backends.OnnxRunner).
+ARENA_PER_BUDGET = 1.5
+
+
 def memory_budget(settings: Settings, device: torch.device) -> int:
     if settings.memory_budget_mb:
         return settings.memory_budget_mb * 2**20
@@ -133,7 +138,10 @@ def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> Mod
             use_onnx = device.type == "cpu" and (settings.backend == "onnx" or
                                                   (settings.backend == "auto" and onnx_available()))
             if use_onnx:
-                backend: Backend = OnnxRunner(models, threads=max(1, threads // cpu_replicas))
+                # Room for each replica's largest tile and the fragments of other tile shapes beside it.
+                arena_limit = int(ARENA_PER_BUDGET * memory_budget(settings, device)) * cpu_replicas
+                backend: Backend = OnnxRunner(models, threads=max(1, threads // cpu_replicas),
+                                              arena_limit_bytes=arena_limit)
                 state.backend = "onnxruntime"
             else:
                 dtype = None if settings.precision == "auto" else DTYPES[settings.precision]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +157,29 @@ def test_onnx_runner_release_memory_returns_the_arena(onnx_runner):
     onnx_runner.release_memory()
     assert _resident_bytes() < held - 200 * 2**20
     torch.testing.assert_close(onnx_runner("x2", big), expected)  # and it still runs, the same
+
+
+ARENA_CAP_PROBE = """
+import torch
+from model.backends import OnnxRunner
+from model.imdn import build_model
+torch.manual_seed(0)
+runner = OnnxRunner({"x2": build_model("x2").eval()}, threads=1, arena_limit_bytes=300 * 2**20)
+for side in (200, 300, 250, 300):  # each fits the cap alone, not beside the buffers of the one before
+    runner("x2", torch.rand(1, 3, side, side))
+try:
+    runner("x2", torch.rand(1, 3, 420, 420))  # ~0.4 GB: more than the cap even when empty
+except MemoryError as exc:
+    print("MemoryError", exc)
+"""
+
+
+def test_onnx_runner_arena_limit_hands_back_then_reports_out_of_memory():
+    """A full arena is emptied and the run retried; a run bigger than the cap is a MemoryError, which the
+    engine answers with smaller tiles (the arena is per process: a fresh one)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", ARENA_CAP_PROBE], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("MemoryError ONNX Runtime's arena limit is too small"), done.stdout
