@@ -23,6 +23,7 @@ the measurements on both kinds of input); above 4 the policy is the same.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
@@ -37,6 +38,8 @@ from model.imageio import Picture, array_to_pil, picture_from_array, picture_fro
 from model.imdn import contrast_from_moments
 from model.resize import contributions, imresize
 from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_grid, plan_samples, plan_tiles
+
+log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
@@ -434,11 +437,35 @@ class Upscaler:
             return contrast
         total = torch.zeros(0)
         for row in rows:  # batches within a row: rows may differ in window size
-            for first in range(0, len(row), self.max_batch):
-                windows, mask = self._windows_and_mask(row[first : first + self.max_batch], work.read, stride)
-                moments = self.runner.cca_moments(work.model, windows, mask, contrast)
+            per_call = self._tiles_per_call(work, row[0])
+            for first in range(0, len(row), per_call):
+                try:
+                    moments = self._refine_moments(work, row[first : first + per_call], contrast)
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    # Shared statistics keep the tiles seamless either way; the estimate is only less exact.
+                    log.warning("no memory to refine the statistics of a %dx%d %s pass; using the estimate",
+                                *work.size, work.model)
+                    return contrast
                 total = moments if total.numel() == 0 else total + moments
         return contrast_from_moments(total)
+
+    def _refine_moments(self, work: NetworkPass, tiles: list[Tile], contrast: torch.Tensor) -> torch.Tensor:
+        """The CCA moments of the tiles' cores under `contrast`; on out-of-memory, one tile at a time."""
+        stride = FEATURE_STRIDE[work.model]
+        try:
+            return self.runner.cca_moments(work.model, *self._windows_and_mask(tiles, work.read, stride), contrast)
+        except Exception as exc:
+            if len(tiles) == 1 or not is_out_of_memory(exc):
+                raise
+        return torch.stack([self.runner.cca_moments(work.model, *self._windows_and_mask([t], work.read, stride),
+                                                    contrast) for t in tiles]).sum(dim=0)
+
+    def _tiles_per_call(self, work: NetworkPass, tile: Tile) -> int:
+        """As many tiles of this window size per network call as the memory budget holds (at least one)."""
+        window_bytes = tile.rows.size * tile.cols.size * BYTES_PER_INPUT_PIXEL[work.model]
+        return max(1, min(self.max_batch, self.budget_bytes // window_bytes))
 
     @staticmethod
     def _windows_and_mask(tiles: list[Tile], read: Callable[[Span, Span], torch.Tensor],
@@ -461,9 +488,7 @@ class Upscaler:
         top = min(t.core_rows.start for t in row)
         bottom = max(t.core_rows.stop for t in row)
         band = torch.empty(3, (bottom - top) * scale, work.size[1] * scale)
-        # As many tiles per call as the memory budget holds (the budget sized one tile already).
-        window_bytes = row[0].rows.size * row[0].cols.size * BYTES_PER_INPUT_PIXEL[work.model]
-        per_call = max(1, min(self.max_batch, self.budget_bytes // window_bytes))
+        per_call = self._tiles_per_call(work, row[0])
         for first in range(0, len(row), per_call):
             group = row[first : first + per_call]
             outputs = self._run_group(work, group, contrast)

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.engine import UpscaleError
+from model.engine import UpscaleError, is_out_of_memory
 from model.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
 log = logging.getLogger("service")
@@ -59,6 +59,10 @@ class QueueFullError(ServiceError):
 
 class NotReadyError(ServiceError):
     status, kind, title = 503, "not-ready", "Service not ready"
+
+
+class OutOfMemoryError(ServiceError):
+    status, kind, title = 503, "out-of-memory", "Not enough memory for this image right now"
 
 
 class RequestTimeoutError(ServiceError):
@@ -121,6 +125,10 @@ def as_service_error(exc: Exception) -> ServiceError:
         return UnprocessableImageError(str(exc))
     if isinstance(exc, UpscaleError):
         return BadRequestError(str(exc))
+    if is_out_of_memory(exc):  # the engine already retried with smaller tiles; other requests may be holding it
+        log.warning("out of memory: %s", exc)
+        return OutOfMemoryError("the server ran out of memory for this image; retry later, or send a smaller "
+                                "image or scale", headers={"Retry-After": "10"})
     return ServiceError("an unexpected error occurred; it has been logged")
 
 
