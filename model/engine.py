@@ -80,6 +80,8 @@ BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
 
 
 MIN_CORE = 32
+# Float samples converted to the output's integers at a time (16 MB), however wide the image.
+CONVERT_SAMPLES = 4 * 2**20
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -520,14 +522,24 @@ class Upscaler:
             raise UpscaleError(f"plan is for {plan.in_size}, picture is {picture.size}")
         out_h, out_w = plan.out_size
         for top, color in self.color_bands(picture.color, plan):
-            alpha = None
-            if picture.alpha is not None:
-                window = (top, top + color.shape[1], 0, out_w)
-                alpha = resize_unit(picture.alpha, (out_h, out_w), window)
-            band = to_array(color, alpha, picture.gray, picture.bits)
+            # Converted a slice of rows at a time: converting a whole band at once made a float copy of
+            # it (an IMDN_AS band of a 64 MP output is 1,516 x 8,000 px: 145 MB, and the copy as much).
+            rows = max(1, CONVERT_SAMPLES // (3 * out_w))
+            band: np.ndarray | None = None
+            for start in range(0, color.shape[1], rows):
+                part = color[:, start : start + rows]
+                alpha = None
+                if picture.alpha is not None:
+                    window = (top + start, top + start + part.shape[1], 0, out_w)
+                    alpha = resize_unit(picture.alpha, (out_h, out_w), window)
+                converted = to_array(part, alpha, picture.gray, picture.bits)
+                if band is None:
+                    band = np.empty((color.shape[1], *converted.shape[1:]), converted.dtype)
+                band[start : start + part.shape[1]] = converted
             # Drop the float band before yielding: held here, it would live on while the next band
-            # computes (two float bands of a wide image at once: ~75 MB each at 8000 px).
-            del color, alpha
+            # computes (two float bands of a wide image at once).
+            del color, part, alpha
+            assert band is not None
             yield band
 
     def upscale_picture(self, picture: Picture, plan: Plan) -> np.ndarray:

@@ -98,8 +98,10 @@ def parse_devices(spec: str) -> list[torch.device]:
 
 
 # ONNX Runtime's shared arena may hold this many times the activation budget per CPU replica before
-# it hands its free buffers back (model.backends.OnnxRunner).
-ARENA_PER_BUDGET = 1.5
+# it hands its free buffers back (model.backends.OnnxRunner). One budget holds the largest tile
+# (measured: IMDN's 191k px windows and IMDN_AS's 2.2 MP ones each run in under 500 MB); 1.5 let
+# fragments of other tile shapes pile up to 200 MB more at 64 MP (bench/service.py memory).
+ARENA_PER_BUDGET = 1.0
 
 
 def memory_budget(settings: Settings, device: torch.device) -> int:
