@@ -237,7 +237,6 @@ class OnnxRunner:
 
     def release_memory(self) -> None:
         """Return the shared arena's free buffers to the system (a tiny run that shrinks it on the way out)."""
-
         with self.lock:
             self._shrink()
 
