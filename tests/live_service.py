@@ -15,13 +15,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 120.0  # model load + warm-up on a busy 2-core machine
+# Parsed /metrics: (sample name, labels) -> value (the parse_metrics fixture's result).
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(base: str, parse: Callable[[str], Samples]) -> Samples:
+    """One /metrics scrape of the service at `base`, parsed."""
+    return parse(httpx.get(base + "/metrics", timeout=10).text)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` every 50 ms; fail the test naming `what` if it is not true within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def free_port() -> int:

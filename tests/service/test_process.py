@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from model.weights import DEFAULT_WEIGHTS_DIR
+from tests.live_service import Samples, scrape, wait_for
 
 URL = "/v1/superresolve"
 PNG = {"Content-Type": "image/png"}
@@ -37,25 +38,13 @@ class ServiceProcess(Protocol):
     def output(self) -> str: ...
 
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 StartService = Callable[..., AbstractContextManager]
 # Many bands, cheaply: small tiles and one statistics window (see the module docstring).
 BANDED = {"IMDN_BACKEND": "torch", "IMDN_MEMORY_BUDGET_MB": "48", "IMDN_MODELS": "x2", "IMDN_LOG_FORMAT": "json"}
 
 
-def scrape(base: str, parse: Callable[[str], Samples]) -> Samples:
-    return parse(httpx.get(base + "/metrics", timeout=10).text)
-
-
 def total(samples: Samples, name: str) -> float:
     return sum(value for (sample, _), value in samples.items() if sample == name)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @dataclass

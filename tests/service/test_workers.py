@@ -22,11 +22,10 @@ from fastapi import FastAPI
 
 from service.config import Settings
 from service.workers import worker_settings
-from tests.live_service import ServiceProcess
+from tests.live_service import Samples, ServiceProcess, scrape, wait_for
 
 URL = "/v1/superresolve"
 PNG = {"Content-Type": "image/png"}
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 StartService = Callable[..., AbstractContextManager[ServiceProcess]]
 TWO_WORKERS = {"IMDN_WORKERS": "2", "IMDN_BACKEND": "torch", "IMDN_MEMORY_BUDGET_MB": "48", "IMDN_MODELS": "x2",
                "IMDN_LOG_FORMAT": "json"}
@@ -96,7 +95,7 @@ def test_workers_metrics_sum_over_all_workers(served: Served, parse_metrics: Cal
     assert len(per_worker) == served.requests
     assert all(0 < per_worker.count(w) < served.requests for w in (0, 1)), per_worker
     for _ in range(12):  # fresh connections: scrapes land on either worker
-        samples = parse_metrics(httpx.get(served.service.url + "/metrics", timeout=10).text)
+        samples = scrape(served.service.url, parse_metrics)
         assert served_200(samples) == served.requests
         assert samples[("imdn_requests_in_flight", ())] == 0
         assert samples[("imdn_ready", ())] == 1
@@ -151,10 +150,7 @@ def drained(launch_service: StartService, make_image: Callable[..., bytes],
         image = make_image(64, 1920)
         slow = [pool.submit(httpx.post, f"{url}{URL}?scale=2", content=image, headers=PNG, timeout=60)
                 for _ in range(2)]
-        deadline = time.monotonic() + 30
-        while parse_metrics(httpx.get(url + "/metrics", timeout=10).text)[("imdn_requests_in_flight", ())] < 2:
-            assert time.monotonic() < deadline, "requests never in flight"
-            time.sleep(0.05)
+        wait_for(lambda: scrape(url, parse_metrics)[("imdn_requests_in_flight", ())] >= 2, 30, "requests in flight")
         service.proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         try:
