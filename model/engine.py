@@ -91,6 +91,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+def batched_or_singly(count: int, run: Callable[[slice], torch.Tensor]) -> list[torch.Tensor]:
+    """run(slice(0, count)) as one call; if that runs out of memory, run each item's slice on its own."""
+    try:
+        return [run(slice(0, count))]
+    except Exception as exc:
+        if count == 1 or not is_out_of_memory(exc):
+            raise
+    return [run(slice(i, i + 1)) for i in range(count)]
+
+
 @dataclass(frozen=True)
 class NetworkPass:
     """One network over one image: `read(rows, cols)` gives any window of its input of `size` (h, w)."""
@@ -456,13 +466,12 @@ class Upscaler:
     def _refine_moments(self, work: NetworkPass, tiles: list[Tile], contrast: torch.Tensor) -> torch.Tensor:
         """The CCA moments of the tiles' cores under `contrast`; on out-of-memory, one tile at a time."""
         stride = FEATURE_STRIDE[work.model]
-        try:
-            return self.runner.cca_moments(work.model, *self._windows_and_mask(tiles, work.read, stride), contrast)
-        except Exception as exc:
-            if len(tiles) == 1 or not is_out_of_memory(exc):
-                raise
-        return torch.stack([self.runner.cca_moments(work.model, *self._windows_and_mask([t], work.read, stride),
-                                                    contrast) for t in tiles]).sum(dim=0)
+
+        def run(part: slice) -> torch.Tensor:
+            return self.runner.cca_moments(work.model, *self._windows_and_mask(tiles[part], work.read, stride),
+                                           contrast)
+
+        return torch.stack(batched_or_singly(len(tiles), run)).sum(dim=0)
 
     def _tiles_per_call(self, work: NetworkPass, tile: Tile) -> int:
         """As many tiles of this window size per network call as the memory budget holds (at least one)."""
@@ -505,14 +514,12 @@ class Upscaler:
     def _run_group(self, work: NetworkPass, group: list[Tile], contrast: torch.Tensor | None) -> list[torch.Tensor]:
         """One batched call; if the batch runs out of memory, one tile at a time before giving up."""
         batch = torch.stack([work.read(t.rows, t.cols) for t in group])
-        try:
-            return list(self.runner(work.model, batch, None if contrast is None else
-                                    contrast.expand(len(group), -1, -1)))
-        except Exception as exc:
-            if len(group) == 1 or not is_out_of_memory(exc):
-                raise
-        return [self.runner(work.model, batch[i : i + 1], None if contrast is None else contrast[None])[0]
-                for i in range(len(group))]
+
+        def run(part: slice) -> torch.Tensor:
+            stats = None if contrast is None else contrast.expand(part.stop - part.start, -1, -1)
+            return self.runner(work.model, batch[part], stats)
+
+        return [tile for outputs in batched_or_singly(len(group), run) for tile in outputs]
 
     # --- whole pictures ------------------------------------------------------------
 
