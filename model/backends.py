@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.imdn import IMDN, IMDN_AS
+from model.imdn import IMDN, IMDN_AS, PART_STORAGE, NetworkPart
 from model.weights import load_model, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,11 @@ class TorchRunner:
         stats = None if cca_contrast is None else cca_contrast.to(self.device)
         return self.models[name].cca_moments(x, mask.to(self.device), stats).cpu()
 
+    @torch.inference_mode()
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        part = NetworkPart(self.models[name], kind, block)  # type: ignore[arg-type]
+        return tuple(t.cpu() for t in part(*(t.to(self.device) for t in inputs)))
+
     def release_memory(self) -> None:
         """Nothing to hand back: PyTorch frees CPU tensors as they die (and caches CUDA blocks on purpose)."""
 
@@ -89,6 +94,10 @@ class EagerRunner:
     def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
                     cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
         return self.models[name].cca_moments(windows, mask, cca_contrast)
+
+    @torch.inference_mode()
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return NetworkPart(self.models[name], kind, block)(*inputs)  # type: ignore[arg-type]
 
 
 class _WithStatistics(nn.Module):
@@ -139,7 +148,22 @@ def export_moments_onnx(model: nn.Module, with_statistics: bool = False) -> byte
     return _export(_Moments(model.float().eval()), example, names, "moments", axes)
 
 
-def _export(model: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], output: str,
+def export_part_onnx(model: IMDN_AS, kind: str, block: int = 0) -> bytes:
+    """One NetworkPart as ONNX bytes: inputs i0, i1, ..., outputs o0, o1, ...; dynamic batch, height, width."""
+    maps, image, rows = torch.zeros(1, 64, 4, 4, dtype=PART_STORAGE), torch.rand(1, 3, 16, 16), torch.tensor([1, 3])
+    finish = (maps, maps, torch.rand(1, 64), maps)  # the block before: distilled, input, statistics, collected
+    example: tuple[torch.Tensor, ...] = {"head": (image,), "tail": (*finish, image)}.get(
+        kind, (maps, rows) if block == 0 else (*finish, rows))
+    part = NetworkPart(model.float().eval(), kind, block)
+    results = part(*example)
+    names, outputs = [f"i{i}" for i in range(len(example))], [f"o{i}" for i in range(len(results))]
+    dynamic = {4: {0: "n", 2: "h", 3: "w"}, 2: {0: "n"}}  # feature maps and images; statistics (N,64)
+    axes = {name: dynamic[t.dim()] for name, t in zip(names, example, strict=True) if t.dim() in dynamic}
+    axes.update({name: {0: "n", 2: "oh", 3: "ow"} for name, t in zip(outputs, results, strict=True) if t.dim() == 4})
+    return _export(part, example, names, outputs, axes)
+
+
+def _export(model: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], output: str | list[str],
             axes: dict[str, dict[int, str]], path: Path | None = None) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -147,7 +171,8 @@ def _export(model: nn.Module, example: tuple[torch.Tensor, ...], names: list[str
         # notices would otherwise print on every start-up.
         warnings.simplefilter("ignore")
         torch.onnx.export(model, example, buffer, input_names=names,  # type: ignore[arg-type]
-                          output_names=[output], opset_version=17, dynamic_axes=axes, dynamo=False)
+                          output_names=[output] if isinstance(output, str) else output, opset_version=17,
+                          dynamic_axes=axes, dynamo=False)
     data = buffer.getvalue()
     if path is not None:
         Path(path).write_bytes(data)
@@ -191,6 +216,7 @@ class OnnxRunner:
         }
         self.models = models
         self.moment_sessions: dict[tuple[str, bool], object] = {}
+        self.part_sessions: dict[tuple[str, str, int], object] = {}
         # A session is thread-safe, but two concurrent runs just fight over the same cores.
         self.lock = threading.Lock()
 
@@ -219,16 +245,32 @@ class OnnxRunner:
             out = self._run(self.moment_sessions[key], feeds)
         return torch.from_numpy(out)
 
-    def _run(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One run (the lock held); if the arena is full, hand its free buffers back and try once more."""
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        import onnxruntime as ort
+
+        key = (name, kind, block)
+        feeds = {f"i{i}": t.contiguous().numpy() for i, t in enumerate(inputs)}
+        with self.lock:
+            if key not in self.part_sessions:
+                self.part_sessions[key] = ort.InferenceSession(
+                    export_part_onnx(self.models[name], kind, block), self.options,  # type: ignore[arg-type]
+                    providers=["CPUExecutionProvider"])
+            outputs = self._run(self.part_sessions[key], feeds, every_output=True)
+        return tuple(torch.from_numpy(out) for out in outputs)
+
+    def _run(self, session: Any, feeds: dict[str, np.ndarray], every_output: bool = False) -> Any:
+        """One run (the lock held): its first output, or all of them; if the arena is full, hand its free
+        buffers back and try once more."""
         try:
-            return session.run(None, feeds)[0]
+            outputs = session.run(None, feeds)
+            return outputs if every_output else outputs[0]
         except Exception as exc:
             if ARENA_FULL not in str(exc):
                 raise
         self._shrink()
         try:
-            return session.run(None, feeds)[0]
+            outputs = session.run(None, feeds)
+            return outputs if every_output else outputs[0]
         except Exception as exc:
             if ARENA_FULL not in str(exc):
                 raise

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array, unit_float
-from model.imdn import contrast_from_moments
+from model.imdn import NUM_BLOCKS, NUM_FEATURES, PART_CONTEXT, PART_STORAGE, contrast_from_moments
 from model.resize import contributions, imresize
 from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_grid, plan_samples, plan_tiles
 
@@ -52,6 +52,10 @@ class Runner(Protocol):
     def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
                     cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
         """Windows of one image and their valid-feature mask -> (6,3,64) CCA moments (see IMDN.cca_moments)."""
+        ...
+
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One part of IMDN_AS over a band (model.imdn.NetworkPart): CPU tensors in, CPU tensors out."""
         ...
 
 
@@ -77,6 +81,13 @@ ALWAYS_REFINED = frozenset({"as"})
 # 2.1-2.4 KB for IMDN with torch/onnxruntime on the CPU, 170-210 B for IMDN_AS, which works at
 # 1/16 of the pixels), with ~15% headroom.
 BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
+
+# IMDN_AS in parts (Upscaler._any_scale_in_parts) holds three feature maps of 64 channels at 1/16 of
+# the output's pixels in PART_STORAGE (2 bytes): 24 bytes per output pixel for the whole image, plus
+# each part's activations over one band of feature rows, ~3 KB per feature pixel (bench/engine_memory.py).
+PART_MAPS = 3
+PART_BYTES_PER_FEATURE_PIXEL = 7168
+MIN_PART_ROWS = 16
 
 
 MIN_CORE = 32
@@ -368,6 +379,9 @@ class Upscaler:
         work = NetworkPass("as", 1, size, read, AS_CONTEXT, align=4)
         core = self.tile_core_override
         fits = max(h, w) <= core + 2 * AS_CONTEXT if core else h * w * BYTES_PER_INPUT_PIXEL["as"] <= self.budget_bytes
+        if not fits and core is None and self._part_rows(size) >= MIN_PART_ROWS:
+            yield from self._any_scale_in_parts(work)
+            return
         if not fits or (h % 4 == 0 and w % 4 == 0):
             yield from self._run_pass(work, core)
             return
@@ -379,6 +393,88 @@ class Upscaler:
             yield from self._run_pass(work, max(MIN_CORE, max(h, w) // 2 // 4 * 4))
             return
         yield 0, band
+
+    def _part_rows(self, size: tuple[int, int]) -> int:
+        """Feature rows per band for IMDN_AS in parts: what the budget leaves after the held feature maps."""
+        rows, cols = -(-size[0] // 4), -(-size[1] // 4)
+        held = PART_MAPS * NUM_FEATURES * PART_STORAGE.itemsize * rows * cols
+        return min(rows, (self.budget_bytes - held) // (cols * PART_BYTES_PER_FEATURE_PIXEL))
+
+    def _any_scale_in_parts(self, work: NetworkPass) -> Iterator[tuple[int, torch.Tensor]]:
+        """IMDN_AS over the whole image, block by block, each gated by its exact whole-image statistics.
+
+        For images past the budget for one pass but with room for three feature maps (1/16 of the
+        pixels, 64 channels): the network runs in parts (model.imdn.NetworkPart), each over bands of
+        feature rows with the context it needs, and the maps are held between them. That is one
+        pass of work, against a tiled pass plus a refining pass for the statistics, with no tile
+        overlap. Sides that are not multiples of 4 are padded (edge pixels repeated) and the result
+        cropped. If the maps do not fit after all, the image is tiled instead.
+        """
+        height, width = work.size
+        rows, cols = -(-height // 4), -(-width // 4)
+        band = self._part_rows(work.size)
+
+        def image_rows(top: int, bottom: int) -> torch.Tensor:
+            """Input rows 4*top to 4*bottom (feature rows top..bottom), padded to whole feature rows."""
+            x = work.read(Span(4 * top, min(height, 4 * bottom)), Span(0, width))
+            pad = (0, 4 * cols - width, 0, 4 * (bottom - top) - x.shape[1])
+            return F.pad(x[None], pad, mode="replicate") if any(pad) else x[None]
+
+        def over_bands(kind: str, block: int, *maps: torch.Tensor) -> Iterator[tuple[slice, tuple[torch.Tensor, ...]]]:
+            """Run one part band by band: (the band's feature rows, its outputs cropped to them)."""
+            context = PART_CONTEXT[kind]
+            for top in range(0, rows, band):
+                bottom = min(rows, top + band)
+                first, last = max(0, top - context), min(rows, bottom + context)
+                # Copies: the caller may overwrite this band's rows in `maps` while the next band
+                # still needs their old values as its context.
+                inputs = [m[:, :, first:last].contiguous() if m.dim() == 4 else m for m in maps]
+                if kind != "block":
+                    inputs.append(image_rows(first, last))
+                else:
+                    inputs.append(torch.tensor([top - first, bottom - first]))
+                outputs = self.runner.run_part(work.model, kind, block, *inputs)
+                scale = 4 if kind == "tail" else 1
+                own = slice((top - first) * scale, (bottom - first) * scale)
+                yield slice(top, bottom), tuple(o[:, :, own] if o.dim() == 4 else o for o in outputs)
+
+        def count_and_sums(sums: torch.Tensor) -> torch.Tensor:
+            return torch.cat([torch.full((1, NUM_FEATURES), float(rows * cols), dtype=torch.float64), sums])
+
+        try:
+            state = torch.empty(1, NUM_FEATURES, rows, cols, dtype=PART_STORAGE)  # the next block's input
+            distilled, collected = torch.empty_like(state), torch.zeros_like(state)
+            for own, (features,) in over_bands("head", 0):
+                state[:, :, own] = features
+            contrast = torch.zeros(0)
+            for block in range(NUM_BLOCKS):
+                finish = (distilled, state, contrast, collected) if block else (state,)
+                sums = torch.zeros(2, NUM_FEATURES, dtype=torch.float64)  # float64: millions of pixels
+                pending: list[tuple[slice, tuple[torch.Tensor, ...]]] = []
+                for own, outputs in over_bands("block", block, *finish):
+                    for done, done_outputs in pending:  # written once the next band has read its context
+                        self._write_block(block, done, done_outputs, state, distilled, collected)
+                    pending = [(own, outputs)]
+                    sums += outputs[-1]
+                for done, done_outputs in pending:
+                    self._write_block(block, done, done_outputs, state, distilled, collected)
+                contrast = contrast_from_moments(count_and_sums(sums)).float()[None]
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            log.warning("no memory for the feature maps of a %dx%d IMDN_AS pass; tiling it", height, width)
+            yield from self._run_pass(work)
+            return
+        for own, (out,) in over_bands("tail", 0, distilled, state, contrast, collected):
+            yield 4 * own.start, out[0, :, : height - 4 * own.start, :width].clamp(0, 1)
+
+    @staticmethod
+    def _write_block(block: int, rows: slice, outputs: tuple[torch.Tensor, ...], state: torch.Tensor,
+                     distilled: torch.Tensor, collected: torch.Tensor) -> None:
+        """Store a block part's outputs for its band: (distilled, sums), or (input, collected, distilled, sums)."""
+        if block:
+            state[:, :, rows], collected[:, :, rows] = outputs[0], outputs[1]
+        distilled[:, :, rows] = outputs[-2]
 
     def _run_pass(self, work: NetworkPass, core: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Tile the pass (one tile when it fits) and yield one band per tile row.

@@ -199,6 +199,69 @@ class IMDN_AS(_IMDNBody):  # noqa: N801 - the paper's name
         return out + x if self.input_skip else out
 
 
+# Feature maps held between the parts of a whole-image IMDN_AS run (see NetworkPart): half precision
+# keeps every output value within 1/255 of the one-pass result (tests/model/test_imdn.py).
+PART_STORAGE = torch.float16
+# Rows of context each part needs around the feature rows it produces: a block's four 3x3 convs (4),
+# LR_conv and the upsampler (2). The head's two stride-2 convs read 3 input pixels past a feature
+# row's 4: one feature row (4 input rows) covers them, and the tail recomputes the head.
+PART_CONTEXT = {"head": 1, "block": 4, "tail": 2}
+
+
+class NetworkPart(nn.Module):
+    """One part of IMDN_AS over a band of feature rows, so that every block can be gated by the exact
+    statistics of the whole image without the whole network's activations in memory at once.
+
+    - ``head``: x (N,3,4h,4w) -> block 0's input (N,64,h,w);
+    - ``block`` 0: (its input, rows) -> (distilled, sums);
+    - ``block`` k > 0: (block k-1's distilled, input and statistics (N,64), collected, rows) -> block k-1's
+      output (block k's input), collected plus its share of the 1x1 collection conv, and block k's
+      (distilled, sums);
+    - ``tail``: (block 5's distilled, input and statistics, collected, x) -> the output (N,3,4h,4w),
+      recomputing the head for the global residual.
+
+    Distilled features are a block's CCA input; sums (2,64) are their per-channel sum and sum of
+    squares over the band's own rows, rows[0]:rows[1] (int64), which the caller adds up over the
+    whole image to gate the block. Feature maps go in and out as PART_STORAGE; the arithmetic runs
+    in the network's own dtype. Head, blocks and tail in turn equal ``IMDN_AS.forward``.
+    """
+
+    def __init__(self, net: IMDN_AS, kind: str, block: int = 0) -> None:
+        super().__init__()
+        if kind not in PART_CONTEXT or not 0 <= block < net.num_blocks:
+            raise ValueError(f"no part {kind!r} {block}; parts are {', '.join(PART_CONTEXT)}")
+        self.net, self.kind, self.block = net, kind, block
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        net = self.net
+        dtype = net.LR_conv.weight.dtype
+        if self.kind == "head":
+            return (net.fea_conv(inputs[0].to(dtype)).to(PART_STORAGE),)
+        fuse: nn.Conv2d = net.c[0]  # type: ignore[assignment]
+        blocks = net.blocks()
+        if self.kind == "block" and self.block == 0:
+            return self._distill(blocks[0], inputs[0].to(dtype), inputs[1])
+        # Finish the block before: gate its distilled features, fuse, add its input, collect.
+        finished = net.num_blocks - 1 if self.kind == "tail" else self.block - 1
+        distilled, block_input, contrast, collected = (t.to(dtype) for t in inputs[:4])
+        out = blocks[finished].c5(blocks[finished].cca(distilled, contrast[:, :, None, None])) + block_input
+        collected = collected + F.conv2d(out, fuse.weight.split(out.shape[1], dim=1)[finished])
+        if self.kind == "block":
+            distilled, sums = self._distill(blocks[self.block], out, inputs[4])
+            return out.to(PART_STORAGE), collected.to(PART_STORAGE), distilled, sums
+        x = inputs[4].to(dtype)
+        assert fuse.bias is not None
+        fused = net.c[1](collected + fuse.bias.view(1, -1, 1, 1))
+        result = net.upsampler(net.LR_conv(fused) + net.fea_conv(x))
+        return (result + x if net.input_skip else result,)
+
+    @staticmethod
+    def _distill(block: IMDB, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distilled = block.distill(x)
+        own = distilled[:, :, rows[0] : rows[1]].float()
+        return distilled.to(PART_STORAGE), torch.stack([own.sum(dim=(0, 2, 3)), own.pow(2).sum(dim=(0, 2, 3))])
+
+
 def imdn_x2() -> IMDN:
     return IMDN(scale=2)
 

@@ -112,7 +112,8 @@ class Metrics:
                                  ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("imdn_queue_wait_seconds", "Time a request waited for a processing slot",
                                     buckets=FAST_BUCKETS, registry=r)
-        self.inference = Histogram("imdn_inference_seconds", "Network time per batch of tiles", ["model"],
+        self.inference = Histogram("imdn_inference_seconds",
+                                   "Network time per call (a batch of tiles, statistics, a part of a pass)", ["model"],
                                    buckets=FAST_BUCKETS, registry=r)
         self.encode = Histogram("imdn_encode_seconds", "Encoding time per request", ["format"],
                                 buckets=FAST_BUCKETS, registry=r)
@@ -136,9 +137,11 @@ class Metrics:
                                 registry=r)
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
+        """One network call: `size` tiles, or 0 for another call (statistics, a part of a pass)."""
         self.inference.labels(model).observe(seconds)
-        self.tiles.labels(model).inc(size)
-        self.batch_size.observe(size)
+        if size:
+            self.tiles.labels(model).inc(size)
+            self.batch_size.observe(size)
 
     def watch_gpus(self, devices: list[torch.device]) -> None:
         if any(d.type == "cuda" for d in devices):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,18 +37,18 @@ IDLE_RELEASE_S = 1.0
 
 @dataclass
 class Job:
-    """One caller's tiles for one network call."""
+    """One caller's tiles for one network call, or (`call` set) any other backend call, never merged."""
 
     model: str
     batch: torch.Tensor
     contrast: torch.Tensor | None
-    future: Future[torch.Tensor] = field(default_factory=Future)
+    future: Future[Any] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
-    moments_mask: torch.Tensor | None = None  # set for a CCA-moments job (never merged)
+    call: Callable[[Backend], Any] | None = None
 
     @property
     def key(self) -> tuple[object, ...]:
-        return (self.model, tuple(self.batch.shape[1:]), self.contrast is not None, self.moments_mask is not None)
+        return (self.model, tuple(self.batch.shape[1:]), self.contrast is not None, self.call is not None)
 
 
 @dataclass
@@ -88,11 +89,17 @@ class ModelPool:
 
     def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
                     cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
-        return self.submit(Job(name, windows, cca_contrast, moments_mask=mask)).result()
+        job = Job(name, windows, cca_contrast, call=lambda backend: backend.cca_moments(name, windows, mask,
+                                                                                        cca_contrast))
+        return self.submit(job).result()
+
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        job = Job(name, inputs[0], None, call=lambda backend: backend.run_part(name, kind, block, *inputs))
+        return self.submit(job).result()
 
     # --- queue -----------------------------------------------------------------------
 
-    def submit(self, job: Job) -> Future[torch.Tensor]:
+    def submit(self, job: Job) -> Future[Any]:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model pool is shut down")
@@ -144,8 +151,8 @@ class ModelPool:
                 return None
             first = self._queue.popleft()
             group, size = [first], first.batch.shape[0]
-            if first.moments_mask is not None or self._users == 1:
-                return group  # a moments job is never merged; a lone caller has no one to wait for
+            if first.call is not None or self._users == 1:
+                return group  # a call is never merged; a lone caller has no one to wait for
             deadline = time.perf_counter() + self.max_wait_s
             while size < self.max_batch:
                 match = next((j for j in self._queue if j.key == first.key
@@ -203,20 +210,23 @@ class ModelPool:
     def _run(self, replica: Replica, group: list[Job]) -> None:
         first = group[0]
         started = time.perf_counter()
-        if first.moments_mask is not None:
-            first.future.set_result(replica.backend.cca_moments(first.model, first.batch, first.moments_mask,
-                                                                first.contrast))
-            return
-        batch = torch.cat([job.batch for job in group]) if len(group) > 1 else first.batch
-        contrast = None
-        if first.contrast is not None:
-            contrast = torch.cat([job.contrast for job in group if job.contrast is not None])
-        out = replica.backend(first.model, batch, contrast)
+        if first.call is not None:
+            result = first.call(replica.backend)
+        else:
+            batch = torch.cat([job.batch for job in group]) if len(group) > 1 else first.batch
+            contrast = None
+            if first.contrast is not None:
+                contrast = torch.cat([job.contrast for job in group if job.contrast is not None])
+            result = replica.backend(first.model, batch, contrast)
         replica.batches += 1
         if self.on_batch is not None:
-            self.on_batch(first.model, batch.shape[0], time.perf_counter() - started)
+            tiles = 0 if first.call is not None else sum(job.batch.shape[0] for job in group)
+            self.on_batch(first.model, tiles, time.perf_counter() - started)
+        if first.call is not None:
+            first.future.set_result(result)
+            return
         offset = 0
         for job in group:
             n = job.batch.shape[0]
-            job.future.set_result(out[offset : offset + n])
+            job.future.set_result(result[offset : offset + n])
             offset += n

@@ -49,6 +49,10 @@ class RequestRunner:
         self._check()
         return self.pool.cca_moments(name, windows, mask, cca_contrast)
 
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._check()
+        return self.pool.run_part(name, kind, block, *inputs)
+
 
 @dataclass
 class Timings:

@@ -109,6 +109,25 @@ def test_onnx_runner_moments_equal_torch(onnx_runner, torch_runner):
         onnx_runner.cca_moments("x2", windows, torch.zeros_like(mask))
 
 
+@pytest.mark.parametrize(("kind", "block"), [("head", 0), ("block", 0), ("block", 3), ("tail", 0)])
+def test_onnx_runner_network_parts_equal_torch(random_models, kind, block):
+    """IMDN_AS's parts (the whole-image pass in bands) run as ONNX graphs too, with the same results."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install .[onnx])")
+    from model.backends import OnnxRunner
+
+    models = {"as": random_models["as"]}
+    torch.manual_seed(7)
+    maps = [torch.rand(1, 64, 6, 9).half() for _ in range(3)]
+    image, contrast, rows = torch.rand(1, 3, 24, 36), torch.rand(1, 64), torch.tensor([1, 5])
+    inputs = {"head": (image,), "tail": (maps[0], maps[1], contrast, maps[2], image)}.get(
+        kind, (maps[0], rows) if block == 0 else (maps[0], maps[1], contrast, maps[2], rows))
+    expected = TorchRunner(models).run_part("as", kind, block, *inputs)
+    got = OnnxRunner(models, threads=1).run_part("as", kind, block, *inputs)
+    assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in expected]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-3, atol=2e-3)
+
+
 def test_export_onnx_writes_file(random_models, tmp_path):
     onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install .[onnx])")
     path = tmp_path / "x3.onnx"

@@ -9,7 +9,9 @@ from model.imdn import (
     IMDN,
     IMDN_AS,
     MODEL_NAMES,
+    PART_STORAGE,
     ContrastChannelAttention,
+    NetworkPart,
     build_model,
     channel_std,
     contrast_from_moments,
@@ -183,3 +185,44 @@ def test_forward_is_differentiable():
     out = model(torch.rand(1, 3, 6, 6))
     out.mean().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def _run_in_parts(model, x):
+    """IMDN_AS as NetworkParts over the whole feature map (one band): head, six blocks, tail."""
+    out, = NetworkPart(model, "head")(x)
+    rows = torch.tensor([0, out.shape[2]])
+    distilled, sums = NetworkPart(model, "block", 0)(out, rows)
+    collected = torch.zeros_like(out)
+    pixels = out.shape[2] * out.shape[3]
+    for block in range(1, 6):
+        contrast = contrast_from_moments(torch.cat([torch.full((1, 64), float(pixels)), sums.double()]))[None]
+        out, collected, distilled, sums = NetworkPart(model, "block", block)(distilled, out, contrast.float(),
+                                                                             collected, rows)
+    contrast = contrast_from_moments(torch.cat([torch.full((1, 64), float(pixels)), sums.double()]))[None]
+    return NetworkPart(model, "tail")(distilled, out, contrast.float(), collected, x)[0]
+
+
+@torch.no_grad()
+def test_network_parts_in_turn_equal_the_forward_pass(random_models):
+    """Head, blocks gated by their own sums, tail: IMDN_AS's output, with feature maps held in half precision."""
+    x = torch.rand(1, 3, 48, 64)
+    model = random_models["as"]
+    torch.testing.assert_close(_run_in_parts(model, x), model(x), rtol=0, atol=2e-3)
+
+
+@torch.no_grad()
+def test_network_part_sums_cover_only_the_rows_asked_for(random_models):
+    block_input = torch.rand(1, 64, 10, 12).half()
+    distilled, sums = NetworkPart(random_models["as"], "block", 0)(block_input, torch.tensor([3, 7]))
+    own = distilled[:, :, 3:7].float()
+    # The sums come from the float values, before the feature maps are stored in half precision.
+    expected = torch.stack([own.sum(dim=(0, 2, 3)), own.pow(2).sum(dim=(0, 2, 3))])
+    torch.testing.assert_close(sums, expected, rtol=2e-3, atol=1e-2)
+    assert distilled.dtype == PART_STORAGE and distilled.shape == (1, 64, 10, 12)
+
+
+def test_network_part_names_are_checked(random_models):
+    with pytest.raises(ValueError, match="no part 'neck'"):
+        NetworkPart(random_models["as"], "neck")
+    with pytest.raises(ValueError, match="no part 'block' 6"):
+        NetworkPart(random_models["as"], "block", 6)

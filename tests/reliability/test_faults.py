@@ -89,6 +89,15 @@ class FaultyRunner:
             raise MemoryError(f"simulated: statistics of {tuple(windows.shape)}")
         return self.inner.cca_moments(name, windows, mask, cca_contrast)  # type: ignore[attr-defined]
 
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.calls += 1
+        self.entered.set()
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail is not None:
+            self.fail(self.calls)
+        return self.inner.run_part(name, kind, block, *inputs)  # type: ignore[attr-defined,no-any-return]
+
     def release_memory(self) -> None:
         self.inner.release_memory()  # type: ignore[attr-defined]
 

@@ -22,6 +22,10 @@ class RecordingBackend:
         self.batch_sizes.append(batch.shape[0])
         return batch * 2
 
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.batch_sizes.append(-1)
+        return tuple(t + block for t in inputs)
+
 
 @pytest.fixture
 def backend() -> RecordingBackend:
@@ -68,6 +72,28 @@ def test_tiles_of_several_callers_run_as_one_batch(pool: ModelPool, backend: Rec
         assert torch.equal(result, tile * 2), "each caller gets its own slice back"
     assert sum(backend.batch_sizes) == 3
     assert backend.batch_sizes[-1] >= 2, f"nothing merged: {backend.batch_sizes}"
+
+
+def test_network_parts_pass_through_whole_and_are_never_merged(backend: RecordingBackend) -> None:
+    """Parts of a whole-image pass from several callers: each runs alone and returns its own tuple."""
+    metrics: list[tuple[str, int]] = []
+    pool = ModelPool([("fake#0", backend)], max_batch=3, max_wait_s=5.0,  # type: ignore[list-item]
+                     on_batch=lambda model, tiles, seconds: metrics.append((model, tiles)))
+    results: list[tuple[torch.Tensor, ...]] = []
+    try:
+        threads = [threading.Thread(target=lambda i=i: results.append(
+            pool.run_part("as", "block", i, torch.zeros(1, 64, 2, 2), torch.ones(2)))) for i in range(3)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        pool.close()
+    assert time.monotonic() - started < 4, "a part waited for company"
+    assert backend.batch_sizes == [-1, -1, -1]
+    assert sorted(float(r[1][0]) for r in results) == [1.0, 2.0, 3.0]
+    assert metrics == [("as", 0)] * 3  # timed as network calls, counted as no tiles
 
 
 def test_lone_registered_caller_does_not_wait(pool: ModelPool, backend: RecordingBackend) -> None:
