@@ -1,16 +1,18 @@
 """Tiled vs whole-image output on a benchmark set: the seam-free claim, measured.
 
     python bench/tiling.py --data ../shared/data/benchmarks/Set14 --scale 2 --core 128
-    python bench/tiling.py --scale 2.5 --core 128     # IMDN_AS (bicubic pre-scaling, then tiles)
+    python bench/tiling.py --scale 2.5 --core 128     # IMDN_AS (bicubic pre-scaling, then tiles, or parts)
 
 Integer scales read the set's LR_bicubic/X<s> images and run IMDN x<s>; any other scale
 shrinks each HR image (cropped to a multiple of 4) by s with MATLAB bicubic and brings it
 back to the HR size with bicubic + IMDN_AS. Each image is upscaled whole (one tile, with
 ACS where a side is not divisible by 4) and with forced tiles of `--core` pixels,
 with the whole image's CCA statistics estimated from samples ("sampled", the service
-default) and refined by one more pass ("refined", the engine/CLI default). Prints the
-share of output values within 1/255 of the whole-image result, the largest difference,
-and mean PSNR-Y against HR for each.
+default) and refined by one more pass ("refined", the engine/CLI default). IMDN_AS is
+also run in parts ("parts": head, blocks and tail over bands of feature rows, with a
+budget of half what one pass needs), as the engine runs it past its one-pass budget.
+Prints the share of output values within 1/255 of the whole-image result, the largest
+difference, and mean PSNR-Y against HR for each.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHARED, models_for  # noqa: E402
 from model import engine as engine_module  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
-from model.engine import Upscaler  # noqa: E402
+from model.engine import BYTES_PER_INPUT_PIXEL, MIN_PART_ROWS, Upscaler  # noqa: E402
 from model.evaluate import read_uint8  # noqa: E402
 from model.imageio import IMAGE_SUFFIXES, picture_from_array  # noqa: E402
 from model.metrics import psnr  # noqa: E402
@@ -51,6 +53,8 @@ def main() -> None:
     whole = Upscaler(runner, budget_bytes=2**40, any_scale="as")
     tiled = {name: Upscaler(runner, tile_core_override=args.core, refine_stats=refine, any_scale="as")
              for name, refine in (("sampled", False), ("refined", True))}
+    if not integer:
+        tiled["parts"] = Upscaler(runner, any_scale="as")  # its budget is set per image below
     lr_dir = args.data / "LR_bicubic" / f"X{int(args.scale)}"
     shave = math.ceil(args.scale)
     scores: dict[str, list[float]] = {"whole": [], **{name: [] for name in tiled}}
@@ -71,6 +75,10 @@ def main() -> None:
         reference = whole.upscale_picture(picture, plan).astype(np.int16)
         hr = hr[:, : reference.shape[0], : reference.shape[1]]
         scores["whole"].append(psnr(torch.from_numpy(reference).permute(2, 0, 1), hr, shave))
+        if "parts" in tiled:  # half the one-pass budget: too little for one pass, enough for the parts
+            parts = tiled["parts"]
+            parts.budget_bytes = reference.shape[0] * reference.shape[1] * BYTES_PER_INPUT_PIXEL["as"] // 2
+            assert parts._part_rows(reference.shape[:2]) >= MIN_PART_ROWS, "too small an image for parts"
         for name, upscaler in tiled.items():
             out = upscaler.upscale_picture(picture, plan).astype(np.int16)
             diff = np.abs(out - reference)

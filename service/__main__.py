@@ -32,26 +32,31 @@ log = logging.getLogger("service")
 
 # Past the drain deadline, how long uvicorn still waits for connections before cancelling their tasks.
 DRAIN_BACKSTOP_S = 5.0
-# Past the drain deadline, how long uvicorn still waits for connections before cancelling their tasks.
-DRAIN_BACKSTOP_S = 5.0
-# glibc's mallopt parameter number for the arena limit (malloc.h).
+# glibc's mallopt parameter numbers (malloc.h) and the values the service sets, by their environment names.
 M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3
+MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": (M_ARENA_MAX, 1), "MALLOC_MMAP_THRESHOLD_": (M_MMAP_THRESHOLD, 2**20)}
 
 
-def limit_malloc_arenas() -> None:
-    """One malloc arena for all threads, as MALLOC_ARENA_MAX=1 does (glibc only; the environment wins).
+def tune_malloc() -> None:
+    """glibc's allocator for this workload (glibc only; a setting in the environment wins).
 
-    A request's tiles are allocated and freed across the pool, band and encoder threads; with an
-    arena per thread, freed pages sit in one arena while another asks the kernel for fresh ones
-    (measured: 256x256 -> x4 requests about 8% slower, bench/service.py overhead).
+    - One arena for all threads (MALLOC_ARENA_MAX=1): a request's tiles are allocated and freed
+      across the pool, band and encoder threads; with an arena per thread, freed pages sit in one
+      arena while another asks the kernel for fresh ones (measured: 256x256 -> x4 requests about 8%
+      slower, bench/service.py overhead).
+    - Blocks of 1 MB and more straight from the kernel, and back to it when freed
+      (MALLOC_MMAP_THRESHOLD_): by default glibc raises that threshold up to 32 MB as large blocks
+      are freed, and the band-sized buffers of a large image then stay in the heap, fragmented
+      (measured: 64 MP through IMDN_AS peaked 170 MB higher, bench/engine_memory.py).
     """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(M_ARENA_MAX, 1)
+    for variable, (parameter, value) in MALLOC_SETTINGS.items():
+        if variable not in os.environ:
+            libc.mallopt(parameter, value)
 
 
 class DrainingServer(uvicorn.Server):
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    limit_malloc_arenas()
+    tune_malloc()
     try:
         settings = get_settings()
     except Exception as exc:  # noqa: BLE001 - a settings error is the operator's to fix: say what, exit

@@ -52,10 +52,10 @@ def worker_settings(settings: Settings) -> Settings:
 def run_worker(index: int, settings: Settings, host: str, port: int, sock: socket.socket,
                flags: MutableSequence[int]) -> None:
     """Entry point of a spawned worker (a fresh interpreter: it imports prometheus_client in multiprocess mode)."""
-    from service.__main__ import exit_now, limit_malloc_arenas, serve
+    from service.__main__ import exit_now, serve, tune_malloc
     from service.logs import configure_logging
 
-    limit_malloc_arenas()
+    tune_malloc()
     configure_logging(settings.log_level, settings.log_format)
     exit_now(serve(settings, host, port, sock, (index, flags)))  # no interpreter teardown: see exit_now
 

@@ -16,15 +16,16 @@ class FakeLibc:
         return 1
 
 
-def test_one_malloc_arena_unless_the_environment_says(monkeypatch):
+def test_malloc_tuned_unless_the_environment_says(monkeypatch):
     libc = FakeLibc()
     monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    entry.limit_malloc_arenas()
-    assert libc.calls == [(entry.M_ARENA_MAX, 1)]
+    for variable in entry.MALLOC_SETTINGS:
+        monkeypatch.delenv(variable, raising=False)
+    entry.tune_malloc()
+    assert libc.calls == [(entry.M_ARENA_MAX, 1), (entry.M_MMAP_THRESHOLD, 2**20)]
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's setting wins
-    entry.limit_malloc_arenas()
-    assert len(libc.calls) == 1
+    entry.tune_malloc()
+    assert libc.calls[2:] == [(entry.M_MMAP_THRESHOLD, 2**20)]
 
 
 def test_no_glibc_is_fine(monkeypatch):
@@ -32,6 +33,4 @@ def test_no_glibc_is_fine(monkeypatch):
         raise OSError(f"{name}: not found")
 
     monkeypatch.setattr(ctypes, "CDLL", missing)
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    entry.limit_malloc_arenas()  # nothing to do, nothing raised
-
+    entry.tune_malloc()  # nothing to do, nothing raised
