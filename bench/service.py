@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
 from model.imageio import decode  # noqa: E402
+from service.__main__ import tune_malloc  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.state import memory_budget, parse_devices  # noqa: E402
 
@@ -89,7 +90,8 @@ def server(weights: str, **env: str) -> Iterator[tuple[str, int]]:
 
 
 def engine(weights: str) -> Upscaler:
-    """The engine as the service builds it on this machine: same device, backend and budget."""
+    """The engine as the service builds it on this machine: same device, backend, budget and allocator."""
+    tune_malloc()
     models = load_models(["x2", "x3", "x4", "as"], weights)
     settings = Settings()
     device = parse_devices(settings.device)[0]
