@@ -9,8 +9,8 @@ back to the HR size with bicubic + IMDN_AS. Each image is upscaled whole (one ti
 ACS where a side is not divisible by 4) and with forced tiles of `--core` pixels,
 with the whole image's CCA statistics estimated from samples ("sampled", the service
 default) and refined by one more pass ("refined", the engine/CLI default). IMDN_AS is
-also run in parts ("parts": head, blocks and tail over bands of feature rows, with a
-budget of half what one pass needs), as the engine runs it past its one-pass budget.
+also run in parts ("parts": head, blocks and tail over bands of a third of the feature
+rows each), as the engine runs it past its one-pass budget.
 Prints the share of output values within 1/255 of the whole-image result, the largest
 difference, and mean PSNR-Y against HR for each.
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHARED, models_for  # noqa: E402
 from model import engine as engine_module  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
-from model.engine import BYTES_PER_INPUT_PIXEL, MIN_PART_ROWS, Upscaler  # noqa: E402
+from model.engine import BYTES_PER_INPUT_PIXEL, MIN_PART_ROWS, PART_BYTES_PER_FEATURE_PIXEL, Upscaler  # noqa: E402
 from model.evaluate import read_uint8  # noqa: E402
 from model.imageio import IMAGE_SUFFIXES, picture_from_array  # noqa: E402
 from model.metrics import psnr  # noqa: E402
@@ -75,10 +75,11 @@ def main() -> None:
         reference = whole.upscale_picture(picture, plan).astype(np.int16)
         hr = hr[:, : reference.shape[0], : reference.shape[1]]
         scores["whole"].append(psnr(torch.from_numpy(reference).permute(2, 0, 1), hr, shave))
-        if "parts" in tiled:  # half the one-pass budget: too little for one pass, enough for the parts
-            parts = tiled["parts"]
-            parts.budget_bytes = reference.shape[0] * reference.shape[1] * BYTES_PER_INPUT_PIXEL["as"] // 2
-            assert parts._part_rows(reference.shape[:2]) >= MIN_PART_ROWS, "too small an image for parts"
+        if "parts" in tiled:  # a budget for the feature maps and bands of a third of the rows, not one pass
+            rows, cols = -(-reference.shape[0] // 4), -(-reference.shape[1] // 4)
+            band = max(MIN_PART_ROWS, -(-rows // 3))
+            tiled["parts"].budget_bytes = rows * cols * 3 * 64 * 2 + band * cols * PART_BYTES_PER_FEATURE_PIXEL
+            assert tiled["parts"].budget_bytes < reference.shape[0] * reference.shape[1] * BYTES_PER_INPUT_PIXEL["as"]
         for name, upscaler in tiled.items():
             out = upscaler.upscale_picture(picture, plan).astype(np.int16)
             diff = np.abs(out - reference)

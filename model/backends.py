@@ -225,7 +225,7 @@ class OnnxRunner:
         if cca_contrast is not None:
             feeds["cca_contrast"] = cca_contrast.float().contiguous().numpy()
         with self.lock:
-            out = self._run(self.sessions[(name, cca_contrast is not None)], feeds)
+            out = self._run(self.sessions[(name, cca_contrast is not None)], feeds)[0]
         return torch.from_numpy(out)
 
     def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
@@ -242,7 +242,7 @@ class OnnxRunner:
             if key not in self.moment_sessions:
                 self.moment_sessions[key] = ort.InferenceSession(
                     export_moments_onnx(self.models[name], key[1]), self.options, providers=["CPUExecutionProvider"])
-            out = self._run(self.moment_sessions[key], feeds)
+            out = self._run(self.moment_sessions[key], feeds)[0]
         return torch.from_numpy(out)
 
     def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -255,22 +255,20 @@ class OnnxRunner:
                 self.part_sessions[key] = ort.InferenceSession(
                     export_part_onnx(self.models[name], kind, block), self.options,  # type: ignore[arg-type]
                     providers=["CPUExecutionProvider"])
-            outputs = self._run(self.part_sessions[key], feeds, every_output=True)
+            outputs = self._run(self.part_sessions[key], feeds)
         return tuple(torch.from_numpy(out) for out in outputs)
 
-    def _run(self, session: Any, feeds: dict[str, np.ndarray], every_output: bool = False) -> Any:
-        """One run (the lock held): its first output, or all of them; if the arena is full, hand its free
-        buffers back and try once more."""
+    def _run(self, session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One run (the lock held), all its outputs; if the arena is full, hand its free buffers back and
+        try once more."""
         try:
-            outputs = session.run(None, feeds)
-            return outputs if every_output else outputs[0]
+            return session.run(None, feeds)
         except Exception as exc:
             if ARENA_FULL not in str(exc):
                 raise
         self._shrink()
         try:
-            outputs = session.run(None, feeds)
-            return outputs if every_output else outputs[0]
+            return session.run(None, feeds)
         except Exception as exc:
             if ARENA_FULL not in str(exc):
                 raise

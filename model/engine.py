@@ -83,8 +83,9 @@ ALWAYS_REFINED = frozenset({"as"})
 BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
 
 # IMDN_AS in parts (Upscaler._any_scale_in_parts) holds three feature maps of 64 channels at 1/16 of
-# the output's pixels in PART_STORAGE (2 bytes): 24 bytes per output pixel for the whole image, plus
-# each part's activations over one band of feature rows, ~3 KB per feature pixel (bench/engine_memory.py).
+# the output's pixels in PART_STORAGE (2 bytes): 24 bytes per output pixel for the whole image. Each
+# band of feature rows adds its parts' activations, inputs and outputs: ~7 KB per feature pixel of the
+# band (bench/engine_memory.py --side 1200 --scale 2.5 --model as, with 32-, 64- and 134-row bands).
 PART_MAPS = 3
 PART_BYTES_PER_FEATURE_PIXEL = 7168
 MIN_PART_ROWS = 16
@@ -426,8 +427,8 @@ class Upscaler:
             for top in range(0, rows, band):
                 bottom = min(rows, top + band)
                 first, last = max(0, top - context), min(rows, bottom + context)
-                # Copies: the caller may overwrite this band's rows in `maps` while the next band
-                # still needs their old values as its context.
+                # Copies (the runner needs contiguous arrays anyway): the caller stores a band's results
+                # in `maps` only after the next band has read its context from them.
                 inputs = [m[:, :, first:last].contiguous() if m.dim() == 4 else m for m in maps]
                 if kind != "block":
                     inputs.append(image_rows(first, last))
@@ -438,27 +439,25 @@ class Upscaler:
                 own = slice((top - first) * scale, (bottom - first) * scale)
                 yield slice(top, bottom), tuple(o[:, :, own] if o.dim() == 4 else o for o in outputs)
 
-        def count_and_sums(sums: torch.Tensor) -> torch.Tensor:
-            return torch.cat([torch.full((1, NUM_FEATURES), float(rows * cols), dtype=torch.float64), sums])
-
         try:
             state = torch.empty(1, NUM_FEATURES, rows, cols, dtype=PART_STORAGE)  # the next block's input
             distilled, collected = torch.empty_like(state), torch.zeros_like(state)
             for own, (features,) in over_bands("head", 0):
                 state[:, :, own] = features
             contrast = torch.zeros(0)
+            pixels = torch.full((1, NUM_FEATURES), float(rows * cols), dtype=torch.float64)
             for block in range(NUM_BLOCKS):
                 finish = (distilled, state, contrast, collected) if block else (state,)
                 sums = torch.zeros(2, NUM_FEATURES, dtype=torch.float64)  # float64: millions of pixels
-                pending: list[tuple[slice, tuple[torch.Tensor, ...]]] = []
+                pending = None  # a band's results, stored once the next band has read its context
                 for own, outputs in over_bands("block", block, *finish):
-                    for done, done_outputs in pending:  # written once the next band has read its context
-                        self._write_block(block, done, done_outputs, state, distilled, collected)
-                    pending = [(own, outputs)]
+                    if pending is not None:
+                        self._write_block(block, *pending, state, distilled, collected)
+                    pending = (own, outputs)
                     sums += outputs[-1]
-                for done, done_outputs in pending:
-                    self._write_block(block, done, done_outputs, state, distilled, collected)
-                contrast = contrast_from_moments(count_and_sums(sums)).float()[None]
+                assert pending is not None
+                self._write_block(block, *pending, state, distilled, collected)
+                contrast = contrast_from_moments(torch.cat([pixels, sums])).float()[None]
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
