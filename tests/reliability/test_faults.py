@@ -66,13 +66,17 @@ class FaultyRunner:
             if hasattr(inner, name):
                 setattr(self, name, getattr(inner, name))
 
-    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+    def _enter(self) -> None:
+        """Count a network call, then be slow or fail as asked."""
         self.calls += 1
         self.entered.set()
         if self.delay:
             time.sleep(self.delay)
         if self.fail is not None:
             self.fail(self.calls)
+
+    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        self._enter()
         too_many = self.oom_above_tiles is not None and batch.shape[0] > self.oom_above_tiles
         too_big = self.oom_above_pixels is not None and batch.shape[2] * batch.shape[3] > self.oom_above_pixels
         if too_many or too_big:
@@ -90,12 +94,7 @@ class FaultyRunner:
         return self.inner.cca_moments(name, windows, mask, cca_contrast)  # type: ignore[attr-defined]
 
     def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self.calls += 1
-        self.entered.set()
-        if self.delay:
-            time.sleep(self.delay)
-        if self.fail is not None:
-            self.fail(self.calls)
+        self._enter()
         return self.inner.run_part(name, kind, block, *inputs)  # type: ignore[attr-defined,no-any-return]
 
     def release_memory(self) -> None:
