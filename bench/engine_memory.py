@@ -5,17 +5,23 @@
 
 The output bands are produced and dropped (as when streaming to a file or a socket),
 so what remains is the engine's own footprint: the decoded input, one tile batch
-within the memory budget, and a band or two.
+within the memory budget, and a band or two. Each probe runs with the service's glibc
+settings (service/__main__.py: MALLOC_SETTINGS) unless the environment sets its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.__main__ import MALLOC_SETTINGS  # noqa: E402
+
 PROBE = """
 import resource, sys, time, numpy as np, torch
 from model.backends import OnnxRunner, TorchRunner, load_models
@@ -51,8 +57,9 @@ def main() -> None:
     print(f"{'backend':<8} {'peak RSS MB':>12} {'seconds':>8}")
     for backend in args.backends:
         probe_args = [str(args.side), str(args.scale), str(args.budget_mb), args.model, str(args.arena_mb)]
+        env = {variable: str(value) for variable, (_, value) in MALLOC_SETTINGS.items()} | dict(os.environ)
         out = subprocess.run([sys.executable, "-c", PROBE, backend, *probe_args], cwd=ROOT, capture_output=True,
-                             text=True, check=True)
+                             text=True, check=True, env=env)
         peak, seconds = out.stdout.split()[-2:]
         print(f"{backend:<8} {peak:>12} {seconds:>8}")
 

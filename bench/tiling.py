@@ -78,7 +78,8 @@ def main() -> None:
         if "parts" in tiled:  # a budget for the feature maps and bands of a third of the rows, not one pass
             rows, cols = -(-reference.shape[0] // 4), -(-reference.shape[1] // 4)
             band = max(MIN_PART_ROWS, -(-rows // 3))
-            tiled["parts"].budget_bytes = rows * cols * 3 * 64 * 2 + band * cols * PART_BYTES_PER_FEATURE_PIXEL
+            band_bytes = band * cols * max(PART_BYTES_PER_FEATURE_PIXEL.values())
+            tiled["parts"].budget_bytes = rows * cols * 3 * 64 * 2 + band_bytes
             assert tiled["parts"].budget_bytes < reference.shape[0] * reference.shape[1] * BYTES_PER_INPUT_PIXEL["as"]
         for name, upscaler in tiled.items():
             out = upscaler.upscale_picture(picture, plan).astype(np.int16)

@@ -83,11 +83,13 @@ ALWAYS_REFINED = frozenset({"as"})
 BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
 
 # IMDN_AS in parts (Upscaler._any_scale_in_parts) holds three feature maps of 64 channels at 1/16 of
-# the output's pixels in PART_STORAGE (2 bytes): 24 bytes per output pixel for the whole image. Each
-# band of feature rows adds its parts' activations, inputs and outputs: ~7 KB per feature pixel of the
-# band (bench/engine_memory.py --side 1200 --scale 2.5 --model as, with 32-, 64- and 134-row bands).
+# the output's pixels in PART_STORAGE (2 bytes): 24 bytes per output pixel for the whole image. A band
+# of feature rows adds its part's activations, inputs and outputs, per feature pixel of the band: the
+# head and the tail also hold 16 input or output pixels and the half-resolution maps of the first
+# stride-2 conv (bench/engine_memory.py --side 1200 --scale 2.5 --model as with 32- and 134-row bands
+# for one kind or the other: ~5.5 KB for head and tail, ~3.2 KB for a block).
 PART_MAPS = 3
-PART_BYTES_PER_FEATURE_PIXEL = 7168
+PART_BYTES_PER_FEATURE_PIXEL = {"head": 6144, "block": 3584, "tail": 6144}
 MIN_PART_ROWS = 16
 
 
@@ -380,7 +382,7 @@ class Upscaler:
         work = NetworkPass("as", 1, size, read, AS_CONTEXT, align=4)
         core = self.tile_core_override
         fits = max(h, w) <= core + 2 * AS_CONTEXT if core else h * w * BYTES_PER_INPUT_PIXEL["as"] <= self.budget_bytes
-        if not fits and core is None and self._part_rows(size) >= MIN_PART_ROWS:
+        if not fits and core is None and min(self._part_bands(size).values()) >= MIN_PART_ROWS:
             yield from self._any_scale_in_parts(work)
             return
         if not fits or (h % 4 == 0 and w % 4 == 0):
@@ -395,11 +397,11 @@ class Upscaler:
             return
         yield 0, band
 
-    def _part_rows(self, size: tuple[int, int]) -> int:
-        """Feature rows per band for IMDN_AS in parts: what the budget leaves after the held feature maps."""
+    def _part_bands(self, size: tuple[int, int]) -> dict[str, int]:
+        """Feature rows per band of each kind of part of IMDN_AS: what the budget leaves after the held maps."""
         rows, cols = -(-size[0] // 4), -(-size[1] // 4)
-        held = PART_MAPS * NUM_FEATURES * PART_STORAGE.itemsize * rows * cols
-        return min(rows, (self.budget_bytes - held) // (cols * PART_BYTES_PER_FEATURE_PIXEL))
+        left = self.budget_bytes - PART_MAPS * NUM_FEATURES * PART_STORAGE.itemsize * rows * cols
+        return {kind: min(rows, left // (cols * per_pixel)) for kind, per_pixel in PART_BYTES_PER_FEATURE_PIXEL.items()}
 
     def _any_scale_in_parts(self, work: NetworkPass) -> Iterator[tuple[int, torch.Tensor]]:
         """IMDN_AS over the whole image, block by block, each gated by its exact whole-image statistics.
@@ -413,7 +415,7 @@ class Upscaler:
         """
         height, width = work.size
         rows, cols = -(-height // 4), -(-width // 4)
-        band = self._part_rows(work.size)
+        bands = self._part_bands(work.size)
 
         def image_rows(top: int, bottom: int) -> torch.Tensor:
             """Input rows 4*top to 4*bottom (feature rows top..bottom), padded to whole feature rows."""
@@ -423,7 +425,7 @@ class Upscaler:
 
         def over_bands(kind: str, block: int, *maps: torch.Tensor) -> Iterator[tuple[slice, tuple[torch.Tensor, ...]]]:
             """Run one part band by band: (the band's feature rows, its outputs cropped to them)."""
-            context = PART_CONTEXT[kind]
+            context, band = PART_CONTEXT[kind], bands[kind]
             for top in range(0, rows, band):
                 bottom = min(rows, top + band)
                 first, last = max(0, top - context), min(rows, bottom + context)
