@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
+from model.backends import TorchRunner, load_models
+from model.engine import Upscaler
+from model.imageio import decode
 from model.weights import DEFAULT_WEIGHTS_DIR
 from tests.live_service import Samples, scrape, wait_for
 
@@ -331,3 +335,29 @@ def test_service_process_default_weights(launch_service: StartService, make_imag
             response = httpx.post(f"{service.url}{URL}?{query}", content=make_image(32, 24), headers=PNG, timeout=60)
             assert response.status_code == 200, response.text[:300]
             assert png_size(response.content) == size
+
+
+# --- IMDN_AS in parts, through the pool of a real process ---------------------------------------
+
+
+def test_any_scale_in_parts_process(launch_service: StartService, make_image: Callable[..., bytes],
+                                    parse_metrics: Callable[[str], Samples], weights_dir: Path) -> None:
+    """An 8 MB budget: a 256x256 IMDN_AS output needs 15 MB in one pass, so it runs in parts (feature maps
+    of 1.5 MB; of 64 feature rows, bands of 17 for head and tail, 29 for the blocks). The PNG is the
+    one-pass result, within 1/255."""
+    data = make_image(100, 100, seed=3)
+    with launch_service({"IMDN_MEMORY_BUDGET_MB": "8", "IMDN_MODELS": "as"}) as service:
+        before = scrape(service.url, parse_metrics)
+        response = httpx.post(f"{service.url}{URL}?scale=2.56", content=data, headers=PNG, timeout=120)
+        after = scrape(service.url, parse_metrics)
+    assert response.status_code == 200, response.text[:300]
+    assert response.headers["x-model"] == "as" and png_size(response.content) == (256, 256)
+    calls = after[("imdn_inference_seconds_count", (("model", "as"),))] - before.get(
+        ("imdn_inference_seconds_count", (("model", "as"),)), 0)
+    assert calls == 4 + 6 * 3 + 4, "head, six blocks and tail over their bands, each one call of the pool"
+    assert total(after, "imdn_tiles_total") == total(before, "imdn_tiles_total")  # parts are not tiles
+    whole = Upscaler(TorchRunner(load_models(["as"], str(weights_dir))), budget_bytes=2**34, content="photo")
+    expected = whole.upscale(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), scale=2.56)
+    got = np.asarray(decode(response.content).color.permute(1, 2, 0))
+    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2
