@@ -35,7 +35,9 @@ DRAIN_BACKSTOP_S = 5.0
 # glibc's mallopt parameter numbers (malloc.h) and the values the service sets, by their environment names.
 M_ARENA_MAX = -8
 M_MMAP_THRESHOLD = -3
-MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": (M_ARENA_MAX, 1), "MALLOC_MMAP_THRESHOLD_": (M_MMAP_THRESHOLD, 2**20)}
+M_TRIM_THRESHOLD = -1
+MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": (M_ARENA_MAX, 1), "MALLOC_MMAP_THRESHOLD_": (M_MMAP_THRESHOLD, 8 * 2**20),
+                   "MALLOC_TRIM_THRESHOLD_": (M_TRIM_THRESHOLD, 32 * 2**20)}
 
 
 def tune_malloc() -> None:
@@ -45,10 +47,13 @@ def tune_malloc() -> None:
       across the pool, band and encoder threads; with an arena per thread, freed pages sit in one
       arena while another asks the kernel for fresh ones (measured: 256x256 -> x4 requests about 8%
       slower, bench/service.py overhead).
-    - Blocks of 1 MB and more straight from the kernel, and back to it when freed
+    - Blocks of 8 MB and more straight from the kernel, and back to it when freed
       (MALLOC_MMAP_THRESHOLD_): by default glibc raises that threshold up to 32 MB as large blocks
       are freed, and the band-sized buffers of a large image then stay in the heap, fragmented
       (measured: 64 MP through IMDN_AS peaked 170 MB higher, bench/engine_memory.py).
+    - Up to 32 MB of free heap kept (MALLOC_TRIM_THRESHOLD_): a fixed mmap threshold leaves the trim
+      threshold at 128 KB, and the encoder's buffers were then faulted in afresh for every request
+      (256x256 -> x4: 24 ms of encoding instead of 11, bench/service.py overhead).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -22,10 +22,11 @@ def test_malloc_tuned_unless_the_environment_says(monkeypatch):
     for variable in entry.MALLOC_SETTINGS:
         monkeypatch.delenv(variable, raising=False)
     entry.tune_malloc()
-    assert libc.calls == [(entry.M_ARENA_MAX, 1), (entry.M_MMAP_THRESHOLD, 2**20)]
+    assert libc.calls == [(entry.M_ARENA_MAX, 1), (entry.M_MMAP_THRESHOLD, 8 * 2**20),
+                          (entry.M_TRIM_THRESHOLD, 32 * 2**20)]
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's setting wins
     entry.tune_malloc()
-    assert libc.calls[2:] == [(entry.M_MMAP_THRESHOLD, 2**20)]
+    assert libc.calls[3:] == [(entry.M_MMAP_THRESHOLD, 8 * 2**20), (entry.M_TRIM_THRESHOLD, 32 * 2**20)]
 
 
 def test_no_glibc_is_fine(monkeypatch):
