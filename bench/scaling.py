@@ -16,8 +16,9 @@ With --naive, x2 on square inputs of 256 to 1024 px is also timed as the paper a
 code runs it: one eager fp32 PyTorch pass over the whole image (model.backends.EagerRunner),
 interleaved with the engine, and the ratio naive/engine is printed (> 1: the engine is faster).
 
-The engine is ``bench/service.py engine()``: the service's device, backend and memory
-budget. Timings come from one run on a possibly shared CPU: compare ratios, not seconds.
+The engine is ``bench/service.py engine()``: the service's device, backend, memory budget,
+allocator settings and warm-up (IMDN_AS's part graphs made before timing). Timings come
+from one run on a possibly shared CPU: compare ratios, not seconds.
 """
 
 from __future__ import annotations

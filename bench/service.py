@@ -45,7 +45,7 @@ from model.engine import Upscaler  # noqa: E402
 from model.imageio import decode  # noqa: E402
 from service.__main__ import tune_malloc  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.state import memory_budget, parse_devices  # noqa: E402
+from service.state import memory_budget, parse_devices, warm_any_scale_parts  # noqa: E402
 
 
 def test_image(side: int, seed: int = 0) -> bytes:
@@ -99,6 +99,7 @@ def engine(weights: str) -> Upscaler:
         runner: TorchRunner | OnnxRunner = TorchRunner(models, device)
     else:
         runner = OnnxRunner(models, torch.get_num_threads()) if onnx_available() else TorchRunner(models)
+    warm_any_scale_parts(runner)  # as the service's warm-up does
     return Upscaler(runner, budget_bytes=memory_budget(settings, device), max_batch=settings.max_batch,
                     refine_stats=settings.refine_stats, any_scale=settings.any_scale, content=settings.content)
 

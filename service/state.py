@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
-from model.engine import AS_CONTEXT, IMDN_CONTEXT, Upscaler, tile_core
+from model.engine import AS_CONTEXT, IMDN_CONTEXT, Runner, Upscaler, tile_core
 from model.imdn import count_parameters
 from model.weights import file_sha256, resolve_weights
 from service.config import Settings
@@ -166,6 +166,13 @@ PARTS_WARMUP_SIDE = 256
 PARTS_WARMUP_BUDGET = 8 * 2**20
 
 
+def warm_any_scale_parts(runner: Runner) -> None:
+    """Upscale one small image with IMDN_AS in parts: their graphs are made now, not on the first large image."""
+    parts = Upscaler(runner, budget_bytes=PARTS_WARMUP_BUDGET, available=["as"])
+    parts.upscale(np.zeros((PARTS_WARMUP_SIDE // 2, PARTS_WARMUP_SIDE // 2, 3), np.uint8),
+                  width=PARTS_WARMUP_SIDE, height=PARTS_WARMUP_SIDE, model="as")
+
+
 def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
     """Run each model once per replica at the tile shape it will see (cuDNN picks kernels per shape)."""
     gpu = any(d.startswith("cuda") for d in state.devices)
@@ -179,10 +186,8 @@ def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
         side = max(8, side // 4 * 4)
         for _ in pool.replicas:
             pool(info.name, torch.rand(1, 3, side, side))
-            if info.name == "as":  # its parts have graphs of their own: made now, not on the first large image
-                parts = Upscaler(pool, budget_bytes=PARTS_WARMUP_BUDGET, available=["as"])
-                parts.upscale(np.zeros((PARTS_WARMUP_SIDE // 2, PARTS_WARMUP_SIDE // 2, 3), np.uint8),
-                              width=PARTS_WARMUP_SIDE, height=PARTS_WARMUP_SIDE, model="as")
+            if info.name == "as":
+                warm_any_scale_parts(pool)
         info.load_seconds += time.perf_counter() - started
         log.info("model %s loaded and warm in %.2f s", info.name, info.load_seconds)
 
