@@ -31,7 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHARED, models_for  # noqa: E402
 from model import engine as engine_module  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
-from model.engine import BYTES_PER_INPUT_PIXEL, MIN_PART_ROWS, PART_BYTES_PER_FEATURE_PIXEL, Upscaler  # noqa: E402
+from model.engine import (  # noqa: E402
+    BYTES_PER_INPUT_PIXEL,
+    MIN_PART_ROWS,
+    PART_BYTES_PER_FEATURE_PIXEL,
+    Upscaler,
+    feature_size,
+    part_maps_bytes,
+)
 from model.evaluate import read_uint8  # noqa: E402
 from model.imageio import IMAGE_SUFFIXES, picture_from_array  # noqa: E402
 from model.metrics import psnr  # noqa: E402
@@ -76,10 +83,11 @@ def main() -> None:
         hr = hr[:, : reference.shape[0], : reference.shape[1]]
         scores["whole"].append(psnr(torch.from_numpy(reference).permute(2, 0, 1), hr, shave))
         if "parts" in tiled:  # a budget for the feature maps and bands of a third of the rows, not one pass
-            rows, cols = -(-reference.shape[0] // 4), -(-reference.shape[1] // 4)
+            size = reference.shape[:2]
+            rows, cols = feature_size(size)
             band = max(MIN_PART_ROWS, -(-rows // 3))
             band_bytes = band * cols * max(PART_BYTES_PER_FEATURE_PIXEL.values())
-            tiled["parts"].budget_bytes = rows * cols * 3 * 64 * 2 + band_bytes
+            tiled["parts"].budget_bytes = part_maps_bytes(size) + band_bytes
             assert tiled["parts"].budget_bytes < reference.shape[0] * reference.shape[1] * BYTES_PER_INPUT_PIXEL["as"]
         for name, upscaler in tiled.items():
             out = upscaler.upscale_picture(picture, plan).astype(np.int16)

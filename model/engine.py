@@ -93,6 +93,18 @@ PART_BYTES_PER_FEATURE_PIXEL = {"head": 6144, "block": 3584, "tail": 6144}
 MIN_PART_ROWS = 16
 
 
+
+def feature_size(size: tuple[int, int]) -> tuple[int, int]:
+    """IMDN_AS's feature map (rows, cols) for an input of `size` (h, w), sides padded to multiples of 4."""
+    return -(-size[0] // 4), -(-size[1] // 4)
+
+
+def part_maps_bytes(size: tuple[int, int]) -> int:
+    """The feature maps IMDN_AS in parts holds for an image of `size` (h, w), in bytes."""
+    rows, cols = feature_size(size)
+    return PART_MAPS * NUM_FEATURES * PART_STORAGE.itemsize * rows * cols
+
+
 MIN_CORE = 32
 # Float samples converted to the output's integers at a time (16 MB), however wide the image.
 CONVERT_SAMPLES = 4 * 2**20
@@ -399,8 +411,8 @@ class Upscaler:
 
     def _part_bands(self, size: tuple[int, int]) -> dict[str, int]:
         """Feature rows per band of each kind of part of IMDN_AS: what the budget leaves after the held maps."""
-        rows, cols = -(-size[0] // 4), -(-size[1] // 4)
-        left = self.budget_bytes - PART_MAPS * NUM_FEATURES * PART_STORAGE.itemsize * rows * cols
+        rows, cols = feature_size(size)
+        left = self.budget_bytes - part_maps_bytes(size)
         return {kind: min(rows, left // (cols * per_pixel)) for kind, per_pixel in PART_BYTES_PER_FEATURE_PIXEL.items()}
 
     def _any_scale_in_parts(self, work: NetworkPass) -> Iterator[tuple[int, torch.Tensor]]:
@@ -414,7 +426,7 @@ class Upscaler:
         cropped. If the maps do not fit after all, the image is tiled instead.
         """
         height, width = work.size
-        rows, cols = -(-height // 4), -(-width // 4)
+        rows, cols = feature_size(work.size)
         bands = self._part_bands(work.size)
 
         def image_rows(top: int, bottom: int) -> torch.Tensor:
