@@ -211,16 +211,15 @@ class ModelPool:
         first = group[0]
         started = time.perf_counter()
         if first.call is not None:
-            result = first.call(replica.backend)
+            result, tiles = first.call(replica.backend), 0
         else:
             batch = torch.cat([job.batch for job in group]) if len(group) > 1 else first.batch
             contrast = None
             if first.contrast is not None:
                 contrast = torch.cat([job.contrast for job in group if job.contrast is not None])
-            result = replica.backend(first.model, batch, contrast)
+            result, tiles = replica.backend(first.model, batch, contrast), batch.shape[0]
         replica.batches += 1
         if self.on_batch is not None:
-            tiles = 0 if first.call is not None else sum(job.batch.shape[0] for job in group)
             self.on_batch(first.model, tiles, time.perf_counter() - started)
         if first.call is not None:
             first.future.set_result(result)
