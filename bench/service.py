@@ -99,7 +99,8 @@ def engine(weights: str) -> Upscaler:
         runner: TorchRunner | OnnxRunner = TorchRunner(models, device)
     else:
         runner = OnnxRunner(models, torch.get_num_threads()) if onnx_available() else TorchRunner(models)
-    warm_any_scale_parts(runner)  # as the service's warm-up does
+    if isinstance(runner, OnnxRunner):
+        warm_any_scale_parts(runner)  # as the service's warm-up does: the part graphs made before timing
     return Upscaler(runner, budget_bytes=memory_budget(settings, device), max_batch=settings.max_batch,
                     refine_stats=settings.refine_stats, any_scale=settings.any_scale, content=settings.content)
 

@@ -186,7 +186,7 @@ def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
         side = max(8, side // 4 * 4)
         for _ in pool.replicas:
             pool(info.name, torch.rand(1, 3, side, side))
-            if info.name == "as":
+            if info.name == "as" and state.backend == "onnxruntime":  # PyTorch has no graphs to make
                 warm_any_scale_parts(pool)
         info.load_seconds += time.perf_counter() - started
         log.info("model %s loaded and warm in %.2f s", info.name, info.load_seconds)
