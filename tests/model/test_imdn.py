@@ -193,13 +193,15 @@ def _run_in_parts(model, x):
     rows = torch.tensor([0, out.shape[2]])
     distilled, sums = NetworkPart(model, "block", 0)(out, rows)
     collected = torch.zeros_like(out)
-    pixels = out.shape[2] * out.shape[3]
+    pixels = torch.full((1, 64), float(out.shape[2] * out.shape[3]))
+
+    def contrast(sums: torch.Tensor) -> torch.Tensor:
+        return contrast_from_moments(torch.cat([pixels, sums.double()]))[None].float()
+
     for block in range(1, 6):
-        contrast = contrast_from_moments(torch.cat([torch.full((1, 64), float(pixels)), sums.double()]))[None]
-        out, collected, distilled, sums = NetworkPart(model, "block", block)(distilled, out, contrast.float(),
+        out, collected, distilled, sums = NetworkPart(model, "block", block)(distilled, out, contrast(sums),
                                                                              collected, rows)
-    contrast = contrast_from_moments(torch.cat([torch.full((1, 64), float(pixels)), sums.double()]))[None]
-    return NetworkPart(model, "tail")(distilled, out, contrast.float(), collected, x)[0]
+    return NetworkPart(model, "tail")(distilled, out, contrast(sums), collected, x)[0]
 
 
 @torch.no_grad()
