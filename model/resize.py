@@ -12,6 +12,7 @@ free: columns first, which is faster.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,13 +29,14 @@ def cubic(x: torch.Tensor) -> torch.Tensor:
     return near + far
 
 
+@functools.lru_cache(maxsize=32)
 def contributions(
     in_length: int, out_length: int, scale: float, antialias: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per output sample, the input indices and float64 weights that make it.
 
     Returns (weights, indices), both (out_length, P), indices already mirrored
-    into [0, in_length).
+    into [0, in_length). Cached (every band of an image asks again): callers must not modify them.
     """
     width = KERNEL_WIDTH
     stretch = scale if (scale < 1 and antialias) else 1.0
@@ -61,6 +63,10 @@ def _resize_axis(
 
     x may hold only part of the axis: input samples offset .. offset + x.shape[dim] of in_length.
     """
+    if dim == x.dim() - 1:  # a gather along the last axis is strided: gather whole rows of the transpose
+        moved = _resize_axis(x.transpose(-1, -2).contiguous(), dim - 1, out_length, scale, antialias, window,
+                             compute, in_length, offset)
+        return moved.transpose(-1, -2).contiguous()
     weights, idx = contributions(in_length or x.shape[dim], out_length, scale, antialias)
     if window is not None:
         weights, idx = weights[window[0] : window[1]], idx[window[0] : window[1]]
