@@ -36,7 +36,7 @@ from PIL import Image
 
 from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array, unit_float
 from model.imdn import NUM_BLOCKS, NUM_FEATURES, PART_CONTEXT, PART_STORAGE, contrast_from_moments
-from model.resize import contributions, imresize
+from model.resize import contributions, imresize, resize_axis
 from model.tiling import IMDN_CONTEXT, Span, Tile, acs_tiles, plan_grid, plan_samples, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def resize_band_stream(bands: Iterator[tuple[int, torch.Tensor]], in_height: int
     output rows still need; columns are then resized band by band.
     """
     out_h, out_w = out_size
-    weights, idx = contributions(in_height, out_h, out_h / in_height)
+    _, idx = contributions(in_height, out_h, out_h / in_height)
     held = torch.zeros(0)
     held_from, received = 0, 0
     pending = iter(bands)
@@ -308,9 +308,7 @@ def resize_band_stream(bands: Iterator[tuple[int, torch.Tensor]], in_height: int
             _, band = next(pending)
             held = band if held.numel() == 0 else torch.cat([held, band], dim=1)
             received += band.shape[1]
-        rows_w = weights[top:bottom].to(held.dtype)
-        local = idx[top:bottom] - held_from
-        rows = (held[:, local] * rows_w[None, :, :, None]).sum(dim=2)  # (3, rows, in_w)
+        rows = resize_axis(held, 1, out_h, out_h / in_height, True, (top, bottom), held.dtype, in_height, held_from)
         yield top, imresize(rows, size=(bottom - top, out_w)).clamp_(0, 1)
         if bottom < out_h:  # drop input rows no later output row reads
             keep_from = int(idx[bottom:].min())
