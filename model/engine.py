@@ -83,14 +83,23 @@ ALWAYS_REFINED = frozenset({"as"})
 BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
 
 # IMDN_AS in parts (Upscaler._any_scale_in_parts) holds three feature maps of 64 channels at 1/16 of
-# the output's pixels in PART_STORAGE (2 bytes): 24 bytes per output pixel for the whole image. A band
-# of feature rows adds its part's activations, inputs and outputs, per feature pixel of the band: the
-# head and the tail also hold 16 input or output pixels and the half-resolution maps of the first
-# stride-2 conv (bench/engine_memory.py --side 1200 --scale 2.5 --model as with 32- and 134-row bands
-# for one kind or the other: ~5.5 KB for head and tail, ~3.2 KB for a block).
+# the output's pixels in PART_STORAGE (2 bytes): 24 bytes per output pixel for the whole image. Each band
+# of feature rows runs in windows of at most PART_WINDOW own rows and columns (balanced stripes): a part
+# runs fastest on windows that stay in cache (six blocks over a 7 MP image's feature map took 755 ns per
+# feature pixel in 56x384 windows, context included, against 915 in full-width bands of 132 rows; at
+# 16 MP, 760 against 860 in bands of 37 rows). A window's run needs, per feature pixel, its part's
+# activations, inputs and outputs: the head and the tail also hold 16 input or output pixels and the
+# half-resolution maps of the first stride-2 conv (measured on whole bands with bench/engine_memory.py
+# --side 1200 --scale 2.5 --model as: ~5.5 KB for head and tail, ~3.2 KB for a block). A band holds,
+# per feature pixel of its full width, the outputs of its windows and of the band before (a block's
+# three maps), or the bicubic rows that head and tail read and the tail's output.
 PART_MAPS = 3
 PART_BYTES_PER_FEATURE_PIXEL = {"head": 6144, "block": 3584, "tail": 6144}
+PART_HELD_BYTES = {"head": 1536, "block": 1024, "tail": 2048}
+PART_WINDOW = (56, 384)
 MIN_PART_ROWS = 16
+# A window of a part's run: its feature columns, and its outputs cropped to its own rows and columns.
+Window = tuple[slice, tuple[torch.Tensor, ...]]
 
 
 
@@ -392,7 +401,7 @@ class Upscaler:
         work = NetworkPass("as", 1, size, read, AS_CONTEXT, align=4)
         core = self.tile_core_override
         fits = max(h, w) <= core + 2 * AS_CONTEXT if core else h * w * BYTES_PER_INPUT_PIXEL["as"] <= self.budget_bytes
-        if not fits and core is None and min(self._part_bands(size).values()) >= MIN_PART_ROWS:
+        if not fits and core is None and self._part_bands(size):
             yield from self._any_scale_in_parts(work)
             return
         if not fits or (h % 4 == 0 and w % 4 == 0):
@@ -408,10 +417,19 @@ class Upscaler:
         yield 0, band
 
     def _part_bands(self, size: tuple[int, int]) -> dict[str, int]:
-        """Feature rows per band of each kind of part of IMDN_AS: what the budget leaves after the held maps."""
+        """Feature rows per band of each kind of part of IMDN_AS (at most PART_WINDOW's), within what the
+        budget leaves after the held maps; empty if that is less than MIN_PART_ROWS for some kind."""
         rows, cols = feature_size(size)
+        widest = -(-cols // -(-cols // PART_WINDOW[1]))  # the widest of the balanced stripes
         left = self.budget_bytes - part_maps_bytes(size)
-        return {kind: min(rows, left // (cols * per_pixel)) for kind, per_pixel in PART_BYTES_PER_FEATURE_PIXEL.items()}
+        # Per row of a band: what the band holds over its full width, and the rest of the measured bytes
+        # over its widest window only.
+        fitting = {kind: left // (cols * held + (widest + 2 * PART_CONTEXT[kind]) * (PART_BYTES_PER_FEATURE_PIXEL[kind]
+                                                                                     - held))
+                   for kind, held in PART_HELD_BYTES.items()}
+        if min(fitting.values()) < MIN_PART_ROWS:
+            return {}
+        return {kind: min(rows, PART_WINDOW[0], band) for kind, band in fitting.items()}
 
     def _any_scale_in_parts(self, work: NetworkPass) -> Iterator[tuple[int, torch.Tensor]]:
         """IMDN_AS over the whole image, block by block, each gated by its exact whole-image statistics.
@@ -433,49 +451,64 @@ class Upscaler:
             pad = (0, 4 * cols - width, 0, 4 * (bottom - top) - x.shape[1])
             return F.pad(x[None], pad, mode="replicate") if any(pad) else x[None]
 
-        # Each map's band is copied (the runner needs contiguous arrays) into the same buffer for every
-        # band: fresh ones were fresh pages for the kernel to fault in each time (~4% of the run at 7 MP).
-        most = max(min(rows, bands[kind] + 2 * context) for kind, context in PART_CONTEXT.items())
-        copies = [torch.empty(NUM_FEATURES * most * cols, dtype=PART_STORAGE) for _ in range(3)]
+        count = -(-cols // PART_WINDOW[1])
+        stripes = [(cols * i // count, cols * (i + 1) // count) for i in range(count)]
+        # Each window of a map is copied (the runner needs contiguous arrays) into the same buffer every
+        # time: fresh ones were fresh pages for the kernel to fault in each time (~4% of the run at 7 MP).
+        most = max(min(rows, bands[kind] + 2 * context) * min(cols, -(-cols // count) + 2 * context)
+                   for kind, context in PART_CONTEXT.items())
+        copies = [torch.empty(NUM_FEATURES * most, dtype=PART_STORAGE) for _ in range(3)]
 
-        def over_bands(kind: str, block: int, *maps: torch.Tensor) -> Iterator[tuple[slice, tuple[torch.Tensor, ...]]]:
-            """Run one part band by band: (the band's feature rows, its outputs cropped to them)."""
-            context, band = PART_CONTEXT[kind], bands[kind]
-            for top in range(0, rows, band):
-                bottom = min(rows, top + band)
+        def over_bands(kind: str, block: int, *maps: torch.Tensor) -> Iterator[tuple[slice, list[Window]]]:
+            """Run one part band by band, window by window: (a band's feature rows, for each of its windows
+            the feature columns and the outputs for those rows and columns; a block's sums as they are).
+
+            Feature maps are read from `maps` as each window runs: the caller stores a band's results
+            only after the next band has run (and so read its context).
+            """
+            context, scale = PART_CONTEXT[kind], 4 if kind == "tail" else 1
+            for top in range(0, rows, bands[kind]):
+                bottom = min(rows, top + bands[kind])
                 first, last = max(0, top - context), min(rows, bottom + context)
-                # The caller stores a band's results in `maps` only after the next band has copied its context.
-                inputs, spare = [], iter(copies)
-                for m in maps:
-                    if m.dim() == 4:  # a feature map: the band's rows
-                        band_rows = m[:, :, first:last]
-                        m = next(spare)[: band_rows.numel()].view(band_rows.shape).copy_(band_rows)
-                    inputs.append(m)
-                if kind != "block":
-                    inputs.append(image_rows(first, last))
-                else:
-                    inputs.append(torch.tensor([top - first, bottom - first]))
-                outputs = self.runner.run_part(work.model, kind, block, *inputs)
-                scale = 4 if kind == "tail" else 1
-                own = slice((top - first) * scale, (bottom - first) * scale)
-                yield slice(top, bottom), tuple(o[:, :, own] if o.dim() == 4 else o for o in outputs)
+                image = image_rows(first, last) if kind != "block" else None
+                windows = []
+                for left, right in stripes:
+                    start, stop = max(0, left - context), min(cols, right + context)
+                    inputs, spare = [], iter(copies)
+                    for m in maps:
+                        if m.dim() == 4:  # a feature map: the window's rows and columns
+                            window = m[:, :, first:last, start:stop]
+                            m = next(spare)[: window.numel()].view(window.shape).copy_(window)
+                        inputs.append(m)
+                    if image is not None:
+                        inputs.append(image[:, :, :, 4 * start : 4 * stop].contiguous())
+                    else:
+                        inputs.append(torch.tensor([top - first, bottom - first, left - start, right - start]))
+                    outputs = self.runner.run_part(work.model, kind, block, *inputs)
+                    own_rows = slice((top - first) * scale, (bottom - first) * scale)
+                    own_cols = slice((left - start) * scale, (right - start) * scale)
+                    windows.append((slice(left, right),
+                                    tuple(o[:, :, own_rows, own_cols] if o.dim() == 4 else o for o in outputs)))
+                yield slice(top, bottom), windows
 
         try:
             state = torch.empty(1, NUM_FEATURES, rows, cols, dtype=PART_STORAGE)  # the next block's input
             distilled, collected = torch.empty_like(state), torch.zeros_like(state)
-            for own, (features,) in over_bands("head", 0):
-                state[:, :, own] = features
+            for own, windows in over_bands("head", 0):
+                for columns, (features,) in windows:
+                    state[:, :, own, columns] = features
             contrast = torch.zeros(0)
             pixels = torch.full((1, NUM_FEATURES), float(rows * cols), dtype=torch.float64)
             for block in range(NUM_BLOCKS):
                 finish = (distilled, state, contrast, collected) if block else (state,)
                 sums = torch.zeros(2, NUM_FEATURES, dtype=torch.float64)  # float64: millions of pixels
                 pending = None  # a band's results, stored once the next band has read its context
-                for own, outputs in over_bands("block", block, *finish):
+                for own, windows in over_bands("block", block, *finish):
                     if pending is not None:
                         self._write_block(block, *pending, state, distilled, collected)
-                    pending = (own, outputs)
-                    sums += outputs[-1]
+                    pending = (own, windows)
+                    for _, outputs in windows:
+                        sums += outputs[-1]
                 assert pending is not None
                 self._write_block(block, *pending, state, distilled, collected)
                 contrast = contrast_from_moments(torch.cat([pixels, sums])).float()[None]
@@ -485,16 +518,19 @@ class Upscaler:
             log.warning("no memory for the feature maps of a %dx%d IMDN_AS pass; tiling it", height, width)
             yield from self._run_pass(work)
             return
-        for own, (out,) in over_bands("tail", 0, distilled, state, contrast, collected):
+        for own, windows in over_bands("tail", 0, distilled, state, contrast, collected):
+            out = torch.cat([image for _, (image,) in windows], dim=3)
             yield 4 * own.start, out[0, :, : height - 4 * own.start, :width].clamp(0, 1)
 
     @staticmethod
-    def _write_block(block: int, rows: slice, outputs: tuple[torch.Tensor, ...], state: torch.Tensor,
+    def _write_block(block: int, rows: slice, windows: list[Window], state: torch.Tensor,
                      distilled: torch.Tensor, collected: torch.Tensor) -> None:
-        """Store a block part's outputs for its band: (distilled, sums), or (input, collected, distilled, sums)."""
-        if block:
-            state[:, :, rows], collected[:, :, rows] = outputs[0], outputs[1]
-        distilled[:, :, rows] = outputs[-2]
+        """Store a block part's outputs for a band: per window (distilled, sums), or (input, collected,
+        distilled, sums)."""
+        for columns, outputs in windows:
+            if block:
+                state[:, :, rows, columns], collected[:, :, rows, columns] = outputs[0], outputs[1]
+            distilled[:, :, rows, columns] = outputs[-2]
 
     def _run_pass(self, work: NetworkPass, core: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Tile the pass (one tile when it fits) and yield one band per tile row.

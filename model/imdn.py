@@ -202,28 +202,29 @@ class IMDN_AS(_IMDNBody):  # noqa: N801 - the paper's name
 # Feature maps held between the parts of a whole-image IMDN_AS run (see NetworkPart): half precision
 # keeps every output value within 1/255 of the one-pass result (tests/model/test_imdn.py).
 PART_STORAGE = torch.float16
-# Rows of context each part needs around the feature rows it produces: a block's four 3x3 convs (4),
+# Feature rows (and columns) of context each part needs around those it produces: a block's four 3x3 convs (4),
 # LR_conv and the upsampler (2). The head's two stride-2 convs read 3 input pixels past a feature
 # row's 4: one feature row (4 input rows) covers them, and the tail recomputes the head.
 PART_CONTEXT = {"head": 1, "block": 4, "tail": 2}
 
 
 class NetworkPart(nn.Module):
-    """One part of IMDN_AS over a band of feature rows, so that every block can be gated by the exact
+    """One part of IMDN_AS over a window of feature pixels, so that every block can be gated by the exact
     statistics of the whole image without the whole network's activations in memory at once.
 
     - ``head``: x (N,3,4h,4w) -> block 0's input (N,64,h,w);
-    - ``block`` 0: (its input, rows) -> (distilled, sums);
-    - ``block`` k > 0: (block k-1's distilled, input and statistics (N,64), collected, rows) -> block k-1's
+    - ``block`` 0: (its input, own) -> (distilled, sums);
+    - ``block`` k > 0: (block k-1's distilled, input and statistics (N,64), collected, own) -> block k-1's
       output (block k's input), collected plus its share of the 1x1 collection conv, and block k's
       (distilled, sums);
     - ``tail``: (block 5's distilled, input and statistics, collected, x) -> the output (N,3,4h,4w),
       recomputing the head for the global residual.
 
     Distilled features are a block's CCA input; sums (2,64) are their per-channel sum and sum of
-    squares over the band's own rows, rows[0]:rows[1] (int64), which the caller adds up over the
-    whole image to gate the block. Feature maps go in and out as PART_STORAGE; the arithmetic runs
-    in the network's own dtype. Head, blocks and tail in turn equal ``IMDN_AS.forward``.
+    squares over the window's own pixels, rows own[0]:own[1] and columns own[2]:own[3] (int64), which
+    the caller adds up over the whole image to gate the block. Feature maps go in and out as
+    PART_STORAGE; the arithmetic runs in the network's own dtype. Head, blocks and tail in turn equal
+    ``IMDN_AS.forward``. The parts run over windows of feature rows and columns (context all around).
     """
 
     def __init__(self, net: IMDN_AS, kind: str, block: int = 0) -> None:
@@ -256,9 +257,9 @@ class NetworkPart(nn.Module):
         return (result + x if net.input_skip else result,)
 
     @staticmethod
-    def _distill(block: IMDB, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _distill(block: IMDB, x: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         distilled = block.distill(x)
-        own = distilled[:, :, rows[0] : rows[1]].float()
+        own = distilled[:, :, window[0] : window[1], window[2] : window[3]].float()
         return distilled.to(PART_STORAGE), torch.stack([own.sum(dim=(0, 2, 3)), own.pow(2).sum(dim=(0, 2, 3))])
 
 

@@ -118,9 +118,9 @@ def test_onnx_runner_network_parts_equal_torch(random_models, kind, block):
     models = {"as": random_models["as"]}
     torch.manual_seed(7)
     maps = [torch.rand(1, 64, 6, 9).half() for _ in range(3)]
-    image, contrast, rows = torch.rand(1, 3, 24, 36), torch.rand(1, 64), torch.tensor([1, 5])
+    image, contrast, own = torch.rand(1, 3, 24, 36), torch.rand(1, 64), torch.tensor([1, 5, 2, 8])
     inputs = {"head": (image,), "tail": (maps[0], maps[1], contrast, maps[2], image)}.get(
-        kind, (maps[0], rows) if block == 0 else (maps[0], maps[1], contrast, maps[2], rows))
+        kind, (maps[0], own) if block == 0 else (maps[0], maps[1], contrast, maps[2], own))
     expected = TorchRunner(models).run_part("as", kind, block, *inputs)
     got = OnnxRunner(models, threads=1).run_part("as", kind, block, *inputs)
     assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in expected]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from model import engine as engine_module
 from model.backends import TorchRunner
 from model.engine import (
     AS_CONTEXT,
@@ -448,8 +449,9 @@ def test_uint8_samples_give_the_same_result_as_float_samples(runner, natural, sc
 
 # --- IMDN_AS in parts: past the budget for one pass, with room for its feature maps -----------------
 
-# 192x160 output: one pass would need 7.4 MB; in parts, the maps take 0.7 MB and the bands the rest: 22
-# feature rows (of 48) for head and tail, 38 for the blocks, so every part meets a band border.
+# 192x160 output: one pass would need 7.4 MB (190x157: 7.2 MB); in parts, the maps take 0.7 MB and the
+# bands the rest: 21 feature rows (of 48) for head and tail, 33 for the blocks, so every part meets a
+# band border.
 PARTS_BUDGET = 6 * 2**20
 
 
@@ -463,8 +465,26 @@ def test_any_scale_in_parts_equals_the_whole_image(runner, make_image):
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2  # the tiles' bar (issue 3), met by the parts
     names = [name for name, _, _ in spy.calls]
     assert names == (["as:head0"] * 3 + [f"as:block{b}" for b in range(6) for _ in range(2)] + ["as:tail0"] * 3)
-    assert [shape[2] for name, shape, _ in spy.calls if name == "as:block1"] == [38 + 4, 10 + 4]
-    assert [shape[2] for name, shape, _ in spy.calls if name == "as:head0"] == [4 * (22 + 1), 4 * (22 + 2), 4 * (4 + 1)]
+    assert [shape[2] for name, shape, _ in spy.calls if name == "as:block1"] == [33 + 4, 15 + 4]
+    head_rows = [shape[2] for name, shape, _ in spy.calls if name == "as:head0"]
+    assert head_rows == [4 * (21 + 1), 4 * (21 + 2), 4 * (6 + 1)]
+
+
+def test_any_scale_in_parts_runs_bands_in_windows(runner, make_image, monkeypatch):
+    """Windows of at most 12x16 own feature pixels: 40 feature columns in 3 balanced stripes, each read with
+    its context on the sides away from the border; the result is still the whole image's."""
+    monkeypatch.setattr(engine_module, "PART_WINDOW", (12, 16))
+    image = make_image(80, 64, seed=5)
+    spy = SpyRunner(runner)
+    out = Upscaler(spy, budget_bytes=PARTS_BUDGET).upscale(image, width=160, height=192, model="as")
+    expected = Upscaler(runner, budget_bytes=WHOLE_BUDGET).upscale(image, width=160, height=192, model="as")
+    diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2
+    block1 = [shape for name, shape, _ in spy.calls if name == "as:block1"]
+    assert [shape[3] for shape in block1] == [13 + 4, 13 + 8, 14 + 4] * 4  # 48 rows: 4 bands of 12
+    assert [shape[2] for shape in block1] == [12 + 4] * 3 + [12 + 8] * 6 + [12 + 4] * 3
+    tail = [shape for name, shape, _ in spy.calls if name == "as:tail0"]
+    assert [shape[3] for shape in tail[:3]] == [13 + 2, 13 + 4, 14 + 2]
 
 
 def test_any_scale_in_parts_pads_sides_that_are_not_multiples_of_4(runner, make_image):

@@ -190,8 +190,8 @@ def test_forward_is_differentiable():
 def _run_in_parts(model, x):
     """IMDN_AS as NetworkParts over the whole feature map (one band): head, six blocks, tail."""
     out, = NetworkPart(model, "head")(x)
-    rows = torch.tensor([0, out.shape[2]])
-    distilled, sums = NetworkPart(model, "block", 0)(out, rows)
+    whole = torch.tensor([0, out.shape[2], 0, out.shape[3]])
+    distilled, sums = NetworkPart(model, "block", 0)(out, whole)
     collected = torch.zeros_like(out)
     pixels = torch.full((1, 64), float(out.shape[2] * out.shape[3]))
 
@@ -200,7 +200,7 @@ def _run_in_parts(model, x):
 
     for block in range(1, 6):
         out, collected, distilled, sums = NetworkPart(model, "block", block)(distilled, out, contrast(sums),
-                                                                             collected, rows)
+                                                                             collected, whole)
     return NetworkPart(model, "tail")(distilled, out, contrast(sums), collected, x)[0]
 
 
@@ -213,10 +213,10 @@ def test_network_parts_in_turn_equal_the_forward_pass(random_models):
 
 
 @torch.no_grad()
-def test_network_part_sums_cover_only_the_rows_asked_for(random_models):
+def test_network_part_sums_cover_only_the_window_asked_for(random_models):
     block_input = torch.rand(1, 64, 10, 12).half()
-    distilled, sums = NetworkPart(random_models["as"], "block", 0)(block_input, torch.tensor([3, 7]))
-    own = distilled[:, :, 3:7].float()
+    distilled, sums = NetworkPart(random_models["as"], "block", 0)(block_input, torch.tensor([3, 7, 2, 11]))
+    own = distilled[:, :, 3:7, 2:11].float()
     # The sums come from the float values, before the feature maps are stored in half precision.
     expected = torch.stack([own.sum(dim=(0, 2, 3)), own.pow(2).sum(dim=(0, 2, 3))])
     torch.testing.assert_close(sums, expected, rtol=2e-3, atol=1e-2)
