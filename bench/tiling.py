@@ -9,8 +9,8 @@ back to the HR size with bicubic + IMDN_AS. Each image is upscaled whole (one ti
 ACS where a side is not divisible by 4) and with forced tiles of `--core` pixels,
 with the whole image's CCA statistics estimated from samples ("sampled", the service
 default) and refined by one more pass ("refined", the engine/CLI default). IMDN_AS is
-also run in parts ("parts": head, blocks and tail over bands of a third of the feature
-rows each), as the engine runs it past its one-pass budget.
+also run in parts ("parts": head, blocks and tail over windows of a third of the feature
+rows and columns each), as the engine runs it past its one-pass budget.
 Prints the share of output values within 1/255 of the whole-image result, the largest
 difference, and mean PSNR-Y against HR for each.
 """
@@ -33,11 +33,8 @@ from model import engine as engine_module  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
 from model.engine import (  # noqa: E402
     BYTES_PER_INPUT_PIXEL,
-    MIN_PART_ROWS,
-    PART_BYTES_PER_FEATURE_PIXEL,
     Upscaler,
     feature_size,
-    part_maps_bytes,
 )
 from model.evaluate import read_uint8  # noqa: E402
 from model.imageio import IMAGE_SUFFIXES, picture_from_array  # noqa: E402
@@ -82,13 +79,12 @@ def main() -> None:
         reference = whole.upscale_picture(picture, plan).astype(np.int16)
         hr = hr[:, : reference.shape[0], : reference.shape[1]]
         scores["whole"].append(psnr(torch.from_numpy(reference).permute(2, 0, 1), hr, shave))
-        if "parts" in tiled:  # a budget for the feature maps and bands of a third of the rows, not one pass
+        if "parts" in tiled:  # just under the budget for one pass, in windows of a third of the rows and columns
             size = reference.shape[:2]
             rows, cols = feature_size(size)
-            band = max(MIN_PART_ROWS, -(-rows // 3))
-            band_bytes = band * cols * max(PART_BYTES_PER_FEATURE_PIXEL.values())
-            tiled["parts"].budget_bytes = part_maps_bytes(size) + band_bytes
-            assert tiled["parts"].budget_bytes < reference.shape[0] * reference.shape[1] * BYTES_PER_INPUT_PIXEL["as"]
+            tiled["parts"].budget_bytes = size[0] * size[1] * BYTES_PER_INPUT_PIXEL["as"] - 1
+            engine_module.PART_WINDOW = (-(-rows // 3), -(-cols // 3))
+            assert tiled["parts"]._part_bands(size), f"{hr_path.name}: no room for IMDN_AS in parts"
         for name, upscaler in tiled.items():
             out = upscaler.upscale_picture(picture, plan).astype(np.int16)
             diff = np.abs(out - reference)
