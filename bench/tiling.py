@@ -83,7 +83,7 @@ def main() -> None:
             size = reference.shape[:2]
             rows, cols = feature_size(size)
             tiled["parts"].budget_bytes = size[0] * size[1] * BYTES_PER_INPUT_PIXEL["as"] - 1
-            engine_module.PART_WINDOW = (-(-rows // 3), -(-cols // 3))
+            tiled["parts"].part_window = (-(-rows // 3), -(-cols // 3))
             assert tiled["parts"]._part_bands(size), f"{hr_path.name}: no room for IMDN_AS in parts"
         for name, upscaler in tiled.items():
             out = upscaler.upscale_picture(picture, plan).astype(np.int16)

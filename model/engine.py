@@ -331,8 +331,12 @@ class Upscaler:
 
     def __init__(self, runner: Runner, budget_bytes: int = 512 * 2**20, max_batch: int = 4,
                  max_scale: float = 8.0, tile_core_override: int | None = None, refine_stats: bool = True,
-                 any_scale: str = "as", available: Collection[str] | None = None, content: str = "clean") -> None:
+                 any_scale: str = "as", available: Collection[str] | None = None, content: str = "clean",
+                 part_window: tuple[int, int] | None = PART_WINDOW) -> None:
+        """part_window: IMDN_AS in parts runs each band in windows of at most this many feature rows and
+        columns, a CPU cache's size (None: whole bands, as sized by the budget; a GPU has no such cache)."""
         self.runner = runner
+        self.part_window = part_window
         self.any_scale = any_scale
         self.content = content
         self.available = available
@@ -417,10 +421,11 @@ class Upscaler:
         yield 0, band
 
     def _part_bands(self, size: tuple[int, int]) -> dict[str, int]:
-        """Feature rows per band of each kind of part of IMDN_AS (at most PART_WINDOW's), within what the
+        """Feature rows per band of each kind of part of IMDN_AS (at most part_window's), within what the
         budget leaves after the held maps; empty if that is less than MIN_PART_ROWS for some kind."""
         rows, cols = feature_size(size)
-        widest = -(-cols // -(-cols // PART_WINDOW[1]))  # the widest of the balanced stripes
+        window = self.part_window or (rows, cols)
+        widest = -(-cols // -(-cols // window[1]))  # the widest of the balanced stripes
         left = self.budget_bytes - part_maps_bytes(size)
         # Per row of a band: what the band holds over its full width, and the rest of the measured bytes
         # over its widest window only.
@@ -429,7 +434,7 @@ class Upscaler:
                    for kind, held in PART_HELD_BYTES.items()}
         if min(fitting.values()) < MIN_PART_ROWS:
             return {}
-        return {kind: min(rows, PART_WINDOW[0], band) for kind, band in fitting.items()}
+        return {kind: min(rows, window[0], band) for kind, band in fitting.items()}
 
     def _any_scale_in_parts(self, work: NetworkPass) -> Iterator[tuple[int, torch.Tensor]]:
         """IMDN_AS over the whole image, block by block, each gated by its exact whole-image statistics.
@@ -451,7 +456,7 @@ class Upscaler:
             pad = (0, 4 * cols - width, 0, 4 * (bottom - top) - x.shape[1])
             return F.pad(x[None], pad, mode="replicate") if any(pad) else x[None]
 
-        count = -(-cols // PART_WINDOW[1])
+        count = -(-cols // (self.part_window or (rows, cols))[1])
         stripes = [(cols * i // count, cols * (i + 1) // count) for i in range(count)]
         # Each window of a map is copied (the runner needs contiguous arrays) into the same buffer every
         # time: fresh ones were fresh pages for the kernel to fault in each time (~4% of the run at 7 MP).

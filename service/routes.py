@@ -35,7 +35,7 @@ from service.errors import (
     problem_responses,
 )
 from service.processing import RequestRunner, Timings, encoded_chunks, run_in_thread, while_in_use
-from service.state import ServiceState
+from service.state import ServiceState, part_window
 from service.upload import UploadLimits, UploadTimeoutError, read_image
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -247,7 +247,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         scale = params.scale if params.scale is not None or params.width or params.height else 2.0
         upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
                             settings.tile_size, settings.refine_stats, settings.any_scale, settings.models,
-                            params.content or settings.content)
+                            params.content or settings.content, part_window(state.devices))
 
         def checked_plan(size: tuple[int, int]) -> Plan:
             plan = upscaler.plan(size, scale, params.width, params.height, params.model)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from model import engine as engine_module
 from model.backends import TorchRunner
 from model.engine import (
     AS_CONTEXT,
@@ -470,13 +469,13 @@ def test_any_scale_in_parts_equals_the_whole_image(runner, make_image):
     assert head_rows == [4 * (21 + 1), 4 * (21 + 2), 4 * (6 + 1)]
 
 
-def test_any_scale_in_parts_runs_bands_in_windows(runner, make_image, monkeypatch):
+def test_any_scale_in_parts_runs_bands_in_windows(runner, make_image):
     """Windows of at most 12x16 own feature pixels: 40 feature columns in 3 balanced stripes, each read with
     its context on the sides away from the border; the result is still the whole image's."""
-    monkeypatch.setattr(engine_module, "PART_WINDOW", (12, 16))
     image = make_image(80, 64, seed=5)
     spy = SpyRunner(runner)
-    out = Upscaler(spy, budget_bytes=PARTS_BUDGET).upscale(image, width=160, height=192, model="as")
+    up = Upscaler(spy, budget_bytes=PARTS_BUDGET, part_window=(12, 16))
+    out = up.upscale(image, width=160, height=192, model="as")
     expected = Upscaler(runner, budget_bytes=WHOLE_BUDGET).upscale(image, width=160, height=192, model="as")
     diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2
@@ -485,6 +484,14 @@ def test_any_scale_in_parts_runs_bands_in_windows(runner, make_image, monkeypatc
     assert [shape[2] for shape in block1] == [12 + 4] * 3 + [12 + 8] * 6 + [12 + 4] * 3
     tail = [shape for name, shape, _ in spy.calls if name == "as:tail0"]
     assert [shape[3] for shape in tail[:3]] == [13 + 2, 13 + 4, 14 + 2]
+
+
+def test_any_scale_in_parts_without_windows_runs_whole_bands(runner, make_image):
+    """part_window=None (a GPU): one call per band, its whole width."""
+    spy = SpyRunner(runner)
+    Upscaler(spy, budget_bytes=PARTS_BUDGET, part_window=None).upscale(make_image(80, 64, seed=5), width=160,
+                                                                       height=192, model="as")
+    assert [shape[2:] for name, shape, _ in spy.calls if name == "as:block1"] == [(33 + 4, 40), (15 + 4, 40)]
 
 
 def test_any_scale_in_parts_pads_sides_that_are_not_multiples_of_4(runner, make_image):

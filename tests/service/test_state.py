@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from model.engine import PART_WINDOW
 from service.config import Settings
-from service.state import CPU_BUDGET_MB, GPU_BUDGET_CAP_MB, memory_budget
+from service.state import CPU_BUDGET_MB, GPU_BUDGET_CAP_MB, memory_budget, part_window
 
 GIB = 2**30
 
@@ -40,3 +41,8 @@ def test_big_gpu_is_capped(card) -> None:
 def test_explicit_budget_wins(card) -> None:
     card(141 * 10**9)
     assert memory_budget(Settings(memory_budget_mb=8192), torch.device("cuda", 0)) == 8192 * 2**20
+
+
+def test_imdn_as_parts_run_in_cache_sized_windows_on_cpu_only() -> None:
+    assert part_window(["cpu"]) == PART_WINDOW
+    assert part_window(["cuda:0", "cuda:1"]) is None
