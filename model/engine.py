@@ -334,7 +334,7 @@ class Upscaler:
                  any_scale: str = "as", available: Collection[str] | None = None, content: str = "clean",
                  part_window: tuple[int, int] | None = PART_WINDOW) -> None:
         """part_window: IMDN_AS in parts runs each band in windows of at most this many feature rows and
-        columns, a CPU cache's size (None: whole bands, as sized by the budget; a GPU has no such cache)."""
+        columns, a CPU cache's size (None: whole bands, as sized by the budget; see service.state.part_window)."""
         self.runner = runner
         self.part_window = part_window
         self.any_scale = any_scale
@@ -427,11 +427,12 @@ class Upscaler:
         window = self.part_window or (rows, cols)
         widest = -(-cols // -(-cols // window[1]))  # the widest of the balanced stripes
         left = self.budget_bytes - part_maps_bytes(size)
-        # Per row of a band: what the band holds over its full width, and the rest of the measured bytes
-        # over its widest window only.
-        fitting = {kind: left // (cols * held + (widest + 2 * PART_CONTEXT[kind]) * (PART_BYTES_PER_FEATURE_PIXEL[kind]
-                                                                                     - held))
-                   for kind, held in PART_HELD_BYTES.items()}
+        fitting = {}
+        for kind, held in PART_HELD_BYTES.items():
+            # Per row of a band: what it holds over its full width, the rest of the measured bytes over
+            # its widest window only.
+            run = PART_BYTES_PER_FEATURE_PIXEL[kind] - held
+            fitting[kind] = left // (cols * held + (widest + 2 * PART_CONTEXT[kind]) * run)
         if min(fitting.values()) < MIN_PART_ROWS:
             return {}
         return {kind: min(rows, window[0], band) for kind, band in fitting.items()}

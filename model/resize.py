@@ -72,9 +72,9 @@ def resize_axis(
     if window is not None:
         weights, idx = weights[window[0] : window[1]], idx[window[0] : window[1]]
         out_length = window[1] - window[0]
-    # One strided gather per tap, into the same buffer and in x's own dtype: a fresh buffer per tap was
-    # a fresh mmap whose pages the kernel faulted in and zeroed every time (measured: 2x slower for the
-    # bands of a 7 MP enlargement).
+    # One gather per tap, into the same buffer and in x's own dtype: a fresh buffer per tap was a fresh
+    # mmap whose pages the kernel faulted in and zeroed every time (measured: 2x slower for the bands of
+    # a 7 MP enlargement).
     shape = [1] * x.dim()
     shape[dim] = out_length
     term = torch.empty(0, dtype=x.dtype)
@@ -149,7 +149,7 @@ def imresize(
         dim = image.dim() - 2 + axis
         span = None if window is None else (window[2 * axis], window[2 * axis + 1])
         work = resize_axis(work, dim, (out_h, out_w)[axis], scales[axis], antialias, span, compute,
-                            in_length=(in_h, in_w)[axis], offset=offset if axis == 0 else 0)
+                           in_length=(in_h, in_w)[axis], offset=offset if axis == 0 else 0)
         if rounded:
             # MATLAB rounds half away from zero; values are non-negative after clamping.
             work = torch.floor(work.clamp(0, top) + 0.5)
