@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available  # noqa: E402
-from model.engine import Upscaler  # noqa: E402
+from model.engine import Upscaler, part_window_for  # noqa: E402
 from model.imageio import decode  # noqa: E402
 from service.__main__ import tune_malloc  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.state import memory_budget, parse_devices, part_window, warm_any_scale_parts  # noqa: E402
+from service.state import memory_budget, parse_devices, warm_any_scale_parts  # noqa: E402
 
 
 def test_image(side: int, seed: int = 0) -> bytes:
@@ -103,7 +103,7 @@ def engine(weights: str) -> Upscaler:
         warm_any_scale_parts(runner)  # as the service's warm-up does: the part graphs made before timing
     return Upscaler(runner, budget_bytes=memory_budget(settings, device), max_batch=settings.max_batch,
                     refine_stats=settings.refine_stats, any_scale=settings.any_scale, content=settings.content,
-                    part_window=part_window([str(device)]))
+                    part_window=part_window_for(device))
 
 
 def engine_seconds(upscaler: Upscaler, data: bytes, scale: float, rounds: int) -> list[float]:

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
-from model.engine import ANY_SCALE_METHODS, CONTENT_KINDS, MODEL_CHOICES, UpscaleError, Upscaler
+from model.engine import ANY_SCALE_METHODS, CONTENT_KINDS, MODEL_CHOICES, UpscaleError, Upscaler, part_window_for
 from model.imageio import IMAGE_SUFFIXES, ImageDecodeError, ImageTooLargeError, decode, encode_png_stream, encode_whole
 from model.weights import WeightsError
 
@@ -69,8 +69,9 @@ def upscale_command(args: argparse.Namespace) -> int:
     if args.scale is None and args.width is None and args.height is None:
         args.scale = 2.0
     runner = make_runner(["x2", "x3", "x4", "as"], args.weights, args.device, args.backend)
+    device = runner.device if isinstance(runner, TorchRunner) else torch.device("cpu")
     upscaler = Upscaler(runner, budget_bytes=args.memory_mb * 2**20, max_scale=args.max_scale,
-                        any_scale=args.any_scale, content=args.content)
+                        any_scale=args.any_scale, content=args.content, part_window=part_window_for(device))
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in tqdm(files, desc="upscale", unit="img", disable=len(files) < 2 or not sys.stderr.isatty()):

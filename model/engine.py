@@ -103,6 +103,12 @@ Window = tuple[slice, tuple[torch.Tensor, ...]]
 
 
 
+def part_window_for(device: torch.device) -> tuple[int, int] | None:
+    """IMDN_AS's part windows on a device: PART_WINDOW on a CPU (its cache's size, measured there); on a
+    GPU whole bands, one call per band instead of a dozen small ones (not measured there)."""
+    return PART_WINDOW if device.type == "cpu" else None
+
+
 def feature_size(size: tuple[int, int]) -> tuple[int, int]:
     """IMDN_AS's feature map (rows, cols) for an input of `size` (h, w), sides padded to multiples of 4."""
     return -(-size[0] // 4), -(-size[1] // 4)
@@ -334,7 +340,7 @@ class Upscaler:
                  any_scale: str = "as", available: Collection[str] | None = None, content: str = "clean",
                  part_window: tuple[int, int] | None = PART_WINDOW) -> None:
         """part_window: IMDN_AS in parts runs each band in windows of at most this many feature rows and
-        columns, a CPU cache's size (None: whole bands, as sized by the budget; see service.state.part_window)."""
+        columns, a CPU cache's size (None: whole bands, as sized by the budget; see part_window_for)."""
         self.runner = runner
         self.part_window = part_window
         self.any_scale = any_scale

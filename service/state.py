@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
-from model.engine import AS_CONTEXT, IMDN_CONTEXT, PART_WINDOW, Runner, Upscaler, tile_core
+from model.engine import AS_CONTEXT, IMDN_CONTEXT, PART_WINDOW, Runner, Upscaler, part_window_for, tile_core
 from model.imdn import count_parameters
 from model.weights import file_sha256, resolve_weights
 from service.config import Settings
@@ -106,9 +106,9 @@ ARENA_PER_BUDGET = 1.0
 
 
 def part_window(devices: list[str]) -> tuple[int, int] | None:
-    """IMDN_AS in parts: windows of a CPU cache's size on CPU replicas (model.engine.PART_WINDOW, measured
-    there); whole bands where a GPU runs them, one call per band instead of a dozen small ones."""
-    return None if any(d.startswith("cuda") for d in devices) else PART_WINDOW
+    """IMDN_AS's part windows for a pool of replicas on these devices: whole bands if a GPU runs any."""
+    windows = [part_window_for(torch.device(device)) for device in devices]
+    return None if None in windows else PART_WINDOW
 
 
 def memory_budget(settings: Settings, device: torch.device) -> int:

@@ -46,3 +46,4 @@ def test_explicit_budget_wins(card) -> None:
 def test_imdn_as_parts_run_in_cache_sized_windows_on_cpu_only() -> None:
     assert part_window(["cpu"]) == PART_WINDOW
     assert part_window(["cuda:0", "cuda:1"]) is None
+    assert part_window(["cpu", "cuda:0"]) is None  # a pool with a GPU: whole bands everywhere
