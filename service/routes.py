@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from PIL import Image, ImageDraw
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.types import Receive, Scope, Send
 
 from model.engine import Plan, Upscaler, scale_policy
 from model.imageio import DecodeCancelledError, decode, header_size
@@ -148,6 +149,20 @@ async def watched(request: Request, work: Awaitable[T], cancel: threading.Event,
             with contextlib.suppress(asyncio.CancelledError, Exception):  # nobody wants the result now
                 await task
         raise
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator as soon as sending stops, cut or not. Starlette leaves a generator whose
+    send failed (a client too slow, cut by the middleware) to the garbage collector, so its clean-up, the
+    request's processing slot and in-flight count, ran at some later turn of the event loop."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 class DrainDeadlineError(NotReadyError):
@@ -342,7 +357,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
             finish()
             await chunks.aclose()
 
-    return StreamingResponse(body(), media_type=MEDIA_TYPES[params.format], headers=headers)  # type: ignore[arg-type]
+    return ClosingStreamingResponse(body(), media_type=MEDIA_TYPES[params.format], headers=headers)  # type: ignore[arg-type]
 
 
 @router.get("/v1/models", summary="Loaded models, devices and weights",
