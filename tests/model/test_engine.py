@@ -17,12 +17,14 @@ from model.engine import (
     UpscaleError,
     Upscaler,
     plan_upscale,
+    resize_band_stream,
     resize_unit,
     target_size,
     tile_core,
 )
 from model.imageio import picture_from_array, unit_float
 from model.imdn import contrast_from_moments
+from model.resize import imresize
 from model.tiling import IMDN_CONTEXT
 
 WHOLE_BUDGET = 2**34  # big enough that every test image is one tile
@@ -282,6 +284,19 @@ def test_upscale_explicit_model_then_bicubic(upscaler):
     array = _gradient(10, 12, 3)
     out = upscaler.upscale(array, scale=3, model="x4")
     assert out.shape == (30, 36, 3)
+
+
+@pytest.mark.parametrize("out_size", [(41, 30), (120, 90)])
+def test_resize_band_stream_equals_a_whole_image_resize(out_size):
+    """A closing bicubic fed in uneven bands, emitted in bands of 16 rows: the whole image's resize."""
+    torch.manual_seed(11)
+    image = torch.rand(3, 50, 37)
+    cuts = [0, 7, 20, 21, 44, 50]
+    bands = ((top, image[:, top:bottom]) for top, bottom in zip(cuts, cuts[1:], strict=False))
+    out = list(resize_band_stream(bands, 50, out_size, rows_per_band=16))
+    assert [top for top, _ in out] == list(range(0, out_size[0], 16))
+    torch.testing.assert_close(torch.cat([band for _, band in out], dim=1),
+                               imresize(image, size=out_size).clamp(0, 1), rtol=0, atol=1e-5)
 
 
 def test_upscale_gray_matches_channel_mean(upscaler):
