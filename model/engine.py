@@ -92,7 +92,9 @@ BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
 # half-resolution maps of the first stride-2 conv (measured on whole bands with bench/engine_memory.py
 # --side 1200 --scale 2.5 --model as: ~5.5 KB for head and tail, ~3.2 KB for a block). A band holds,
 # per feature pixel of its full width, the outputs of its windows and of the band before (a block's
-# three maps), or the bicubic rows that head and tail read and the tail's output.
+# three maps: 768 bytes), or the bicubic rows that head and tail read, with the resize's buffers, and
+# the tail's output (counted from those buffers, with headroom; peak RSS of the engine alone at 16 and
+# 20 MP with these bands: 994 and 1007 MB, against 995 MB at 16 MP with whole bands).
 PART_MAPS = 3
 PART_BYTES_PER_FEATURE_PIXEL = {"head": 6144, "block": 3584, "tail": 6144}
 PART_HELD_BYTES = {"head": 1536, "block": 1024, "tail": 2048}
