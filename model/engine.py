@@ -428,12 +428,17 @@ class Upscaler:
             return
         yield 0, band
 
+    def _part_stripes(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """The balanced column stripes (first, stop feature column) of IMDN_AS's part windows."""
+        rows, cols = feature_size(size)
+        count = -(-cols // (self.part_window or (rows, cols))[1])
+        return [(cols * i // count, cols * (i + 1) // count) for i in range(count)]
+
     def _part_bands(self, size: tuple[int, int]) -> dict[str, int]:
         """Feature rows per band of each kind of part of IMDN_AS (at most part_window's), within what the
         budget leaves after the held maps; empty if that is less than MIN_PART_ROWS for some kind."""
         rows, cols = feature_size(size)
-        window = self.part_window or (rows, cols)
-        widest = -(-cols // -(-cols // window[1]))  # the widest of the balanced stripes
+        widest = max(stop - first for first, stop in self._part_stripes(size))
         left = self.budget_bytes - part_maps_bytes(size)
         fitting = {}
         for kind, held in PART_HELD_BYTES.items():
@@ -443,7 +448,7 @@ class Upscaler:
             fitting[kind] = left // (cols * held + (widest + 2 * PART_CONTEXT[kind]) * run)
         if min(fitting.values()) < MIN_PART_ROWS:
             return {}
-        return {kind: min(rows, window[0], band) for kind, band in fitting.items()}
+        return {kind: min(rows, (self.part_window or (rows, cols))[0], band) for kind, band in fitting.items()}
 
     def _any_scale_in_parts(self, work: NetworkPass) -> Iterator[tuple[int, torch.Tensor]]:
         """IMDN_AS over the whole image, block by block, each gated by its exact whole-image statistics.
@@ -465,11 +470,11 @@ class Upscaler:
             pad = (0, 4 * cols - width, 0, 4 * (bottom - top) - x.shape[1])
             return F.pad(x[None], pad, mode="replicate") if any(pad) else x[None]
 
-        count = -(-cols // (self.part_window or (rows, cols))[1])
-        stripes = [(cols * i // count, cols * (i + 1) // count) for i in range(count)]
+        stripes = self._part_stripes(work.size)
+        widest = max(stop - first for first, stop in stripes)
         # Each window of a map is copied (the runner needs contiguous arrays) into the same buffer every
         # time: fresh ones were fresh pages for the kernel to fault in each time (~4% of the run at 7 MP).
-        most = max(min(rows, bands[kind] + 2 * context) * min(cols, -(-cols // count) + 2 * context)
+        most = max(min(rows, bands[kind] + 2 * context) * min(cols, widest + 2 * context)
                    for kind, context in PART_CONTEXT.items())
         copies = [torch.empty(NUM_FEATURES * most, dtype=PART_STORAGE) for _ in range(3)]
 
