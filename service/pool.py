@@ -210,22 +210,18 @@ class ModelPool:
     def _run(self, replica: Replica, group: list[Job]) -> None:
         first = group[0]
         started = time.perf_counter()
+        results: list[Any]  # one per job of the group
         if first.call is not None:
-            result, tiles = first.call(replica.backend), 0
+            results, tiles = [first.call(replica.backend)], 0
         else:
             batch = torch.cat([job.batch for job in group]) if len(group) > 1 else first.batch
             contrast = None
             if first.contrast is not None:
                 contrast = torch.cat([job.contrast for job in group if job.contrast is not None])
-            result, tiles = replica.backend(first.model, batch, contrast), batch.shape[0]
+            out = replica.backend(first.model, batch, contrast)
+            results, tiles = list(out.split([job.batch.shape[0] for job in group])), batch.shape[0]
         replica.batches += 1
         if self.on_batch is not None:
             self.on_batch(first.model, tiles, time.perf_counter() - started)
-        if first.call is not None:
-            first.future.set_result(result)
-            return
-        offset = 0
-        for job in group:
-            n = job.batch.shape[0]
-            job.future.set_result(result[offset : offset + n])
-            offset += n
+        for job, result in zip(group, results, strict=True):
+            job.future.set_result(result)
