@@ -167,6 +167,19 @@ def test_fused_collection_equals_concatenation(random_models, name, size):
 
 
 @torch.no_grad()
+def test_distillation_equals_convolution_then_split(random_models):
+    """The authors' formulation: each of c1..c3 over all its output channels, then split kept | rest."""
+    block = random_models["x2"].blocks()[2]
+    x = torch.rand(2, 64, 11, 9)
+    split = [block.distilled, block.remaining]
+    kept1, rest = torch.split(block.act(block.c1(x)), split, dim=1)
+    kept2, rest = torch.split(block.act(block.c2(rest)), split, dim=1)
+    kept3, rest = torch.split(block.act(block.c3(rest)), split, dim=1)
+    expected = torch.cat([kept1, kept2, kept3, block.c4(rest)], dim=1)
+    torch.testing.assert_close(block.distill(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
 def test_as_input_skip_adds_the_input(random_models):
     model = random_models["as"]
     x = torch.rand(1, 3, 16, 12)
