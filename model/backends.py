@@ -154,8 +154,8 @@ def export_part_onnx(model: IMDN_AS, kind: str, block: int = 0) -> bytes:
     maps, image = torch.zeros(1, 64, 4, 4, dtype=PART_STORAGE), torch.rand(1, 3, 16, 16)
     own = torch.tensor([1, 3, 0, 4])  # the window's own rows and columns
     finish = (maps, maps, torch.rand(1, 64), maps)  # the block before: distilled, input, statistics, collected
-    example: tuple[torch.Tensor, ...] = {"head": (image,), "tail": (*finish, image)}.get(
-        kind, (maps, own) if block == 0 else (*finish, own))
+    examples = {"head": (image,), "tail": (*finish, image), "tail_held": (*finish, maps, image)}
+    example: tuple[torch.Tensor, ...] = examples.get(kind, (maps, own) if block == 0 else (*finish, own))
     part = NetworkPart(model.float().eval(), kind, block)
     results = part(*example)
     names, outputs = [f"i{i}" for i in range(len(example))], [f"o{i}" for i in range(len(results))]

@@ -96,8 +96,8 @@ BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
 # the tail's output (counted from those buffers, with headroom; peak RSS of the engine alone at 16 and
 # 20 MP with these bands: 994 and 1007 MB, against 995 MB at 16 MP with whole bands).
 PART_MAPS = 3
-PART_BYTES_PER_FEATURE_PIXEL = {"head": 6144, "block": 3584, "tail": 6144}
-PART_HELD_BYTES = {"head": 1536, "block": 1024, "tail": 2048}
+PART_BYTES_PER_FEATURE_PIXEL = {"head": 6144, "block": 3584, "tail": 6144, "tail_held": 6144}
+PART_HELD_BYTES = {"head": 1536, "block": 1024, "tail": 2048, "tail_held": 2048}
 PART_WINDOW = (56, 384)
 MIN_PART_ROWS = 16
 # A window of a part's run: its feature columns, and its outputs cropped to its own rows and columns.
@@ -116,10 +116,10 @@ def feature_size(size: tuple[int, int]) -> tuple[int, int]:
     return -(-size[0] // 4), -(-size[1] // 4)
 
 
-def part_maps_bytes(size: tuple[int, int]) -> int:
-    """The feature maps IMDN_AS in parts holds for an image of `size` (h, w), in bytes."""
+def part_maps_bytes(size: tuple[int, int], maps: int = PART_MAPS) -> int:
+    """`maps` feature maps of IMDN_AS in parts for an image of `size` (h, w), in bytes."""
     rows, cols = feature_size(size)
-    return PART_MAPS * NUM_FEATURES * PART_STORAGE.itemsize * rows * cols
+    return maps * NUM_FEATURES * PART_STORAGE.itemsize * rows * cols
 
 
 MIN_CORE = 32
@@ -434,16 +434,18 @@ class Upscaler:
         count = -(-cols // (self.part_window or (rows, cols))[1])
         return [(cols * i // count, cols * (i + 1) // count) for i in range(count)]
 
-    def _part_bands(self, size: tuple[int, int]) -> dict[str, int]:
+    def _part_bands(self, size: tuple[int, int], tail: str = "tail") -> dict[str, int]:
         """Feature rows per band of each kind of part of IMDN_AS (at most part_window's), within what the
-        budget leaves after the held maps; empty if that is less than MIN_PART_ROWS for some kind."""
+        budget leaves after the held maps (a fourth with tail_held); empty if that is less than
+        MIN_PART_ROWS for some kind."""
         rows, cols = feature_size(size)
         widest = max(stop - first for first, stop in self._part_stripes(size))
-        left = self.budget_bytes - part_maps_bytes(size)
+        left = self.budget_bytes - part_maps_bytes(size, PART_MAPS + (tail == "tail_held"))
         fitting = {}
-        for kind, held in PART_HELD_BYTES.items():
+        for kind in ("head", "block", tail):
             # Per row of a band: what it holds over its full width, the rest of the measured bytes over
             # its widest window only.
+            held = PART_HELD_BYTES[kind]
             run = PART_BYTES_PER_FEATURE_PIXEL[kind] - held
             fitting[kind] = left // (cols * held + (widest + 2 * PART_CONTEXT[kind]) * run)
         if min(fitting.values()) < MIN_PART_ROWS:
@@ -462,7 +464,10 @@ class Upscaler:
         """
         height, width = work.size
         rows, cols = feature_size(work.size)
-        bands = self._part_bands(work.size)
+        # Where memory allows, the head's output is held in a fourth map: the tail then reads it instead
+        # of recomputing the head from the pre-scaled image (~3% of the run, measured at 2.4-7 MP).
+        tail = "tail_held" if self._part_bands(work.size, "tail_held") else "tail"
+        bands = self._part_bands(work.size, tail)
 
         def image_rows(top: int, bottom: int) -> torch.Tensor:
             """Input rows 4*top to 4*bottom (feature rows top..bottom), padded to whole feature rows."""
@@ -474,9 +479,9 @@ class Upscaler:
         widest = max(stop - first for first, stop in stripes)
         # Each window of a map is copied (the runner needs contiguous arrays) into the same buffer every
         # time: fresh ones were fresh pages for the kernel to fault in each time (~4% of the run at 7 MP).
-        most = max(min(rows, bands[kind] + 2 * context) * min(cols, widest + 2 * context)
-                   for kind, context in PART_CONTEXT.items())
-        copies = [torch.empty(NUM_FEATURES * most, dtype=PART_STORAGE) for _ in range(3)]
+        most = max(min(rows, band + 2 * PART_CONTEXT[kind]) * min(cols, widest + 2 * PART_CONTEXT[kind])
+                   for kind, band in bands.items())
+        copies = [torch.empty(NUM_FEATURES * most, dtype=PART_STORAGE) for _ in range(PART_MAPS + 1)]
 
         def over_bands(kind: str, block: int, *maps: torch.Tensor) -> Iterator[tuple[slice, list[Window]]]:
             """Run one part band by band, window by window: (a band's feature rows, for each of its windows
@@ -485,7 +490,7 @@ class Upscaler:
             Feature maps are read from `maps` as each window runs: the caller stores a band's results
             only after the next band has run (and so read its context).
             """
-            context, scale = PART_CONTEXT[kind], 4 if kind == "tail" else 1
+            context, scale = PART_CONTEXT[kind], 4 if kind.startswith("tail") else 1
             for top in range(0, rows, bands[kind]):
                 bottom = min(rows, top + bands[kind])
                 first, last = max(0, top - context), min(rows, bottom + context)
@@ -513,9 +518,11 @@ class Upscaler:
         try:
             state = torch.empty(1, NUM_FEATURES, rows, cols, dtype=PART_STORAGE)  # the next block's input
             distilled, collected = torch.empty_like(state), torch.zeros_like(state)
+            held = (torch.empty_like(state),) if tail == "tail_held" else ()  # the head's output
             for own, windows in over_bands("head", 0):
                 for columns, (features,) in windows:
-                    state[:, :, own, columns] = features
+                    for kept in (state, *held):
+                        kept[:, :, own, columns] = features
             contrast = torch.zeros(0)
             pixels = torch.full((1, NUM_FEATURES), float(rows * cols), dtype=torch.float64)
             for block in range(NUM_BLOCKS):
@@ -537,7 +544,7 @@ class Upscaler:
             log.warning("no memory for the feature maps of a %dx%d IMDN_AS pass; tiling it", height, width)
             yield from self._run_pass(work)
             return
-        for own, windows in over_bands("tail", 0, distilled, state, contrast, collected):
+        for own, windows in over_bands(tail, 0, distilled, state, contrast, collected, *held):
             out = torch.cat([image for _, (image,) in windows], dim=3)
             yield 4 * own.start, out[0, :, : height - 4 * own.start, :width].clamp(0, 1)
 

@@ -215,8 +215,9 @@ class IMDN_AS(_IMDNBody):  # noqa: N801 - the paper's name
 PART_STORAGE = torch.float16
 # Feature rows (and columns) of context each part needs around those it produces: a block's four 3x3 convs (4),
 # LR_conv and the upsampler (2). The head's two stride-2 convs read 3 input pixels past a feature
-# row's 4: one feature row (4 input rows) covers them, and the tail recomputes the head.
-PART_CONTEXT = {"head": 1, "block": 4, "tail": 2}
+# row's 4: one feature row (4 input rows) covers them, and the tail recomputes the head (or, as
+# tail_held, reads it from a fourth map).
+PART_CONTEXT = {"head": 1, "block": 4, "tail": 2, "tail_held": 2}
 
 
 class NetworkPart(nn.Module):
@@ -229,7 +230,8 @@ class NetworkPart(nn.Module):
       output (block k's input), collected plus its share of the 1x1 collection conv, and block k's
       (distilled, sums);
     - ``tail``: (block 5's distilled, input and statistics, collected, x) -> the output (N,3,4h,4w),
-      recomputing the head for the global residual.
+      recomputing the head for the global residual;
+    - ``tail_held``: the same with the head's output held: (..., collected, the head's output, x).
 
     Distilled features are a block's CCA input; sums (2,64) are their per-channel sum and sum of
     squares over the window's own pixels, rows own[0]:own[1] and columns own[2]:own[3] (int64), which
@@ -254,17 +256,18 @@ class NetworkPart(nn.Module):
         if self.kind == "block" and self.block == 0:
             return self._distill(blocks[0], inputs[0].to(dtype), inputs[1])
         # Finish the block before: gate its distilled features, fuse, add its input, collect.
-        finished = net.num_blocks - 1 if self.kind == "tail" else self.block - 1
+        finished = self.block - 1 if self.kind == "block" else net.num_blocks - 1
         distilled, block_input, contrast, collected = (t.to(dtype) for t in inputs[:4])
         out = blocks[finished].c5(blocks[finished].cca(distilled, contrast[:, :, None, None])) + block_input
         collected = collected + F.conv2d(out, fuse.weight.split(out.shape[1], dim=1)[finished])
         if self.kind == "block":
             distilled, sums = self._distill(blocks[self.block], out, inputs[4])
             return out.to(PART_STORAGE), collected.to(PART_STORAGE), distilled, sums
-        x = inputs[4].to(dtype)
+        x = inputs[-1].to(dtype)
+        head = inputs[4].to(dtype) if self.kind == "tail_held" else net.fea_conv(x)
         assert fuse.bias is not None
         fused = net.c[1](collected + fuse.bias.view(1, -1, 1, 1))
-        result = net.upsampler(net.LR_conv(fused) + net.fea_conv(x))
+        result = net.upsampler(net.LR_conv(fused) + head)
         return (result + x if net.input_skip else result,)
 
     @staticmethod

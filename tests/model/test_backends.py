@@ -109,7 +109,7 @@ def test_onnx_runner_moments_equal_torch(onnx_runner, torch_runner):
         onnx_runner.cca_moments("x2", windows, torch.zeros_like(mask))
 
 
-@pytest.mark.parametrize(("kind", "block"), [("head", 0), ("block", 0), ("block", 3), ("tail", 0)])
+@pytest.mark.parametrize(("kind", "block"), [("head", 0), ("block", 0), ("block", 3), ("tail", 0), ("tail_held", 0)])
 def test_onnx_runner_network_parts_equal_torch(random_models, kind, block):
     """IMDN_AS's parts (the whole-image pass in bands) run as ONNX graphs too, with the same results."""
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install .[onnx])")
@@ -117,10 +117,11 @@ def test_onnx_runner_network_parts_equal_torch(random_models, kind, block):
 
     models = {"as": random_models["as"]}
     torch.manual_seed(7)
-    maps = [torch.rand(1, 64, 6, 9).half() for _ in range(3)]
+    maps = [torch.rand(1, 64, 6, 9).half() for _ in range(4)]
     image, contrast, own = torch.rand(1, 3, 24, 36), torch.rand(1, 64), torch.tensor([1, 5, 2, 8])
-    inputs = {"head": (image,), "tail": (maps[0], maps[1], contrast, maps[2], image)}.get(
-        kind, (maps[0], own) if block == 0 else (maps[0], maps[1], contrast, maps[2], own))
+    finish = (maps[0], maps[1], contrast, maps[2])
+    inputs = {"head": (image,), "tail": (*finish, image), "tail_held": (*finish, maps[3], image)}.get(
+        kind, (maps[0], own) if block == 0 else (*finish, own))
     expected = TorchRunner(models).run_part("as", kind, block, *inputs)
     got = OnnxRunner(models, threads=1).run_part("as", kind, block, *inputs)
     assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in expected]

@@ -463,10 +463,11 @@ def test_uint8_samples_give_the_same_result_as_float_samples(runner, natural, sc
 
 # --- IMDN_AS in parts: past the budget for one pass, with room for its feature maps -----------------
 
-# 192x160 output: one pass would need 7.4 MB (190x157: 7.2 MB); in parts, the maps take 0.7 MB and the
-# bands the rest: 21 feature rows (of 48) for head and tail, 33 for the blocks, so every part meets a
-# band border.
+# 192x160 output: one pass would need 7.4 MB (190x157: 7.2 MB); in parts, four maps (the head's output
+# held for the tail) take 1 MB and the bands the rest: 20 feature rows (of 48) for head and tail, 32 for
+# the blocks, so every part meets a band border. Under 4.8 MB only three maps leave room for the bands.
 PARTS_BUDGET = 6 * 2**20
+THREE_MAPS_BUDGET = 4900 * 2**10
 
 
 def test_any_scale_in_parts_equals_the_whole_image(runner, make_image):
@@ -478,10 +479,23 @@ def test_any_scale_in_parts_equals_the_whole_image(runner, make_image):
     diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2  # the tiles' bar (issue 3), met by the parts
     names = [name for name, _, _ in spy.calls]
-    assert names == (["as:head0"] * 3 + [f"as:block{b}" for b in range(6) for _ in range(2)] + ["as:tail0"] * 3)
-    assert [shape[2] for name, shape, _ in spy.calls if name == "as:block1"] == [33 + 4, 15 + 4]
+    assert names == (["as:head0"] * 3 + [f"as:block{b}" for b in range(6) for _ in range(2)]
+                     + ["as:tail_held0"] * 3)
+    assert [shape[2] for name, shape, _ in spy.calls if name == "as:block1"] == [32 + 4, 16 + 4]
     head_rows = [shape[2] for name, shape, _ in spy.calls if name == "as:head0"]
-    assert head_rows == [4 * (21 + 1), 4 * (21 + 2), 4 * (6 + 1)]
+    assert head_rows == [4 * (20 + 1), 4 * (20 + 2), 4 * (8 + 1)]
+
+
+def test_any_scale_in_parts_without_room_for_the_head_recomputes_it(runner, make_image):
+    """With room for three maps only, the tail recomputes the head from the pre-scaled image."""
+    image = make_image(80, 64, seed=5)
+    spy = SpyRunner(runner)
+    out = Upscaler(spy, budget_bytes=THREE_MAPS_BUDGET).upscale(image, width=160, height=192, model="as")
+    expected = Upscaler(runner, budget_bytes=WHOLE_BUDGET).upscale(image, width=160, height=192, model="as")
+    diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2
+    tails = [name for name, _, _ in spy.calls if "tail" in name]
+    assert tails == ["as:tail0"] * 3  # 48 feature rows in bands of 16
 
 
 def test_any_scale_in_parts_runs_bands_in_windows(runner, make_image):
@@ -497,7 +511,7 @@ def test_any_scale_in_parts_runs_bands_in_windows(runner, make_image):
     block1 = [shape for name, shape, _ in spy.calls if name == "as:block1"]
     assert [shape[3] for shape in block1] == [13 + 4, 13 + 8, 14 + 4] * 4  # 48 rows: 4 bands of 12
     assert [shape[2] for shape in block1] == [12 + 4] * 3 + [12 + 8] * 6 + [12 + 4] * 3
-    tail = [shape for name, shape, _ in spy.calls if name == "as:tail0"]
+    tail = [shape for name, shape, _ in spy.calls if name == "as:tail_held0"]
     assert [shape[3] for shape in tail[:3]] == [13 + 2, 13 + 4, 14 + 2]
 
 
@@ -506,7 +520,7 @@ def test_any_scale_in_parts_without_windows_runs_whole_bands(runner, make_image)
     spy = SpyRunner(runner)
     Upscaler(spy, budget_bytes=PARTS_BUDGET, part_window=None).upscale(make_image(80, 64, seed=5), width=160,
                                                                        height=192, model="as")
-    assert [shape[2:] for name, shape, _ in spy.calls if name == "as:block1"] == [(33 + 4, 40), (15 + 4, 40)]
+    assert [shape[2:] for name, shape, _ in spy.calls if name == "as:block1"] == [(32 + 4, 40), (16 + 4, 40)]
 
 
 def test_any_scale_in_parts_pads_sides_that_are_not_multiples_of_4(runner, make_image):

@@ -200,9 +200,10 @@ def test_forward_is_differentiable():
     assert all(p.grad is not None for p in model.parameters())
 
 
-def _run_in_parts(model, x):
+def _run_in_parts(model, x, tail="tail"):
     """IMDN_AS as NetworkParts over the whole feature map (one band): head, six blocks, tail."""
     out, = NetworkPart(model, "head")(x)
+    head = out
     whole = torch.tensor([0, out.shape[2], 0, out.shape[3]])
     distilled, sums = NetworkPart(model, "block", 0)(out, whole)
     collected = torch.zeros_like(out)
@@ -214,15 +215,18 @@ def _run_in_parts(model, x):
     for block in range(1, 6):
         out, collected, distilled, sums = NetworkPart(model, "block", block)(distilled, out, contrast(sums),
                                                                              collected, whole)
-    return NetworkPart(model, "tail")(distilled, out, contrast(sums), collected, x)[0]
+    held = (head,) if tail == "tail_held" else ()
+    return NetworkPart(model, tail)(distilled, out, contrast(sums), collected, *held, x)[0]
 
 
+@pytest.mark.parametrize("tail", ["tail", "tail_held"])
 @torch.no_grad()
-def test_network_parts_in_turn_equal_the_forward_pass(random_models):
-    """Head, blocks gated by their own sums, tail: IMDN_AS's output, with feature maps held in half precision."""
+def test_network_parts_in_turn_equal_the_forward_pass(random_models, tail):
+    """Head, blocks gated by their own sums, tail (recomputing the head, or reading it): IMDN_AS's output,
+    with feature maps held in half precision."""
     x = torch.rand(1, 3, 48, 64)
     model = random_models["as"]
-    torch.testing.assert_close(_run_in_parts(model, x), model(x), rtol=0, atol=2e-3)
+    torch.testing.assert_close(_run_in_parts(model, x, tail), model(x), rtol=0, atol=2e-3)
 
 
 @torch.no_grad()

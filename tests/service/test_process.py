@@ -343,7 +343,7 @@ def test_service_process_default_weights(launch_service: StartService, make_imag
 def test_any_scale_in_parts_process(launch_service: StartService, make_image: Callable[..., bytes],
                                     parse_metrics: Callable[[str], Samples], weights_dir: Path) -> None:
     """An 8 MB budget: a 256x256 IMDN_AS output needs 15 MB in one pass, so it runs in parts (feature maps
-    of 1.5 MB; of 64 feature rows, bands of 17 for head and tail, 29 for the blocks). The PNG is the
+    of 1.5 MB; of 64 feature rows, bands of 16 for head and tail, 27 for the blocks). The PNG is the
     one-pass result, within 1/255."""
     data = make_image(100, 100, seed=3)
     with launch_service({"IMDN_MEMORY_BUDGET_MB": "8", "IMDN_MODELS": "as"}) as service:
