@@ -45,7 +45,7 @@ from model.engine import Upscaler, part_window_for  # noqa: E402
 from model.imageio import decode  # noqa: E402
 from service.__main__ import tune_malloc  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.state import memory_budget, parse_devices, warm_any_scale_parts  # noqa: E402
+from service.state import ARENA_PER_BUDGET, memory_budget, parse_devices, warm_any_scale_parts  # noqa: E402
 
 
 def test_image(side: int, seed: int = 0) -> bytes:
@@ -95,13 +95,16 @@ def engine(weights: str) -> Upscaler:
     models = load_models(["x2", "x3", "x4", "as"], weights)
     settings = Settings()
     device = parse_devices(settings.device)[0]
+    budget = memory_budget(settings, device)
     if device.type == "cuda":
         runner: TorchRunner | OnnxRunner = TorchRunner(models, device)
+    elif onnx_available():  # one replica's arena, capped as the service caps it
+        runner = OnnxRunner(models, torch.get_num_threads(), arena_limit_bytes=int(ARENA_PER_BUDGET * budget))
     else:
-        runner = OnnxRunner(models, torch.get_num_threads()) if onnx_available() else TorchRunner(models)
+        runner = TorchRunner(models)
     if isinstance(runner, OnnxRunner):
         warm_any_scale_parts(runner)  # as the service's warm-up does: the part graphs made before timing
-    return Upscaler(runner, budget_bytes=memory_budget(settings, device), max_batch=settings.max_batch,
+    return Upscaler(runner, budget_bytes=budget, max_batch=settings.max_batch,
                     refine_stats=settings.refine_stats, any_scale=settings.any_scale, content=settings.content,
                     part_window=part_window_for(device))
 
