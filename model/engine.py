@@ -465,7 +465,7 @@ class Upscaler:
         height, width = work.size
         rows, cols = feature_size(work.size)
         # Where memory allows, the head's output is held in a fourth map: the tail then reads it instead
-        # of recomputing the head from the pre-scaled image (~3% of the run, measured at 2.4-7 MP).
+        # of recomputing the head from the pre-scaled image (2-11% of the run at 2.4-11 MP, measured).
         tail = "tail_held" if self._part_bands(work.size, "tail_held") else "tail"
         bands = self._part_bands(work.size, tail)
 

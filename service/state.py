@@ -102,7 +102,7 @@ def parse_devices(spec: str) -> list[torch.device]:
 # it hands its free buffers back (model.backends.OnnxRunner). One budget holds the largest tile
 # (IMDN's 191k px windows, IMDN_AS's 2.2 MP ones), but barely: beside the fragments of the other tile
 # shapes of an image (a thin first row, the statistics' samples) a 16 MP x2 image filled a 1.0x arena
-# twice per image, and each time the arena was handed back and faulted in again (21.5 s against 20.4
+# twice, and each time the arena was handed back and faulted in again (21.5 s against 20.4
 # with 1.25x; 11 MP: 14.9-16.3 s against 13.9). 1.5 let fragments pile up to 200 MB more at 64 MP
 # (bench/service.py memory).
 ARENA_PER_BUDGET = 1.25

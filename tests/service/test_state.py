@@ -47,3 +47,18 @@ def test_imdn_as_parts_run_in_cache_sized_windows_on_cpu_only() -> None:
     assert part_window(["cpu"]) == PART_WINDOW
     assert part_window(["cuda:0", "cuda:1"]) is None
     assert part_window(["cpu", "cuda:0"]) is None  # a pool with a GPU: whole bands everywhere
+
+
+def test_warm_up_makes_every_part_graph_of_imdn_as() -> None:
+    """Both tails (recomputing the head, and reading it held) are made at warm-up, so no request pays
+    for exporting and loading a graph."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install .[onnx])")
+    from model.backends import OnnxRunner
+    from model.imdn import NUM_BLOCKS, build_model
+    from service.state import warm_any_scale_parts
+
+    torch.manual_seed(0)
+    runner = OnnxRunner({"as": build_model("as").eval()}, threads=1)
+    warm_any_scale_parts(runner)
+    parts = {key[2:] for key in runner.later_sessions if key[0] == "part"}  # ("part", model, kind, block)
+    assert parts == {("head", 0), ("tail", 0), ("tail_held", 0)} | {("block", b) for b in range(NUM_BLOCKS)}
