@@ -147,7 +147,7 @@ def drained(launch_service: StartService, make_image: Callable[..., bytes],
     """SIGTERM to the supervisor while two slow requests run (fresh connections, so maybe on both workers)."""
     with launch_service(TWO_WORKERS) as service, ThreadPoolExecutor(2) as pool:
         url = service.url
-        image = make_image(64, 1920)
+        image = make_image(192, 2560)  # ~2 MP out: seconds per request, even on a fast CPU
         slow = [pool.submit(httpx.post, f"{url}{URL}?scale=2", content=image, headers=PNG, timeout=60)
                 for _ in range(2)]
         wait_for(lambda: scrape(url, parse_metrics)[("imdn_requests_in_flight", ())] >= 2, 30, "requests in flight")
