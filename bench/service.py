@@ -45,7 +45,7 @@ from model.engine import Upscaler, part_window_for  # noqa: E402
 from model.imageio import decode  # noqa: E402
 from service.__main__ import tune_malloc  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.state import ARENA_PER_BUDGET, memory_budget, parse_devices, warm_any_scale_parts  # noqa: E402
+from service.state import arena_limit, memory_budget, parse_devices, warm_any_scale_parts  # noqa: E402
 
 
 def test_image(side: int, seed: int = 0) -> bytes:
@@ -99,7 +99,7 @@ def engine(weights: str) -> Upscaler:
     if device.type == "cuda":
         runner: TorchRunner | OnnxRunner = TorchRunner(models, device)
     elif onnx_available():  # one replica's arena, capped as the service caps it
-        runner = OnnxRunner(models, torch.get_num_threads(), arena_limit_bytes=int(ARENA_PER_BUDGET * budget))
+        runner = OnnxRunner(models, torch.get_num_threads(), arena_limit_bytes=arena_limit(budget))
     else:
         runner = TorchRunner(models)
     if isinstance(runner, OnnxRunner):

@@ -466,8 +466,8 @@ class Upscaler:
         rows, cols = feature_size(work.size)
         # Where memory allows, the head's output is held in a fourth map: the tail then reads it instead
         # of recomputing the head from the pre-scaled image (2-11% of the run at 2.4-11 MP, measured).
-        tail = "tail_held" if self._part_bands(work.size, "tail_held") else "tail"
-        bands = self._part_bands(work.size, tail)
+        bands = self._part_bands(work.size, "tail_held") or self._part_bands(work.size)
+        tail = "tail_held" if "tail_held" in bands else "tail"
 
         def image_rows(top: int, bottom: int) -> torch.Tensor:
             """Input rows 4*top to 4*bottom (feature rows top..bottom), padded to whole feature rows."""
@@ -518,10 +518,10 @@ class Upscaler:
         try:
             state = torch.empty(1, NUM_FEATURES, rows, cols, dtype=PART_STORAGE)  # the next block's input
             distilled, collected = torch.empty_like(state), torch.zeros_like(state)
-            held = (torch.empty_like(state),) if tail == "tail_held" else ()  # the head's output
+            head_map = (torch.empty_like(state),) if tail == "tail_held" else ()  # the head's output, kept
             for own, windows in over_bands("head", 0):
                 for columns, (features,) in windows:
-                    for kept in (state, *held):
+                    for kept in (state, *head_map):
                         kept[:, :, own, columns] = features
             contrast = torch.zeros(0)
             pixels = torch.full((1, NUM_FEATURES), float(rows * cols), dtype=torch.float64)
@@ -544,7 +544,7 @@ class Upscaler:
             log.warning("no memory for the feature maps of a %dx%d IMDN_AS pass; tiling it", height, width)
             yield from self._run_pass(work)
             return
-        for own, windows in over_bands(tail, 0, distilled, state, contrast, collected, *held):
+        for own, windows in over_bands(tail, 0, distilled, state, contrast, collected, *head_map):
             out = torch.cat([image for _, (image,) in windows], dim=3)
             yield 4 * own.start, out[0, :, : height - 4 * own.start, :width].clamp(0, 1)
 

@@ -108,6 +108,11 @@ def parse_devices(spec: str) -> list[torch.device]:
 ARENA_PER_BUDGET = 1.25
 
 
+def arena_limit(budget_bytes: int, cpu_replicas: int = 1) -> int:
+    """The cap on ONNX Runtime's shared arena for `cpu_replicas` replicas with this activation budget each."""
+    return int(ARENA_PER_BUDGET * budget_bytes) * cpu_replicas
+
+
 def part_window(devices: list[str]) -> tuple[int, int] | None:
     """IMDN_AS's part windows for a pool of replicas on these devices: whole bands if a GPU runs any."""
     windows = [part_window_for(torch.device(device)) for device in devices]
@@ -151,9 +156,8 @@ def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> Mod
                                                   (settings.backend == "auto" and onnx_available()))
             if use_onnx:
                 # Room for each replica's largest tile and the fragments of other tile shapes beside it.
-                arena_limit = int(ARENA_PER_BUDGET * memory_budget(settings, device)) * cpu_replicas
-                backend: Backend = OnnxRunner(models, threads=max(1, threads // cpu_replicas),
-                                              arena_limit_bytes=arena_limit)
+                limit = arena_limit(memory_budget(settings, device), cpu_replicas)
+                backend: Backend = OnnxRunner(models, threads=max(1, threads // cpu_replicas), arena_limit_bytes=limit)
                 state.backend = "onnxruntime"
             else:
                 dtype = None if settings.precision == "auto" else DTYPES[settings.precision]
