@@ -96,6 +96,12 @@ BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
 # the tail's output (counted from those buffers, with headroom; peak RSS of the engine alone at 16 and
 # 20 MP with these bands: 994 and 1007 MB, against 995 MB at 16 MP with whole bands).
 PART_MAPS = 3
+# The parts plan their maps and bands within 1.25 budgets: the service already sizes a replica for that
+# much, the cap it puts on ONNX Runtime's arena (ARENA_PER_BUDGET in service/state.py). At 512 MB that
+# holds the head's output up to ~19 MP instead of ~15, and runs in parts up to ~25 MP instead of ~19
+# (bench/service.py memory, peak RSS: 16 MP 1125 MB in 8.3 s against 997 MB in 8.7 s; 23 MP 1192 MB in
+# 11.9 s in parts against 1074 MB in 22.6 s tiled).
+PART_BUDGET_FACTOR = 1.25
 PART_BYTES_PER_FEATURE_PIXEL = {"head": 6144, "block": 3584, "tail": 6144, "tail_held": 6144}
 PART_HELD_BYTES = {"head": 1536, "block": 1024, "tail": 2048, "tail_held": 2048}
 PART_WINDOW = (56, 384)
@@ -435,12 +441,13 @@ class Upscaler:
         return [(cols * i // count, cols * (i + 1) // count) for i in range(count)]
 
     def _part_bands(self, size: tuple[int, int], tail: str = "tail") -> dict[str, int]:
-        """Feature rows per band of each kind of part of IMDN_AS (at most part_window's), within what the
-        budget leaves after the held maps (a fourth with tail_held); empty if that is less than
-        MIN_PART_ROWS for some kind."""
+        """Feature rows per band of each kind of part of IMDN_AS (at most part_window's), within what
+        PART_BUDGET_FACTOR budgets leave after the held maps (a fourth with tail_held); empty if that is
+        less than MIN_PART_ROWS for some kind."""
         rows, cols = feature_size(size)
         widest = max(stop - first for first, stop in self._part_stripes(size))
-        left = self.budget_bytes - part_maps_bytes(size, PART_MAPS + (tail == "tail_held"))
+        maps = part_maps_bytes(size, PART_MAPS + (tail == "tail_held"))
+        left = int(PART_BUDGET_FACTOR * self.budget_bytes) - maps
         fitting = {}
         for kind in ("head", "block", tail):
             # Per row of a band: what it holds over its full width, the rest of the measured bytes over
