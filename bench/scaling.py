@@ -9,8 +9,7 @@ For each path (x2, x3, x4; IMDN_AS at x2.5; the service's any-scale policy at x2
 which is x3 then bicubic down; x6, which is x4 then IMDN_AS) and each output size, the
 engine upscales a photo-like 3:4 picture to the end (all bands, as uint8) and the
 minimum time of the repeats (default 2: the first run of a new shape also pays one-time
-set-up in ONNX Runtime) is divided by the output pixels. The repeats are rounds over every
-path and size, so a slow spell of a shared machine costs a size one run, not all of them. Prints the curve and each
+set-up in ONNX Runtime) is divided by the output pixels. Prints the curve and each
 path's worst/best ratio, and writes a plot (default docs/performance/scaling.png).
 
 With --naive, x2 on square inputs of 256 to 1024 px is also timed as the paper authors'
@@ -142,29 +141,18 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, minimum of {repeats} run(s) per size")
     print(f"{'path':<10} {'input':>10} {'output':>11} {'MP':>6} {'plan':<10} {'wall s':>7} {'us/px':>6} "
           f"{'cpu s':>7} {'us/px':>6}")
-    # Rounds over every size instead of one size's repeats back to back: a slow spell of a shared machine
-    # then costs one round of a size, not all of its runs.
-    jobs = [(name, out_h) for name in args.paths for out_h in heights]
-    best: dict[tuple[str, int], tuple[float, float, str]] = {}
-    for round_number in range(1, repeats + 1):
-        for name, out_h in jobs:
-            model, scale = PATHS[name]
-            in_h, in_w = max(8, round(out_h / scale)), max(8, round(out_h * 4 / 3 / scale))
-            wall, cpu, label = seconds(upscaler, photo(in_h, in_w), model, scale, 1)
-            if (name, out_h) in best:
-                wall, cpu = min(wall, best[name, out_h][0]), min(cpu, best[name, out_h][1])
-            best[name, out_h] = (wall, cpu, label)
-        print(f"(round {round_number} of {repeats} done)", file=sys.stderr, flush=True)
     curves: dict[str, list[tuple[float, float]]] = {}
-    for name, out_h in jobs:
+    for name in args.paths:
         model, scale = PATHS[name]
-        in_h, in_w = max(8, round(out_h / scale)), max(8, round(out_h * 4 / 3 / scale))
-        wall, cpu, label = best[name, out_h]
-        out_h, out_w = upscaler.plan((in_h, in_w), scale, model=model).out_size
-        per_pixel = 1e6 / (out_h * out_w)
-        curves.setdefault(name, []).append((out_h * out_w / 1e6, (wall if args.clock == "wall" else cpu) * per_pixel))
-        print(f"{name:<10} {f'{in_w}x{in_h}':>10} {f'{out_w}x{out_h}':>11} {out_h * out_w / 1e6:6.2f} "
-              f"{label:<10} {wall:7.3f} {wall * per_pixel:6.2f} {cpu:7.3f} {cpu * per_pixel:6.2f}")
+        for out_h in heights:
+            in_h, in_w = max(8, round(out_h / scale)), max(8, round(out_h * 4 / 3 / scale))
+            wall, cpu, label = seconds(upscaler, photo(in_h, in_w), model, scale, repeats)
+            out_h, out_w = upscaler.plan((in_h, in_w), scale, model=model).out_size
+            per_pixel = 1e6 / (out_h * out_w)
+            curves.setdefault(name, []).append((out_h * out_w / 1e6, (wall if args.clock == "wall" else cpu) *
+                                                per_pixel))
+            print(f"{name:<10} {f'{in_w}x{in_h}':>10} {f'{out_w}x{out_h}':>11} {out_h * out_w / 1e6:6.2f} "
+                  f"{label:<10} {wall:7.3f} {wall * per_pixel:6.2f} {cpu:7.3f} {cpu * per_pixel:6.2f}", flush=True)
     print(f"\n{args.clock} time per output pixel")
     print(f"{'path':<10} {'best us':>8} {'worst us':>9} {'worst/best':>10}")
     for name, points in curves.items():
