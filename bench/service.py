@@ -106,7 +106,8 @@ def engine(weights: str) -> Upscaler:
         warm_any_scale_parts(runner)  # as the service's warm-up does: the part graphs made before timing
     return Upscaler(runner, budget_bytes=budget, max_batch=settings.max_batch,
                     refine_stats=settings.refine_stats, any_scale=settings.any_scale, content=settings.content,
-                    part_window=part_window_for(device))
+                    part_window=part_window_for(device),
+                    parts_budget_bytes=arena_limit(budget) if isinstance(runner, OnnxRunner) else budget)
 
 
 def engine_seconds(upscaler: Upscaler, data: bytes, scale: float, rounds: int) -> list[float]:

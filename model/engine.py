@@ -96,12 +96,6 @@ BYTES_PER_INPUT_PIXEL = {"x2": 2800, "x3": 2800, "x4": 2800, "as": 240}
 # the tail's output (counted from those buffers, with headroom; peak RSS of the engine alone at 16 and
 # 20 MP with these bands: 994 and 1007 MB, against 995 MB at 16 MP with whole bands).
 PART_MAPS = 3
-# The parts plan their maps and bands within 1.25 budgets: the service already sizes a replica for that
-# much, the cap it puts on ONNX Runtime's arena (ARENA_PER_BUDGET in service/state.py). At 512 MB that
-# holds the head's output up to ~19 MP instead of ~15, and runs in parts up to ~25 MP instead of ~19
-# (bench/service.py memory, peak RSS: 16 MP 1125 MB in 8.3 s against 997 MB in 8.7 s; 23 MP 1192 MB in
-# 11.9 s in parts against 1074 MB in 22.6 s tiled).
-PART_BUDGET_FACTOR = 1.25
 PART_BYTES_PER_FEATURE_PIXEL = {"head": 6144, "block": 3584, "tail": 6144, "tail_held": 6144}
 PART_HELD_BYTES = {"head": 1536, "block": 1024, "tail": 2048, "tail_held": 2048}
 PART_WINDOW = (56, 384)
@@ -346,11 +340,14 @@ class Upscaler:
     def __init__(self, runner: Runner, budget_bytes: int = 512 * 2**20, max_batch: int = 4,
                  max_scale: float = 8.0, tile_core_override: int | None = None, refine_stats: bool = True,
                  any_scale: str = "as", available: Collection[str] | None = None, content: str = "clean",
-                 part_window: tuple[int, int] | None = PART_WINDOW) -> None:
+                 part_window: tuple[int, int] | None = PART_WINDOW, parts_budget_bytes: int | None = None) -> None:
         """part_window: IMDN_AS in parts runs each band in windows of at most this many feature rows and
-        columns, a CPU cache's size (None: whole bands, as sized by the budget; see part_window_for)."""
+        columns, a CPU cache's size (None: whole bands, as sized by the budget; see part_window_for).
+        parts_budget_bytes: what IMDN_AS in parts plans its held maps and bands within (default:
+        budget_bytes); the service gives it ONNX Runtime's arena cap, which it sizes replicas for anyway."""
         self.runner = runner
         self.part_window = part_window
+        self.parts_budget_bytes = parts_budget_bytes or budget_bytes
         self.any_scale = any_scale
         self.content = content
         self.available = available
@@ -442,12 +439,11 @@ class Upscaler:
 
     def _part_bands(self, size: tuple[int, int], tail: str = "tail") -> dict[str, int]:
         """Feature rows per band of each kind of part of IMDN_AS (at most part_window's), within what
-        PART_BUDGET_FACTOR budgets leave after the held maps (a fourth with tail_held); empty if that is
-        less than MIN_PART_ROWS for some kind."""
+        parts_budget_bytes leaves after the held maps (a fourth with tail_held); empty if that is less
+        than MIN_PART_ROWS for some kind."""
         rows, cols = feature_size(size)
         widest = max(stop - first for first, stop in self._part_stripes(size))
-        maps = part_maps_bytes(size, PART_MAPS + (tail == "tail_held"))
-        left = int(PART_BUDGET_FACTOR * self.budget_bytes) - maps
+        left = self.parts_budget_bytes - part_maps_bytes(size, PART_MAPS + (tail == "tail_held"))
         fitting = {}
         for kind in ("head", "block", tail):
             # Per row of a band: what it holds over its full width, the rest of the measured bytes over

@@ -262,7 +262,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         scale = params.scale if params.scale is not None or params.width or params.height else 2.0
         upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
                             settings.tile_size, settings.refine_stats, settings.any_scale, settings.models,
-                            params.content or settings.content, part_window(state.devices))
+                            params.content or settings.content, part_window(state.devices),
+                            state.parts_budget_bytes)
 
         def checked_plan(size: tuple[int, int]) -> Plan:
             plan = upscaler.plan(size, scale, params.width, params.height, params.model)

@@ -12,7 +12,6 @@ from PIL import Image
 from model.backends import TorchRunner
 from model.engine import (
     AS_CONTEXT,
-    PART_BUDGET_FACTOR,
     Plan,
     Stage,
     UpscaleError,
@@ -464,12 +463,12 @@ def test_uint8_samples_give_the_same_result_as_float_samples(runner, natural, sc
 
 # --- IMDN_AS in parts: past the budget for one pass, with room for its feature maps -----------------
 
-# 192x160 output: one pass would need 7.4 MB (190x157: 7.2 MB); in parts (planned within 1.25 budgets:
-# 6 MiB here), four maps (the head's output held for the tail) take 1 MB and the bands the rest: 20 feature
-# rows (of 48) for head and tail, 32 for the blocks, so every part meets a band border. With 3.81-3.91 MiB,
-# three maps leave room for the bands and four do not.
-PARTS_BUDGET = int(6 * 2**20 / PART_BUDGET_FACTOR)
-THREE_MAPS_BUDGET = 3950 * 2**10
+# 192x160 output: one pass would need 7.4 MB (190x157: 7.2 MB); in parts, four maps (the head's output
+# held for the tail) take 1 MB and the bands the rest: 20 feature rows (of 48) for head and tail, 32 for
+# the blocks, so every part meets a band border. With 4.71-4.93 MiB, three maps leave room for the bands
+# and four do not.
+PARTS_BUDGET = 6 * 2**20
+THREE_MAPS_BUDGET = 4900 * 2**10
 
 
 def test_any_scale_in_parts_equals_the_whole_image(runner, make_image):
@@ -498,6 +497,20 @@ def test_any_scale_in_parts_without_room_for_the_head_recomputes_it(runner, make
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2
     tails = [name for name, _, _ in spy.calls if "tail" in name]
     assert tails == ["as:tail0"] * 3  # 48 feature rows in bands of 16
+
+
+def test_any_scale_in_parts_plans_within_the_parts_budget(runner, make_image):
+    """The same budget for one pass and tiles, with more room for the parts (the service gives them ONNX
+    Runtime's arena cap): the head's output is held, and the bands are those of that larger budget."""
+    image = make_image(80, 64, seed=5)
+    spy = SpyRunner(runner)
+    up = Upscaler(spy, budget_bytes=THREE_MAPS_BUDGET, parts_budget_bytes=PARTS_BUDGET)
+    out = up.upscale(image, width=160, height=192, model="as")
+    expected = Upscaler(runner, budget_bytes=WHOLE_BUDGET).upscale(image, width=160, height=192, model="as")
+    diff = np.abs(out.astype(np.int16) - expected.astype(np.int16))
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2
+    assert [name for name, _, _ in spy.calls if "tail" in name] == ["as:tail_held0"] * 3  # bands of 20
+    assert up.budget_bytes == THREE_MAPS_BUDGET  # tiles and the one-pass limit keep the budget
 
 
 def test_any_scale_in_parts_runs_bands_in_windows(runner, make_image):
