@@ -45,7 +45,7 @@ from model.engine import Upscaler, part_window_for  # noqa: E402
 from model.imageio import decode  # noqa: E402
 from service.__main__ import tune_malloc  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.state import arena_limit, memory_budget, parse_devices, warm_any_scale_parts  # noqa: E402
+from service.state import arena_limit, memory_budget, parse_devices, parts_budget, warm_any_scale_parts  # noqa: E402
 
 
 def test_image(side: int, seed: int = 0) -> bytes:
@@ -107,7 +107,7 @@ def engine(weights: str) -> Upscaler:
     return Upscaler(runner, budget_bytes=budget, max_batch=settings.max_batch,
                     refine_stats=settings.refine_stats, any_scale=settings.any_scale, content=settings.content,
                     part_window=part_window_for(device),
-                    parts_budget_bytes=arena_limit(budget) if isinstance(runner, OnnxRunner) else budget)
+                    parts_budget_bytes=parts_budget(budget, [runner]))
 
 
 def engine_seconds(upscaler: Upscaler, data: bytes, scale: float, rounds: int) -> list[float]:

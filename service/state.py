@@ -49,12 +49,7 @@ class ServiceState:
     devices: list[str] = field(default_factory=list)
     backend: str = ""
     budget_bytes: int = 0
-    # IMDN_AS's parts plan their maps and bands within this: ONNX Runtime's arena cap per replica where
-    # it runs every replica (a replica is sized for that much anyway), else the budget. At 512 MB the
-    # head's output is then held up to ~19 MP instead of ~15, and the parts reach ~25 MP instead of ~19
-    # (bench/service.py memory: 16 MP 1125 MB in 8.3 s against 997 MB in 8.7 s; 23 MP 1192 MB in 11.9 s
-    # against 1074 MB in 22.6 s tiled).
-    parts_budget_bytes: int = 0
+    parts_budget_bytes: int = 0  # what IMDN_AS's parts plan within (parts_budget)
     ready: bool = False
     draining: bool = False
     startup_error: str | None = None
@@ -119,6 +114,15 @@ def arena_limit(budget_bytes: int, cpu_replicas: int = 1) -> int:
     return int(ARENA_PER_BUDGET * budget_bytes) * cpu_replicas
 
 
+def parts_budget(budget_bytes: int, runners: list[Runner]) -> int:
+    """What IMDN_AS's parts plan their maps and bands within: ONNX Runtime's arena cap per replica where it
+    runs every replica (a replica is sized for that much anyway), else the budget. At 512 MB the head's
+    output is then held up to ~19 MP instead of ~15, and the parts reach ~25 MP instead of ~19
+    (bench/service.py memory: 16 MP 1125 MB in 8.3 s against 997 MB in 8.7 s; 23 MP 1192 MB in 11.9 s
+    against 1074 MB in 22.6 s tiled)."""
+    return arena_limit(budget_bytes) if all(isinstance(r, OnnxRunner) for r in runners) else budget_bytes
+
+
 def part_window(devices: list[str]) -> tuple[int, int] | None:
     """IMDN_AS's part windows for a pool of replicas on these devices: whole bands if a GPU runs any."""
     windows = [part_window_for(torch.device(device)) for device in devices]
@@ -172,8 +176,7 @@ def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> Mod
             backends.append((f"{device}#{replica}", backend))
     state.devices = [str(d) for d in devices]
     state.budget_bytes = memory_budget(settings, devices[0])
-    all_onnx = all(isinstance(backend, OnnxRunner) for _, backend in backends)
-    state.parts_budget_bytes = arena_limit(state.budget_bytes) if all_onnx else state.budget_bytes
+    state.parts_budget_bytes = parts_budget(state.budget_bytes, [backend for _, backend in backends])
     pool = ModelPool(backends, settings.max_batch, settings.max_wait_ms / 1000, metrics.observe_batch)
     if settings.warmup:
         warm(pool, settings, state)
