@@ -211,10 +211,12 @@ def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
             core = settings.tile_size or tile_core(info.name, state.budget_bytes, context)
             side = core + 2 * context
         side = max(8, side // 4 * 4)
-        for _ in pool.replicas:
-            pool(info.name, torch.rand(1, 3, side, side))
+        # Each replica's own backend, not the pool: through the pool, whichever replica is idle first could
+        # take every warm-up call and leave another to pay for its graphs on a user's first large image.
+        for replica in pool.replicas:
+            replica.backend(info.name, torch.rand(1, 3, side, side))
             if info.name == "as" and state.backend == "onnxruntime":  # PyTorch has no graphs to make
-                warm_any_scale_parts(pool)
+                warm_any_scale_parts(replica.backend)
         info.load_seconds += time.perf_counter() - started
         log.info("model %s loaded and warm in %.2f s", info.name, info.load_seconds)
 

@@ -62,3 +62,27 @@ def test_warm_up_makes_every_part_graph_of_imdn_as() -> None:
     warm_any_scale_parts(runner)
     parts = {key[2:] for key in runner.later_sessions if key[0] == "part"}  # ("part", model, kind, block)
     assert parts == {("head", 0), ("tail", 0), ("tail_held", 0)} | {("block", b) for b in range(NUM_BLOCKS)}
+
+
+def test_warm_up_reaches_every_replica() -> None:
+    """Each replica makes its own part graphs at warm-up: through the pool, the same idle replica could
+    take every warm-up call and leave the other to pay for its graphs on a user's first large image."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install .[onnx])")
+    from model.backends import OnnxRunner
+    from model.imdn import NUM_BLOCKS, build_model
+    from service.pool import ModelPool
+    from service.state import warm
+
+    torch.manual_seed(0)
+    model = build_model("as").eval()
+    runners = [OnnxRunner({"as": model}, threads=1) for _ in range(2)]
+    pool = ModelPool([(f"cpu:{i}", runner) for i, runner in enumerate(runners)])
+    state = SimpleNamespace(models=[SimpleNamespace(name="as", load_seconds=0.0)], devices=["cpu"],
+                            backend="onnxruntime", budget_bytes=CPU_BUDGET_MB * 2**20)
+    try:
+        warm(pool, Settings(), state)  # type: ignore[arg-type]
+    finally:
+        pool.close()
+    every_part = {("head", 0), ("tail", 0), ("tail_held", 0)} | {("block", b) for b in range(NUM_BLOCKS)}
+    for runner in runners:
+        assert {key[2:] for key in runner.later_sessions if key[0] == "part"} == every_part
