@@ -354,8 +354,8 @@ def test_any_scale_in_parts_process(launch_service: StartService, make_image: Ca
     assert response.status_code == 200, response.text[:300]
     assert response.headers["x-model"] == "as" and png_size(response.content) == (256, 256)
     as_calls = ("imdn_inference_seconds_count", (("model", "as"),))
-    assert before[as_calls] >= 1 + 4 + 6 * 3 + 4, "warm-up: one tile, then the parts of one image"
-    calls = after[as_calls] - before[as_calls]
+    assert as_calls not in before, "warm-up runs on each replica's backend, outside the inference metrics"
+    calls = after[as_calls]
     assert calls == 4 + 6 * 2 + 4, "head, six blocks and tail over their bands, each one call of the pool"
     assert total(after, "imdn_tiles_total") == total(before, "imdn_tiles_total")  # parts are not tiles
     whole = Upscaler(TorchRunner(load_models(["as"], str(weights_dir))), budget_bytes=2**34, content="photo")
