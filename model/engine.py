@@ -416,8 +416,11 @@ class Upscaler:
         work = NetworkPass("as", 1, size, read, AS_CONTEXT, align=4)
         core = self.tile_core_override
         fits = max(h, w) <= core + 2 * AS_CONTEXT if core else h * w * BYTES_PER_INPUT_PIXEL["as"] <= self.budget_bytes
-        if not fits and core is None and self._part_bands(size):
-            yield from self._any_scale_in_parts(work)
+        # Where memory allows, the head's output is held in a fourth map: the tail then reads it instead
+        # of recomputing the head from the pre-scaled image (2-11% of the run at 2.4-11 MP, measured).
+        bands = {} if fits or core is not None else self._part_bands(size, "tail_held") or self._part_bands(size)
+        if bands:
+            yield from self._any_scale_in_parts(work, bands)
             return
         if not fits or (h % 4 == 0 and w % 4 == 0):
             yield from self._run_pass(work, core)
@@ -455,7 +458,7 @@ class Upscaler:
             return {}
         return {kind: min(rows, (self.part_window or (rows, cols))[0], band) for kind, band in fitting.items()}
 
-    def _any_scale_in_parts(self, work: NetworkPass) -> Iterator[tuple[int, torch.Tensor]]:
+    def _any_scale_in_parts(self, work: NetworkPass, bands: dict[str, int]) -> Iterator[tuple[int, torch.Tensor]]:
         """IMDN_AS over the whole image, block by block, each gated by its exact whole-image statistics.
 
         For images past the budget for one pass but with room for three feature maps (1/16 of the
@@ -463,13 +466,11 @@ class Upscaler:
         feature rows with the context it needs, and the maps are held between them. That is one
         pass of work, against a tiled pass plus a refining pass for the statistics, with no tile
         overlap. Sides that are not multiples of 4 are padded (edge pixels repeated) and the result
-        cropped. If the maps do not fit after all, the image is tiled instead.
+        cropped. If the maps do not fit after all, the image is tiled instead. bands: _part_bands' plan,
+        with a tail_held entry where the head's output is held.
         """
         height, width = work.size
         rows, cols = feature_size(work.size)
-        # Where memory allows, the head's output is held in a fourth map: the tail then reads it instead
-        # of recomputing the head from the pre-scaled image (2-11% of the run at 2.4-11 MP, measured).
-        bands = self._part_bands(work.size, "tail_held") or self._part_bands(work.size)
         tail = "tail_held" if "tail_held" in bands else "tail"
 
         def image_rows(top: int, bottom: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model.engine import PART_WINDOW
+from model.imdn import NUM_BLOCKS
 from service.config import Settings
 from service.state import CPU_BUDGET_MB, GPU_BUDGET_CAP_MB, memory_budget, part_window
 
@@ -49,19 +50,28 @@ def test_imdn_as_parts_run_in_cache_sized_windows_on_cpu_only() -> None:
     assert part_window(["cpu", "cuda:0"]) is None  # a pool with a GPU: whole bands everywhere
 
 
+def every_part_graph() -> set[tuple[str, int]]:
+    """IMDN_AS's part graphs, as (kind, block): the head, every block and both tails."""
+    return {("head", 0), ("tail", 0), ("tail_held", 0)} | {("block", b) for b in range(NUM_BLOCKS)}
+
+
+def part_graphs(runner) -> set[tuple[str, int]]:
+    """The part graphs an OnnxRunner has made, keyed ("part", model, kind, block)."""
+    return {key[2:] for key in runner.later_sessions if key[0] == "part"}
+
+
 def test_warm_up_makes_every_part_graph_of_imdn_as() -> None:
     """Both tails (recomputing the head, and reading it held) are made at warm-up, so no request pays
     for exporting and loading a graph."""
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install .[onnx])")
     from model.backends import OnnxRunner
-    from model.imdn import NUM_BLOCKS, build_model
+    from model.imdn import build_model
     from service.state import warm_any_scale_parts
 
     torch.manual_seed(0)
     runner = OnnxRunner({"as": build_model("as").eval()}, threads=1)
     warm_any_scale_parts(runner)
-    parts = {key[2:] for key in runner.later_sessions if key[0] == "part"}  # ("part", model, kind, block)
-    assert parts == {("head", 0), ("tail", 0), ("tail_held", 0)} | {("block", b) for b in range(NUM_BLOCKS)}
+    assert part_graphs(runner) == every_part_graph()
 
 
 def test_warm_up_reaches_every_replica() -> None:
@@ -69,7 +79,7 @@ def test_warm_up_reaches_every_replica() -> None:
     take every warm-up call and leave the other to pay for its graphs on a user's first large image."""
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install .[onnx])")
     from model.backends import OnnxRunner
-    from model.imdn import NUM_BLOCKS, build_model
+    from model.imdn import build_model
     from service.pool import ModelPool
     from service.state import warm
 
@@ -83,6 +93,5 @@ def test_warm_up_reaches_every_replica() -> None:
         warm(pool, Settings(), state)  # type: ignore[arg-type]
     finally:
         pool.close()
-    every_part = {("head", 0), ("tail", 0), ("tail_held", 0)} | {("block", b) for b in range(NUM_BLOCKS)}
     for runner in runners:
-        assert {key[2:] for key in runner.later_sessions if key[0] == "part"} == every_part
+        assert part_graphs(runner) == every_part_graph()
