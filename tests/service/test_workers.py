@@ -132,6 +132,8 @@ async def test_readyz_waits_for_the_other_workers(start_app: Callable[..., objec
 
 # --- drain and failure -------------------------------------------------------------------------
 
+SLOW_LIMIT_S = 300  # the drain test's deadline and client timeouts (s)
+
 
 @dataclass
 class Drain:
@@ -144,11 +146,15 @@ class Drain:
 @pytest.fixture(scope="module")
 def drained(launch_service: StartService, make_image: Callable[..., bytes],
             parse_metrics: Callable[[str], Samples]) -> Iterator[Drain]:
-    """SIGTERM to the supervisor while two slow requests run (fresh connections, so maybe on both workers)."""
-    with launch_service(TWO_WORKERS) as service, ThreadPoolExecutor(2) as pool:
+    """SIGTERM to the supervisor while two slow requests run (fresh connections, so maybe on both workers).
+
+    The drain deadline and the client's timeouts are far above the requests' time (~8 s each here, ~3x
+    that when both land on one worker): a slow or busy CI machine must not turn a drain into a cut."""
+    with launch_service(TWO_WORKERS | {"IMDN_DRAIN_TIMEOUT_S": str(SLOW_LIMIT_S)}) as service, \
+            ThreadPoolExecutor(2) as pool:
         url = service.url
         image = make_image(192, 2560)  # ~2 MP out: seconds per request, even on a fast CPU
-        slow = [pool.submit(httpx.post, f"{url}{URL}?scale=2", content=image, headers=PNG, timeout=60)
+        slow = [pool.submit(httpx.post, f"{url}{URL}?scale=2", content=image, headers=PNG, timeout=SLOW_LIMIT_S)
                 for _ in range(2)]
         wait_for(lambda: scrape(url, parse_metrics)[("imdn_requests_in_flight", ())] >= 2, 30, "requests in flight")
         service.proc.send_signal(signal.SIGTERM)
@@ -158,7 +164,10 @@ def drained(launch_service: StartService, make_image: Callable[..., bytes],
         except httpx.TransportError:
             readyz = None
         assert not any(f.done() for f in slow), "a request finished before the drain began: make it slower"
-        responses = [f.result(timeout=60) for f in slow]
+        try:
+            responses = [f.result(timeout=SLOW_LIMIT_S) for f in slow]
+        except Exception as exc:  # noqa: BLE001 - a fixture's error shows no service log: quote it
+            pytest.fail(f"a slow request failed during the drain: {exc!r}\n{service.log_tail()}")
         returncode = service.proc.wait(60)
         yield Drain(responses, readyz, returncode, service.output())
 
