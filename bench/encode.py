@@ -4,7 +4,7 @@
     python bench/encode.py --image out.png # any real image
 
 Prints seconds, MB and MB/s of raw pixels per encoder setting, median of --rounds.
-The service streams with model/imageio.PNGStreamEncoder (IMDN_PNG_COMPRESS_LEVEL);
+The service streams with model/encode.PNGStreamEncoder (IMDN_PNG_COMPRESS_LEVEL);
 level 0 writes stored, unfiltered rows; 1-9 Average-filtered rows, deflated by ISA-L at
 levels 1-3 (when python-isal is installed) and by zlib above.
 """
@@ -25,9 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import model.imageio  # noqa: E402
 from bench.service import test_image  # noqa: E402
-from model.imageio import encode_png_stream  # noqa: E402
+from model.encode import deflate_backend, encode_png_stream  # noqa: E402
 
 
 def main() -> None:
@@ -52,21 +51,15 @@ def main() -> None:
         Image.fromarray(pixels).save(buffer, "PNG", compress_level=level)
         return buffer.getvalue()
 
-    isal = model.imageio.isal_zlib
-
     def stream(level: int, use_isal: bool) -> bytes:
         bands = (pixels[y : y + args.band] for y in range(0, h, args.band))
-        model.imageio.isal_zlib = isal if use_isal else None  # type: ignore[assignment]
-        try:
-            return b"".join(encode_png_stream(bands, w, h, c, 8, level))
-        finally:
-            model.imageio.isal_zlib = isal
+        return b"".join(encode_png_stream(bands, w, h, c, 8, level, isal=use_isal))
 
     cases: list[tuple[str, Callable[[], bytes]]] = [
         (f"Pillow compress_level={lv}", partial(pillow, lv)) for lv in (0, 1, 6, 9)]
     cases.append(("stream level=0 (unfiltered, stored)", partial(stream, 0, True)))
     for level, use_isal in ((1, False), (1, True), (2, True), (3, True), (6, True), (9, True)):
-        deflate = model.imageio.deflate_backend(level) if use_isal else "zlib"
+        deflate = deflate_backend(level, use_isal)
         cases.append((f"stream level={level} (Average, {deflate})", partial(stream, level, use_isal)))
     for label, fn in cases:
         times, size = [], 0

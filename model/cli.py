@@ -18,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
+from model.encode import encode_png_stream, encode_whole
 from model.engine import ANY_SCALE_METHODS, CONTENT_KINDS, MODEL_CHOICES, UpscaleError, Upscaler, part_window_for
-from model.imageio import IMAGE_SUFFIXES, ImageDecodeError, ImageTooLargeError, decode, encode_png_stream, encode_whole
+from model.imageio import IMAGE_SUFFIXES, ImageDecodeError, ImageTooLargeError, decode
 from model.weights import WeightsError
 
 # The CLI also takes GIFs (their first frame).

@@ -1,4 +1,4 @@
-"""Image I/O: bytes or PIL images <-> ``Picture`` tensors, and band-streaming encoders.
+"""Image decoding: bytes or PIL images <-> ``Picture`` tensors (encoders: model/encode.py).
 
 All colour-mode handling lives here, apart from the network: RGB and L run
 through the network (L as three equal channels), alpha is carried beside the
@@ -15,27 +15,19 @@ import logging
 import re
 import struct
 import warnings
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-try:  # ISA-L's deflate: zlib-format streams, several times faster than zlib (bench/encode.py)
-    from isal import isal_zlib
-except ImportError:  # pragma: no cover - a platform without its wheels falls back to zlib
-    isal_zlib = None  # type: ignore[assignment]
-
-# ISA-L's levels are 0-3: several times faster than zlib; output 1-10% larger on photos (Set14 HR).
-ISAL_LEVELS = range(1, 4)
-
 # File suffixes of still-image formats the project reads from folders (benchmarks, training, CLI).
 IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
 
 log = logging.getLogger("model.imageio")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Pillow's own bomb guard is replaced by the explicit pixel limit in decode().
 Image.MAX_IMAGE_PIXELS = None
@@ -421,135 +413,3 @@ def array_to_pil(array: np.ndarray, icc_profile: bytes | None = None) -> Image.I
     if icc_profile:
         img.info["icc_profile"] = icc_profile
     return img
-
-
-# --- PNG streaming -----------------------------------------------------------------
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (gray, gray+alpha, RGB, RGBA)
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _average_filter(rows: np.ndarray, previous: np.ndarray, bpp: int) -> np.ndarray:
-    """PNG filter 3 (Average): each byte minus the floor-mean of its left and upper neighbours.
-
-    Encoding reads unfiltered neighbours only, so it vectorises; on upscaled photos it
-    compresses within 2% of Paeth at a twentieth of the numpy cost (bench/encode.py).
-    """
-    x = rows.astype(np.int16)
-    above = np.concatenate([previous[None].astype(np.int16), x[:-1]])
-    left = np.zeros_like(x)
-    left[:, bpp:] = x[:, :-bpp]
-    filtered = ((x - ((left + above) >> 1)) & 0xFF).astype(np.uint8)
-    return np.concatenate([np.full((rows.shape[0], 1), 3, np.uint8), filtered], axis=1)
-
-
-class Compressor(Protocol):
-    def compress(self, data: bytes, /) -> bytes: ...
-
-    def flush(self) -> bytes: ...
-
-
-def deflate_backend(level: int) -> str:
-    """Which deflate a PNG level uses: "ISA-L" for levels 1-3 when installed, else "zlib" (0 = stored)."""
-    return "ISA-L" if isal_zlib is not None and level in ISAL_LEVELS else "zlib"
-
-
-def deflate_compressor(level: int) -> Compressor:
-    """A zlib-format stream compressor for `level`, from the deflate that ``deflate_backend`` names."""
-    if deflate_backend(level) == "ISA-L":
-        return isal_zlib.compressobj(level, isal_zlib.DEFLATED, 15, 9)
-    return zlib.compressobj(level, zlib.DEFLATED, 15, 9)
-
-
-FILTER_SLICE_BYTES = 2**20
-
-
-class PNGStreamEncoder:
-    """Encode a PNG band by band: header first, then IDAT data as rows arrive.
-
-    ``header()`` then ``add(band)`` for each (rows, W, C) uint8/uint16 band top to
-    bottom, then ``finish()``; each returns the bytes ready to send. Memory is one
-    band, so the first bytes of a large image leave while later bands compute.
-    """
-
-    def __init__(self, width: int, height: int, channels: int, bits: int = 8, level: int = 6,
-                 icc_profile: bytes | None = None) -> None:
-        if channels not in PNG_COLOR_TYPES or bits not in (8, 16):
-            raise ValueError(f"unsupported PNG layout: {channels} channels, {bits} bits")
-        self.width, self.height, self.channels, self.bits = width, height, channels, bits
-        self.icc_profile = icc_profile
-        self.bpp = channels * bits // 8
-        self.rows_done = 0
-        self.previous = np.zeros(width * self.bpp, np.uint8)
-        # Filtering is what makes photos compress (bench/encode.py); level 0 means "no
-        # compression", so it skips the filter too.
-        self.filtered = level >= 1
-        self.compressor = deflate_compressor(level)
-
-    def header(self) -> bytes:
-        ihdr = struct.pack(">IIBBBBB", self.width, self.height, self.bits, PNG_COLOR_TYPES[self.channels], 0, 0, 0)
-        out = PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
-        if self.icc_profile:
-            out += _chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(self.icc_profile))
-        return out
-
-    def add(self, band: np.ndarray) -> bytes:
-        rows, width, channels = band.shape
-        if width != self.width or channels != self.channels or self.rows_done + rows > self.height:
-            raise ValueError(f"band {band.shape} does not fit a {self.width}x{self.height}x{self.channels} PNG")
-        raw = np.ascontiguousarray(band.astype(">u2") if self.bits == 16 else band).view(np.uint8)
-        raw = raw.reshape(rows, width * self.bpp)
-        # Filter ~1 MB of rows at a time: the filter's int16 temporaries are several times the
-        # band's size (hundreds of MB for an 8000-pixel-wide band), a slice's are not.
-        step = max(1, FILTER_SLICE_BYTES // raw.shape[1])
-        data = []
-        for top in range(0, rows, step):
-            part = raw[top : top + step]
-            if self.filtered:
-                lines = _average_filter(part, self.previous, self.bpp)
-            else:
-                lines = np.concatenate([np.zeros((part.shape[0], 1), np.uint8), part], axis=1)
-            self.previous = part[-1].copy()
-            data.append(self.compressor.compress(lines.tobytes()))
-        self.rows_done += rows
-        compressed = b"".join(data)
-        return _chunk(b"IDAT", compressed) if compressed else b""
-
-    def finish(self) -> bytes:
-        if self.rows_done != self.height:
-            raise ValueError(f"PNG has {self.rows_done} of {self.height} rows")
-        return _chunk(b"IDAT", self.compressor.flush()) + _chunk(b"IEND", b"")
-
-
-def encode_png_stream(bands: Iterable[np.ndarray], width: int, height: int, channels: int, bits: int = 8,
-                      level: int = 6, icc_profile: bytes | None = None) -> Iterator[bytes]:
-    """Bands top to bottom -> PNG bytes in pieces (header, IDAT per band, end)."""
-    encoder = PNGStreamEncoder(width, height, channels, bits, level, icc_profile)
-    yield encoder.header()
-    for band in bands:
-        chunk = encoder.add(band)
-        if chunk:
-            yield chunk
-    yield encoder.finish()
-
-
-def encode_whole(array: np.ndarray, fmt: str, quality: int = 90, icc_profile: bytes | None = None) -> bytes:
-    """(H,W,C) array -> WebP or JPEG bytes (formats whose encoders need the whole image)."""
-    img = array_to_pil(array, icc_profile)
-    if fmt == "jpeg" and img.mode in ("LA", "RGBA"):
-        # JPEG has no alpha: composite onto white, as a page shows the transparent image (the service says so
-        # in X-Alpha-Flattened); dropping the channel would bring back whatever colour hid under alpha 0.
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img.convert("RGBA")).convert("L" if img.mode == "LA" else "RGB")
-    if img.mode == "I;16":
-        img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8), mode="L")
-    buffer = io.BytesIO()
-    options = {"quality": quality}
-    if icc_profile:
-        options["icc_profile"] = icc_profile  # type: ignore[assignment]
-    img.save(buffer, format=fmt.upper(), **options)
-    return buffer.getvalue()

@@ -19,8 +19,9 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from model.encode import PNGStreamEncoder, encode_whole
 from model.engine import Plan, Runner, Upscaler
-from model.imageio import Picture, PNGStreamEncoder, encode_whole
+from model.imageio import Picture
 from service.errors import RequestCancelledError, RequestTimeoutError
 from service.pool import ModelPool
 
