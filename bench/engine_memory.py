@@ -6,7 +6,7 @@
 The output bands are produced and dropped (as when streaming to a file or a socket),
 so what remains is the engine's own footprint: the decoded input, one tile batch
 within the memory budget, and a band or two. Each probe runs with the service's glibc
-settings (service/__main__.py: MALLOC_SETTINGS) unless the environment sets its own.
+settings (service/tuning.py: MALLOC_SETTINGS) unless the environment sets its own.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.__main__ import MALLOC_SETTINGS  # noqa: E402
+from service.tuning import MALLOC_SETTINGS  # noqa: E402
 
 PROBE = """
 import resource, sys, time, numpy as np, torch

@@ -24,18 +24,19 @@ from one run on a possibly shared CPU: compare ratios, not seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as service/__main__.py sets it, before torch loads
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.tuning import set_openmp_wait_policy  # noqa: E402
+
+set_openmp_wait_policy()  # as the service sets it, before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.service import engine  # noqa: E402
 from model.backends import EagerRunner, load_models  # noqa: E402

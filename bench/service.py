@@ -28,8 +28,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-# The engine here runs as the service's does: idle OpenMP threads sleep (service/__main__.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.tuning import set_openmp_wait_policy, tune_malloc  # noqa: E402
+
+set_openmp_wait_policy()  # the engine here runs as the service's does, so before torch loads
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,13 +41,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available  # noqa: E402
 from model.engine import Upscaler, part_window_for  # noqa: E402
 from model.imageio import decode  # noqa: E402
-from service.__main__ import tune_malloc  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.state import arena_limit, memory_budget, parse_devices, parts_budget, warm_any_scale_parts  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 One Python process cannot feed a fast GPU: upload, decode, PNG encoding and HTTP share its GIL.
 The supervisor (this module, the container's PID 1) binds the port, then starts the workers, each
-a full `service.__main__.serve` on the shared listening socket; the kernel spreads connections
+a full `service.server.serve` on the shared listening socket; the kernel spreads connections
 across them. Metrics go to per-worker files (prometheus_client multiprocess mode) that any
 worker's /metrics, or the supervisor's IMDN_METRICS_PORT, sums. Each worker holds a flag in shared
 memory: /readyz answers 200 only while every flag is up. SIGTERM/SIGINT lower all flags at once
@@ -29,7 +29,10 @@ from types import FrameType
 from prometheus_client.multiprocess import mark_process_dead
 
 from service.config import Settings
+from service.logs import configure_logging
 from service.metrics import multiprocess_registry, serve_metrics
+from service.server import exit_now, serve
+from service.tuning import tune_malloc
 
 log = logging.getLogger("service")
 
@@ -52,9 +55,6 @@ def worker_settings(settings: Settings) -> Settings:
 def run_worker(index: int, settings: Settings, host: str, port: int, sock: socket.socket,
                flags: MutableSequence[int]) -> None:
     """Entry point of a spawned worker (a fresh interpreter: it imports prometheus_client in multiprocess mode)."""
-    from service.__main__ import exit_now, serve, tune_malloc
-    from service.logs import configure_logging
-
     tune_malloc()
     configure_logging(settings.log_level, settings.log_format)
     exit_now(serve(settings, host, port, sock, (index, flags)))  # no interpreter teardown: see exit_now

@@ -1,10 +1,11 @@
-"""The process entry point's start-up tuning."""
+"""Process-wide start-up tuning (service/tuning.py): glibc's allocator, OpenMP's idle threads."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 
-import service.__main__ as entry
+import service.tuning as entry
 
 
 class FakeLibc:
@@ -35,3 +36,12 @@ def test_no_glibc_is_fine(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", missing)
     entry.tune_malloc()  # nothing to do, nothing raised
+
+
+def test_openmp_threads_sleep_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    entry.set_openmp_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the operator's setting wins
+    entry.set_openmp_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
