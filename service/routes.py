@@ -11,13 +11,12 @@ import threading
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image, ImageDraw
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from model.engine import Plan, Upscaler, scale_policy
@@ -35,6 +34,7 @@ from service.errors import (
     UnsupportedMediaError,
     problem_responses,
 )
+from service.params import UPSCALE_BODY, UpscaleParams, merge_form_fields
 from service.processing import RequestRunner, Timings, encoded_chunks, run_in_thread, while_in_use
 from service.state import ServiceState, part_window
 from service.upload import UploadLimits, UploadTimeoutError, read_image
@@ -48,28 +48,6 @@ RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Outpu
                   "X-Frames-Dropped", "X-Alpha-Flattened"]
 
 router = APIRouter()
-
-
-class UpscaleParams(BaseModel):
-    """How to upscale; as query parameters, or as form fields beside a multipart upload."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    scale: float | None = Field(None, gt=1, allow_inf_nan=False,
-                                description="Scale factor > 1 (default 2 when no width/height is given)")
-    width: int | None = Field(None, ge=1, le=65535, description="Target width in pixels")
-    height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
-                               "give one of width/height to keep the aspect ratio")
-    model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
-        "auto", description="auto: by content (below); x2/x3/x4: that network, then bicubic to the target; "
-        "as: bicubic + IMDN_AS at any scale")
-    content: Literal["photo", "clean"] | None = Field(
-        None, description="what the image is, for model=auto: 'photo' (camera photos: IMDN_AS, trained on camera "
-        "blur, noise and JPEG, at every scale up to 4) or 'clean' (already sharp images such as renders and "
-        "screenshots: IMDN x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); default: the server's IMDN_CONTENT")
-    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
-                                                  "no alpha, so transparency is flattened onto white")
-    quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
 
 
 def get_state(request: Request) -> ServiceState:
@@ -95,36 +73,6 @@ def require_api_key(request: Request, state: StateDep) -> None:
     if not matched:
         raise UnauthorizedError("send a valid API key in the X-API-Key header (or Authorization: Bearer)",
                                 headers={"WWW-Authenticate": "Bearer"})
-
-
-def merge_form_fields(params: UpscaleParams, fields: dict[str, str]) -> UpscaleParams:
-    if not fields:
-        return params
-    try:
-        return UpscaleParams.model_validate({**params.model_dump(exclude_unset=True), **fields})
-    except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise BadRequestError(detail) from exc
-
-
-UPSCALE_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["image"],
-                "properties": {
-                    "image": {"type": "string", "format": "binary", "description": "The image file"},
-                    **{name: {**schema, "description": f"Same as the `{name}` query parameter"}
-                       for name, schema in UpscaleParams.model_json_schema()["properties"].items()},
-                },
-            }
-        },
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
 
 
 T = TypeVar("T")

@@ -1,0 +1,61 @@
+"""The request's parameters: one model for query parameters and multipart form fields, and its OpenAPI body."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.errors import BadRequestError
+
+
+class UpscaleParams(BaseModel):
+    """How to upscale; as query parameters, or as form fields beside a multipart upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float | None = Field(None, gt=1, allow_inf_nan=False,
+                                description="Scale factor > 1 (default 2 when no width/height is given)")
+    width: int | None = Field(None, ge=1, le=65535, description="Target width in pixels")
+    height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
+                               "give one of width/height to keep the aspect ratio")
+    model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
+        "auto", description="auto: by content (below); x2/x3/x4: that network, then bicubic to the target; "
+        "as: bicubic + IMDN_AS at any scale")
+    content: Literal["photo", "clean"] | None = Field(
+        None, description="what the image is, for model=auto: 'photo' (camera photos: IMDN_AS, trained on camera "
+        "blur, noise and JPEG, at every scale up to 4) or 'clean' (already sharp images such as renders and "
+        "screenshots: IMDN x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); default: the server's IMDN_CONTENT")
+    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
+                                                  "no alpha, so transparency is flattened onto white")
+    quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
+
+
+def merge_form_fields(params: UpscaleParams, fields: dict[str, str]) -> UpscaleParams:
+    if not fields:
+        return params
+    try:
+        return UpscaleParams.model_validate({**params.model_dump(exclude_unset=True), **fields})
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BadRequestError(detail) from exc
+
+
+UPSCALE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary", "description": "The image file"},
+                    **{name: {**schema, "description": f"Same as the `{name}` query parameter"}
+                       for name, schema in UpscaleParams.model_json_schema()["properties"].items()},
+                },
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
