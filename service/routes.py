@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import io
 import threading
 import time
@@ -36,7 +35,8 @@ from service.errors import (
 )
 from service.params import UPSCALE_BODY, UpscaleParams, merge_form_fields
 from service.processing import RequestRunner, Timings, encoded_chunks, run_in_thread, while_in_use
-from service.state import ServiceState, part_window
+from service.security import require_api_key
+from service.state import ServiceState, StateDep, part_window
 from service.upload import UploadLimits, UploadTimeoutError, read_image
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -48,31 +48,6 @@ RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Outpu
                   "X-Frames-Dropped", "X-Alpha-Flattened"]
 
 router = APIRouter()
-
-
-def get_state(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.service
-    return state
-
-
-StateDep = Annotated[ServiceState, Depends(get_state)]
-
-
-def require_api_key(request: Request, state: StateDep) -> None:
-    keys = state.settings.api_keys
-    if not keys:
-        return
-    offered = request.headers.get("x-api-key", "")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if not offered and scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110 11.1)
-        offered = token.strip()
-    # Compare against every key, each in constant time: timing reveals nothing about any key.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(offered.encode(), key.encode())
-    if not matched:
-        raise UnauthorizedError("send a valid API key in the X-API-Key header (or Authorization: Bearer)",
-                                headers={"WWW-Authenticate": "Bearer"})
 
 
 T = TypeVar("T")

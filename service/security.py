@@ -1,5 +1,6 @@
 """Browser-facing security: response headers (a Content-Security-Policy per kind of response), the Origin
-rule for state-changing requests, and refusal of ambiguous HTTP framing (request smuggling).
+rule for state-changing requests, refusal of ambiguous HTTP framing (request smuggling), and the API-key
+check on /v1/* (``require_api_key``, a route dependency).
 
 Two ASGI layers: ``SecurityHeaders`` wraps the whole app (outside Starlette's error middleware, so even a
 500 carries the headers); ``RequestGuard`` sits inside the request-id/logging middleware, so what it
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BadRequestError, ForbiddenOriginError, ServiceError, problem
+from service.errors import BadRequestError, ForbiddenOriginError, ServiceError, UnauthorizedError, problem
+from service.state import StateDep
 
 # The service's own page; its inline <script> and <style> are allowed by their SHA-256, nothing else inline.
 PAGE_PATHS = frozenset({"/"})
@@ -33,6 +36,24 @@ DATA_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'"
 HTML_LIMIT = 1 << 20  # the pages are tens of KB; anything bigger is passed through unhashed
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def require_api_key(request: Request, state: StateDep) -> None:
+    """A route dependency: with IMDN_API_KEYS set, a request must carry one of them (X-API-Key or Bearer)."""
+    keys = state.settings.api_keys
+    if not keys:
+        return
+    offered = request.headers.get("x-api-key", "")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if not offered and scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110 11.1)
+        offered = token.strip()
+    # Compare against every key, each in constant time: timing reveals nothing about any key.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(offered.encode(), key.encode())
+    if not matched:
+        raise UnauthorizedError("send a valid API key in the X-API-Key header (or Authorization: Bearer)",
+                                headers={"WWW-Authenticate": "Bearer"})
 
 
 def inline_hashes(html: bytes, tag: str) -> str:

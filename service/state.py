@@ -8,9 +8,11 @@ import os
 import time
 from collections.abc import MutableSequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
+from fastapi import Depends, Request
 
 from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
 from model.engine import AS_CONTEXT, IMDN_CONTEXT, PART_WINDOW, Runner, Upscaler, part_window_for, tile_core
@@ -88,6 +90,14 @@ class ServiceState:
             expired = self.drain_expired
             delay = self.settings.drain_timeout_s
             self.loop.call_soon_threadsafe(lambda: self.loop.call_later(delay, expired.set))  # type: ignore[union-attr]
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]  # the app's state, as an endpoint's parameter
 
 
 def parse_devices(spec: str) -> list[torch.device]:

@@ -83,9 +83,9 @@ OTHER_KEY = "sk-second-" + uuid.uuid4().hex
 
 def test_api_key_comparison_is_constant_time() -> None:
     """Read the code: each configured key is compared with hmac.compare_digest, and no early exit."""
-    from service import routes
+    from service import security
 
-    source = inspect.getsource(routes.require_api_key)
+    source = inspect.getsource(security.require_api_key)
     assert "hmac.compare_digest" in source
     tree = ast.parse(textwrap.dedent(source))
     compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)
