@@ -1,4 +1,5 @@
-"""One upscale request from decoded picture to encoded bytes, run off the event loop.
+"""One upscale request from decoded picture to encoded bytes, run off the event loop, and its ending:
+a client that hangs up, or a drain deadline that passes.
 
 A worker thread pulls bands from the engine and encodes them; chunks cross to
 the event loop through a small bounded queue, so a slow client slows the work
@@ -9,21 +10,26 @@ the thread stops before its next tile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from model.encode import PNGStreamEncoder, encode_whole
 from model.engine import Plan, Runner, Upscaler
 from model.imageio import Picture
-from service.errors import RequestCancelledError, RequestTimeoutError
+from service.errors import ClientDisconnectedError, NotReadyError, RequestCancelledError, RequestTimeoutError
 from service.pool import ModelPool
+from service.state import ServiceState
 
 CHUNKS_AHEAD = 4
 T = TypeVar("T")
@@ -188,3 +194,63 @@ async def run_in_thread(chunks: Iterator[bytes], cancel: threading.Event) -> Asy
                 return
     finally:
         cancel.set()
+
+
+async def watched(request: Request, work: Awaitable[T], cancel: threading.Event, when: str) -> T:
+    """Await `work` (a thread's result, the first chunk) while watching for the client hanging up: then
+    set `cancel`, so the thread stops at its next check, and answer 499."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientDisconnectedError(f"client disconnected {when}")
+    except BaseException:
+        cancel.set()  # a decode stops at its next read, a worker before its next tile
+        if not task.done():
+            task.cancel()
+            # Let the cancellation reach a generator: closing it while __anext__ is still running fails.
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # nobody wants the result now
+                await task
+        raise
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator as soon as sending stops, cut or not. Starlette leaves a generator whose
+    send failed (a client too slow, cut by the middleware) to the garbage collector, so its clean-up, the
+    request's processing slot and in-flight count, ran at some later turn of the event loop."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+
+class DrainDeadlineError(NotReadyError):
+    """The drain deadline passed before this request's response started."""
+
+
+async def unless_drain_ends(state: ServiceState, work: Awaitable[T]) -> T:
+    """Await `work`, unless the drain deadline passes first: then cancel it and raise DrainDeadlineError."""
+    expired = state.drain_expired
+    if expired is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(expired.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # its own cleanup ran; no result needed
+                await task
+    if task.cancelled():
+        raise DrainDeadlineError("the server is shutting down; retry (another instance will answer)",
+                                 headers={"Retry-After": "1", "Connection": "close"})
+    return task.result()

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import io
 import threading
 import time
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, ImageDraw
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import Receive, Scope, Send
 
 from model.engine import Plan, Upscaler, scale_policy
 from model.imageio import DecodeCancelledError, decode, header_size
 from service.errors import (
     BadRequestError,
-    ClientDisconnectedError,
     ForbiddenOriginError,
     NotReadyError,
     PayloadTooLargeError,
@@ -34,7 +30,17 @@ from service.errors import (
     problem_responses,
 )
 from service.params import UPSCALE_BODY, UpscaleParams, merge_form_fields
-from service.processing import RequestRunner, Timings, encoded_chunks, run_in_thread, while_in_use
+from service.processing import (
+    ClosingStreamingResponse,
+    DrainDeadlineError,
+    RequestRunner,
+    Timings,
+    encoded_chunks,
+    run_in_thread,
+    unless_drain_ends,
+    watched,
+    while_in_use,
+)
 from service.security import require_api_key
 from service.state import ServiceState, StateDep, part_window
 from service.upload import UploadLimits, UploadTimeoutError, read_image
@@ -48,69 +54,6 @@ RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Outpu
                   "X-Frames-Dropped", "X-Alpha-Flattened"]
 
 router = APIRouter()
-
-
-T = TypeVar("T")
-
-
-async def watched(request: Request, work: Awaitable[T], cancel: threading.Event, when: str) -> T:
-    """Await `work` (a thread's result, the first chunk) while watching for the client hanging up: then
-    set `cancel`, so the thread stops at its next check, and answer 499."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                raise ClientDisconnectedError(f"client disconnected {when}")
-    except BaseException:
-        cancel.set()  # a decode stops at its next read, a worker before its next tile
-        if not task.done():
-            task.cancel()
-            # Let the cancellation reach a generator: closing it while __anext__ is still running fails.
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # nobody wants the result now
-                await task
-        raise
-
-
-class ClosingStreamingResponse(StreamingResponse):
-    """Closes its body generator as soon as sending stops, cut or not. Starlette leaves a generator whose
-    send failed (a client too slow, cut by the middleware) to the garbage collector, so its clean-up, the
-    request's processing slot and in-flight count, ran at some later turn of the event loop."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                await close()
-
-
-class DrainDeadlineError(NotReadyError):
-    """The drain deadline passed before this request's response started."""
-
-
-async def unless_drain_ends(state: ServiceState, work: Awaitable[T]) -> T:
-    """Await `work`, unless the drain deadline passes first: then cancel it and raise DrainDeadlineError."""
-    expired = state.drain_expired
-    if expired is None:
-        return await work
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(expired.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # its own cleanup ran; no result needed
-                await task
-    if task.cancelled():
-        raise DrainDeadlineError("the server is shutting down; retry (another instance will answer)",
-                                 headers={"Retry-After": "1", "Connection": "close"})
-    return task.result()
 
 
 @router.post(
