@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import io
 import threading
 import time
 from pathlib import Path
@@ -12,7 +10,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from PIL import Image, ImageDraw
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.engine import Plan, Upscaler, scale_policy
@@ -29,6 +26,7 @@ from service.errors import (
     UnsupportedMediaError,
     problem_responses,
 )
+from service.favicon import favicon_ico
 from service.params import UPSCALE_BODY, UpscaleParams, merge_form_fields
 from service.processing import (
     ClosingStreamingResponse,
@@ -273,26 +271,6 @@ async def readyz(state: StateDep) -> dict[str, str]:
 async def metrics_endpoint(state: StateDep) -> Response:
     """Prometheus metrics (on the API port unless IMDN_METRICS_PORT moves them; added by create_app)."""
     return Response(generate_latest(state.metrics.exposed), media_type=CONTENT_TYPE_LATEST)
-
-
-@functools.cache
-def favicon_ico() -> bytes:
-    """The page's icon, drawn here (nothing binary in the repository): big pixels turning into fine ones."""
-    side = 64
-    icon = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(icon)
-    draw.rounded_rectangle((0, 0, side - 1, side - 1), radius=12, fill=(36, 87, 214, 255))  # the page's accent
-    for i, shade in enumerate((150, 205, 205, 255)):  # coarse 2x2 on the left, fine 8x8 on the right
-        x, y = 8 + (i % 2) * 12, 20 + (i // 2) * 12
-        draw.rectangle((x, y, x + 11, y + 11), fill=(shade, shade, 255, 255))
-    for row in range(8):
-        for col in range(8):
-            shade = 150 + 105 * ((row + col) % 2)
-            x, y = 34 + col * 3, 20 + row * 3
-            draw.rectangle((x, y, x + 2, y + 2), fill=(shade, shade, 255, 255))
-    out = io.BytesIO()
-    icon.save(out, format="ICO", sizes=[(16, 16), (32, 32), (48, 48), (64, 64)])
-    return out.getvalue()
 
 
 @router.get("/favicon.ico", include_in_schema=False)
