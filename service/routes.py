@@ -41,7 +41,7 @@ from service.processing import (
 )
 from service.security import require_api_key
 from service.state import ServiceState, StateDep, part_window
-from service.upload import UploadLimits, UploadTimeoutError, read_image
+from service.upload import UploadTimeoutError, receive_upload
 
 STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
@@ -83,34 +83,13 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
     return await unless_drain_ends(state, _superresolve(request, params, state))
 
 
-async def _receive_upload(request: Request, state: ServiceState) -> tuple[bytes, dict[str, str]]:
-    """The body, read before admission: a slow client holds an upload place (IMDN_MAX_UPLOADS), never a
-    processing slot or a queue place."""
-    settings, admission = state.settings, state.admission
-    assert admission is not None
-    if state.uploads >= settings.max_uploads:
-        state.metrics.rejected.labels("uploads_full").inc()
-        raise QueueFullError(f"{state.uploads} uploads are already arriving; retry shortly",
-                             headers={"Retry-After": "2"})
-    admission.check()  # a full queue refuses before the body is sent, not after
-    state.uploads += 1
-    state.metrics.uploads.set(state.uploads)
-    try:
-        limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.client_grace_s,
-                              settings.min_client_rate)
-        return await read_image(request, limits)
-    finally:
-        state.uploads -= 1
-        state.metrics.uploads.set(state.uploads)
-
-
 async def _superresolve(request: Request, params: UpscaleParams, state: ServiceState) -> Response:
     settings = state.settings
     admission, pool = state.admission, state.pool
     assert admission is not None and pool is not None
     started = time.perf_counter()
     deadline = time.monotonic() + settings.request_timeout_s
-    data, fields = await _receive_upload(request, state)
+    data, fields = await receive_upload(request, state)
     admission.admit()
     admitted = True
     cancel = threading.Event()

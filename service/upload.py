@@ -1,4 +1,4 @@
-"""Reading the upload: raw image bodies or multipart forms, bounded in size and time."""
+"""Reading the upload: raw image bodies or multipart forms, bounded in size and time, and in how many arrive at once."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
     PayloadTooLargeError,
+    QueueFullError,
     ServiceError,
     UnsupportedMediaError,
 )
+from service.state import ServiceState
 
 
 class UploadTimeoutError(ServiceError):
@@ -114,3 +116,24 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
         return data, fields
     finally:
         await form.close()
+
+
+async def receive_upload(request: Request, state: ServiceState) -> tuple[bytes, dict[str, str]]:
+    """The body, read before admission: a slow client holds an upload place (IMDN_MAX_UPLOADS), never a
+    processing slot or a queue place."""
+    settings, admission = state.settings, state.admission
+    assert admission is not None
+    if state.uploads >= settings.max_uploads:
+        state.metrics.rejected.labels("uploads_full").inc()
+        raise QueueFullError(f"{state.uploads} uploads are already arriving; retry shortly",
+                             headers={"Retry-After": "2"})
+    admission.check()  # a full queue refuses before the body is sent, not after
+    state.uploads += 1
+    state.metrics.uploads.set(state.uploads)
+    try:
+        limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.client_grace_s,
+                              settings.min_client_rate)
+        return await read_image(request, limits)
+    finally:
+        state.uploads -= 1
+        state.metrics.uploads.set(state.uploads)
