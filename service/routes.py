@@ -103,10 +103,13 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
     try:
         params = merge_form_fields(params, fields)
         scale = params.scale if params.scale is not None or params.width or params.height else 2.0
-        upscaler = Upscaler(pool, state.budget_bytes, settings.max_batch, settings.max_scale,
-                            settings.tile_size, settings.refine_stats, settings.any_scale, settings.models,
-                            params.content or settings.content, part_window(state.devices),
-                            state.parts_budget_bytes)
+        # The pool as this request sees it: no more tiles once it is cancelled or past its deadline.
+        upscaler = Upscaler(RequestRunner(pool, cancel, deadline), budget_bytes=state.budget_bytes,
+                            max_batch=settings.max_batch, max_scale=settings.max_scale,
+                            tile_core_override=settings.tile_size, refine_stats=settings.refine_stats,
+                            any_scale=settings.any_scale, available=settings.models,
+                            content=params.content or settings.content, part_window=part_window(state.devices),
+                            parts_budget_bytes=state.parts_budget_bytes)
 
         def checked_plan(size: tuple[int, int]) -> Plan:
             plan = upscaler.plan(size, scale, params.width, params.height, params.model)
@@ -142,7 +145,6 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         admission.leave()
         raise
 
-    upscaler.runner = RequestRunner(pool, cancel, deadline)
     chunks = run_in_thread(while_in_use(pool, encoded_chunks(upscaler, picture, plan, params.format, params.quality,
                                                              settings.png_compress_level, timings, cancel)), cancel)
 
