@@ -32,7 +32,7 @@ model, arena_mb = sys.argv[5], int(sys.argv[6])
 models = load_models(["x2", "x3", "x4", "as"], "default")
 runner = (TorchRunner(models) if backend == "torch" else
           OnnxRunner(models, threads=torch.get_num_threads(), arena_limit_bytes=arena_mb * 2**20))
-upscaler = Upscaler(runner, budget_bytes=budget_mb * 2**20, refine_stats=False, any_scale="downscale")
+upscaler = Upscaler(runner, budget_bytes=budget_mb * 2**20, content="clean")
 rng = np.random.default_rng(0)
 picture = picture_from_array(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
 start = time.perf_counter()

@@ -218,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}\n(trained weights not there yet? pass --weights DIR, or --weights random to try "
               "the script)", file=sys.stderr)
         return 2
-    # The service's default any-scale method, so the gallery shows what users get.
-    upscaler = Upscaler(TorchRunner(models, pick_device(args.device)), any_scale="downscale")
+    # The service's default policy for clean images (the gallery's are clean benchmark images), so it shows
+    # what users get with content=clean.
+    upscaler = Upscaler(TorchRunner(models, pick_device(args.device)), content="clean", refine_stats=True)
     args.out.mkdir(parents=True, exist_ok=True)
 
     entries: list[Entry] = []

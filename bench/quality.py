@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
-from model.engine import ANY_SCALE_METHODS, Upscaler  # noqa: E402
+from model.engine import Upscaler  # noqa: E402
 from model.evaluate import REAL_PAIR_LR, read_uint8  # noqa: E402
 from model.imageio import (  # noqa: E402
     IMAGE_SUFFIXES,  # noqa: E402
@@ -39,6 +39,7 @@ from model.imageio import (  # noqa: E402
     to_array,
 )
 from model.metrics import psnr  # noqa: E402
+from model.plan import ANY_SCALE_METHODS  # noqa: E402
 from model.resize import imresize  # noqa: E402
 
 SCALES = (1.5, 2, 2.5, 3, 3.3, 4, 5, 6, 8)
@@ -56,7 +57,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     runner = TorchRunner(models_for(args.weights, ["x2", "x3", "x4", "as"]))
     # max_scale 9: shrinking by 8 rounds sides down, so bringing them back can ask for a bit over 8x
-    methods = {f"auto/{m}": (Upscaler(runner, max_scale=9, any_scale=m), "auto") for m in ANY_SCALE_METHODS}
+    methods = {f"auto/{m}": (Upscaler(runner, max_scale=9, any_scale=m, content="clean", refine_stats=True), "auto")
+               for m in ANY_SCALE_METHODS}
     methods["model=as"] = (methods["auto/as"][0], "as")
     hr_paths = sorted(p for p in (args.data / "HR").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     real = (args.data / REAL_PAIR_LR).is_dir()

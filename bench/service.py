@@ -41,9 +41,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available  # noqa: E402
-from model.engine import Upscaler, part_window_for  # noqa: E402
+from model.backends import OnnxRunner, TorchRunner, load_models, uses_onnx  # noqa: E402
+from model.engine import Upscaler  # noqa: E402
 from model.imageio import decode  # noqa: E402
+from model.parts import part_window_for  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.state import arena_limit, memory_budget, parse_devices, parts_budget, warm_any_scale_parts  # noqa: E402
 
@@ -98,7 +99,7 @@ def engine(weights: str) -> Upscaler:
     budget = memory_budget(settings, device)
     if device.type == "cuda":
         runner: TorchRunner | OnnxRunner = TorchRunner(models, device)
-    elif onnx_available():  # one replica's arena, capped as the service caps it
+    elif uses_onnx(device, settings.backend):  # one replica's arena, capped as the service caps it
         runner = OnnxRunner(models, torch.get_num_threads(), arena_limit_bytes=arena_limit(budget))
     else:
         runner = TorchRunner(models)

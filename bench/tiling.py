@@ -22,6 +22,7 @@ import math
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,17 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import SHARED, models_for  # noqa: E402
-from model import engine as engine_module  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
-from model.engine import (  # noqa: E402
-    BYTES_PER_INPUT_PIXEL,
-    Upscaler,
-    feature_size,
-)
+from model.engine import Upscaler  # noqa: E402
 from model.evaluate import read_uint8  # noqa: E402
 from model.imageio import IMAGE_SUFFIXES, picture_from_array  # noqa: E402
 from model.metrics import psnr  # noqa: E402
+from model.parts import feature_size, part_band_rows  # noqa: E402
 from model.resize import imresize  # noqa: E402
+from model.tiled import BYTES_PER_INPUT_PIXEL  # noqa: E402
 
 
 def main() -> None:
@@ -49,21 +47,22 @@ def main() -> None:
     parser.add_argument("--core", type=int, default=128, help="forced tile core (input pixels)")
     parser.add_argument("--weights", default="default")
     args = parser.parse_args()
-    # "sampled" means no refining pass for any model here (the engine always refines IMDN_AS).
-    engine_module.ALWAYS_REFINED = frozenset()
     integer = args.scale in (2, 3, 4)
     model = f"x{int(args.scale)}" if integer else "as"
     runner = TorchRunner(models_for(args.weights, [model]))
-    whole = Upscaler(runner, budget_bytes=2**40, any_scale="as")
-    tiled = {name: Upscaler(runner, tile_core_override=args.core, refine_stats=refine, any_scale="as")
+    def upscaler(**options: Any) -> Upscaler:  # the networks this compares: x2/x3/x4, else IMDN_AS
+        return Upscaler(runner, content="clean", any_scale="as", **options)
+
+    whole = upscaler(budget_bytes=2**40)
+    # "sampled": estimated statistics only, for every model (the default refines IMDN_AS's).
+    tiled = {name: upscaler(tile_size=args.core, refine_stats=refine)
              for name, refine in (("sampled", False), ("refined", True))}
-    if not integer:
-        tiled["parts"] = Upscaler(runner, any_scale="as")  # its budget is set per image below
     lr_dir = args.data / "LR_bicubic" / f"X{int(args.scale)}"
     shave = math.ceil(args.scale)
-    scores: dict[str, list[float]] = {"whole": [], **{name: [] for name in tiled}}
-    within: dict[str, list[float]] = {name: [] for name in tiled}
-    worst = dict.fromkeys(tiled, 0)
+    names = [*tiled, *([] if integer else ["parts"])]
+    scores: dict[str, list[float]] = {"whole": [], **{name: [] for name in names}}
+    within: dict[str, list[float]] = {name: [] for name in names}
+    worst = dict.fromkeys(names, 0)
     for hr_path in sorted(p for p in (args.data / "HR").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         hr = read_uint8(hr_path).expand(3, -1, -1)
         if integer:  # the set's own LR, by the scale
@@ -79,14 +78,14 @@ def main() -> None:
         reference = whole.upscale_picture(picture, plan).astype(np.int16)
         hr = hr[:, : reference.shape[0], : reference.shape[1]]
         scores["whole"].append(psnr(torch.from_numpy(reference).permute(2, 0, 1), hr, shave))
-        if "parts" in tiled:  # just under the budget for one pass, in windows of a third of the rows and columns
+        if not integer:  # just under the budget for one pass, in windows of a third of the rows and columns
             size = reference.shape[:2]
             rows, cols = feature_size(size)
-            tiled["parts"].budget_bytes = size[0] * size[1] * BYTES_PER_INPUT_PIXEL["as"] - 1
-            tiled["parts"].part_window = (-(-rows // 3), -(-cols // 3))
-            assert tiled["parts"]._part_bands(size), f"{hr_path.name}: no room for IMDN_AS in parts"
-        for name, upscaler in tiled.items():
-            out = upscaler.upscale_picture(picture, plan).astype(np.int16)
+            budget, window = size[0] * size[1] * BYTES_PER_INPUT_PIXEL["as"] - 1, (-(-rows // 3), -(-cols // 3))
+            assert part_band_rows(size, budget, window), f"{hr_path.name}: no room for IMDN_AS in parts"
+            tiled["parts"] = upscaler(budget_bytes=budget, part_window=window)
+        for name, tiling in tiled.items():
+            out = tiling.upscale_picture(picture, plan).astype(np.int16)
             diff = np.abs(out - reference)
             within[name].append(float((diff <= 1).mean()))
             worst[name] = max(worst[name], int(diff.max()))
@@ -96,7 +95,7 @@ def main() -> None:
           f"({len(scores['whole'])} images)")
     print(f"{'statistics':<10} {'within 1/255':>13} {'max diff':>9} {'PSNR-Y':>8} {'delta dB':>9}")
     print(f"{'whole':<10} {'':>13} {'':>9} {base:8.3f}")
-    for name in tiled:
+    for name in names:
         mean = statistics.mean(scores[name])
         print(f"{name:<10} {100 * min(within[name]):12.3f}% {worst[name]:>7}/255 {mean:8.3f} {mean - base:+9.4f}")
     print("(within 1/255: the worst image's share)")

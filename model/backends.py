@@ -12,7 +12,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -307,6 +307,16 @@ def _register_shared_arena(limit_bytes: int) -> None:
         # max_mem (0: no cap), extend by the request, default initial chunk and dead-bytes limit.
         ort.create_and_register_allocator(info, ort.OrtArenaCfg(limit_bytes, SAME_AS_REQUESTED, -1, -1))
         _arena_registered = True
+
+
+Backend = Literal["auto", "torch", "onnx"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+
+def uses_onnx(device: torch.device, backend: str = "auto") -> bool:
+    """The one choice of backend: ONNX Runtime on a CPU when asked for, or by default ("auto") where it is
+    installed (faster there: bench/backends.py); PyTorch everywhere else."""
+    return device.type == "cpu" and (backend == "onnx" or (backend == "auto" and onnx_available()))
 
 
 def onnx_available() -> bool:

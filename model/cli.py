@@ -17,10 +17,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
+from model.backends import BACKENDS, OnnxRunner, TorchRunner, load_models, pick_device, uses_onnx
 from model.encode import encode_png_stream, encode_whole
-from model.engine import ANY_SCALE_METHODS, CONTENT_KINDS, MODEL_CHOICES, UpscaleError, Upscaler, part_window_for
+from model.engine import Upscaler
 from model.imageio import IMAGE_SUFFIXES, ImageDecodeError, ImageTooLargeError, decode
+from model.parts import part_window_for
+from model.plan import (
+    ANY_SCALE_METHODS,
+    CONTENT_KINDS,
+    DEFAULT_ANY_SCALE,
+    DEFAULT_CONTENT,
+    DEFAULT_MAX_SCALE,
+    DEFAULT_MODEL,
+    DEFAULT_SCALE,
+    MODEL_CHOICES,
+    UpscaleError,
+)
 from model.weights import WeightsError
 
 # The CLI also takes GIFs (their first frame).
@@ -50,7 +62,7 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
 def make_runner(models: list[str], weights: str, device: str, backend: str) -> OnnxRunner | TorchRunner:
     loaded = load_models(models, weights)
     target = pick_device(device)
-    if target.type == "cpu" and (backend == "onnx" or (backend == "auto" and onnx_available())):
+    if uses_onnx(target, backend):
         return OnnxRunner(loaded, threads=torch.get_num_threads())
     return TorchRunner(loaded, target)
 
@@ -68,10 +80,11 @@ def upscale_command(args: argparse.Namespace) -> int:
         print("error: no images found", file=sys.stderr)
         return 2
     if args.scale is None and args.width is None and args.height is None:
-        args.scale = 2.0
+        args.scale = DEFAULT_SCALE
     runner = make_runner(["x2", "x3", "x4", "as"], args.weights, args.device, args.backend)
     device = runner.device if isinstance(runner, TorchRunner) else torch.device("cpu")
-    upscaler = Upscaler(runner, budget_bytes=args.memory_mb * 2**20, max_scale=args.max_scale,
+    # A local tool has time for exact statistics on every tiled pass (the service refines IMDN_AS's only).
+    upscaler = Upscaler(runner, budget_bytes=args.memory_mb * 2**20, max_scale=args.max_scale, refine_stats=True,
                         any_scale=args.any_scale, content=args.content, part_window=part_window_for(device))
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -129,25 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("upscale", help="upscale images or folders of images locally")
     up.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     size = up.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, help="scale factor > 1 (default 2)")
+    size.add_argument("--scale", type=float, help=f"scale factor > 1 (default {DEFAULT_SCALE:g})")
     size.add_argument("--width", type=int, help="target width (keeps aspect unless --height)")
     up.add_argument("--height", type=int, help="target height")
     up.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    up.add_argument("--model", choices=MODEL_CHOICES, default="auto")
+    up.add_argument("--model", choices=MODEL_CHOICES, default=DEFAULT_MODEL)
     up.add_argument("--format", choices=["png", "webp", "jpeg"], default="png")
     up.add_argument("--quality", type=int, default=90)
     up.add_argument("--png-level", type=int, default=1,
                     help="PNG deflate level: 0 stored, 1-3 ISA-L (several times faster than zlib), 4-9 zlib")
     up.add_argument("--weights", default="default", help="'default', 'official:DIR' or a folder")
     up.add_argument("--device", default="auto")
-    up.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    up.add_argument("--backend", choices=BACKENDS, default="auto")
     up.add_argument("--threads", type=int, help="CPU threads")
     up.add_argument("--memory-mb", type=int, default=512, help="activation memory budget per network call")
-    up.add_argument("--max-scale", type=float, default=8.0)
-    up.add_argument("--content", choices=CONTENT_KINDS, default="photo",
+    up.add_argument("--max-scale", type=float, default=DEFAULT_MAX_SCALE)
+    up.add_argument("--content", choices=CONTENT_KINDS, default=DEFAULT_CONTENT,
                     help="model auto: 'photo' (IMDN_AS up to 4x: also undoes camera blur, noise, JPEG) or 'clean' "
                          "(already sharp images: x2/x3/x4 for exact scales, else --any-scale)")
-    up.add_argument("--any-scale", choices=ANY_SCALE_METHODS, default="downscale",
+    up.add_argument("--any-scale", choices=ANY_SCALE_METHODS, default=DEFAULT_ANY_SCALE,
                     help="clean content, non-integer scales: 'as' (bicubic + IMDN_AS), 'downscale' (next integer "
                          "IMDN, bicubic down)")
     up.add_argument("--max-pixels", type=int, default=None, help="refuse inputs larger than this")

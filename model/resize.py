@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -154,3 +155,39 @@ def imresize(
             # MATLAB rounds half away from zero; values are non-negative after clamping.
             work = torch.floor(work.clamp(0, top) + 0.5)
     return work if float_output else work.to(dtype)
+
+
+def resize_unit(samples: torch.Tensor, size: tuple[int, int],
+                window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """MATLAB-bicubic resize of Picture samples (uint8 or float) to float32 in [0,1], unclamped."""
+    out = imresize(samples, size=size, window=window, float_output=True)
+    return out.div_(255) if samples.dtype == torch.uint8 else out
+
+
+def resize_band_stream(bands: Iterator[tuple[int, torch.Tensor]], in_height: int, out_size: tuple[int, int],
+                       rows_per_band: int = 128) -> Iterator[tuple[int, torch.Tensor]]:
+    """MATLAB-bicubic resize of an image that arrives as bands, emitted as bands.
+
+    Rows are resized first with the full-axis contributions (so the result equals a
+    whole-image resize up to float rounding), keeping only the input rows that later
+    output rows still need; columns are then resized band by band.
+    """
+    out_h, out_w = out_size
+    _, idx = contributions(in_height, out_h, out_h / in_height)
+    held = torch.zeros(0)
+    held_from, received = 0, 0
+    pending = iter(bands)
+    for top in range(0, out_h, rows_per_band):
+        bottom = min(out_h, top + rows_per_band)
+        need_to = int(idx[top:bottom].max()) + 1
+        while received < need_to:
+            _, band = next(pending)
+            held = band if held.numel() == 0 else torch.cat([held, band], dim=1)
+            received += band.shape[1]
+        rows = resize_axis(held, 1, out_h, out_h / in_height, True, (top, bottom), held.dtype, in_height, held_from)
+        yield top, imresize(rows, size=(bottom - top, out_w)).clamp_(0, 1)
+        if bottom < out_h:  # drop input rows no later output row reads
+            keep_from = int(idx[bottom:].min())
+            held, held_from = held[:, keep_from - held_from :], keep_from
+    for _ in pending:  # let the producing stage finish cleanly
+        pass

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 # Receptive-field radius of IMDN in input pixels: 6 blocks x 4 stacked 3x3 convs,
 # plus the feature, LR and upsampler convs (27); rounded up to a multiple of 4.
 IMDN_CONTEXT = 28
+# IMDN_AS reads its input at 1/4 resolution (after two stride-2 convs), so its receptive field is 4x wider
+# and its windows align to 4 input pixels.
+AS_CONTEXT = 4 * IMDN_CONTEXT
+# Input pixels per feature pixel of each network.
+FEATURE_STRIDE = {"x2": 1, "x3": 1, "x4": 1, "as": 4}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.backends import Backend
 from model.imdn import MODEL_NAMES
+from model.plan import DEFAULT_ANY_SCALE, DEFAULT_CONTENT, DEFAULT_MAX_SCALE, AnyScale, Content
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -23,7 +25,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (first GPU, else CPU), cpu, cuda, or a list: cuda:0,cuda:1")
     models: CommaList = Field(default_factory=lambda: list(MODEL_NAMES), description="models to load")
     weights: str = Field("default", description="'default' (bundled), 'official:DIR', or a folder of .safetensors")
-    backend: Literal["auto", "torch", "onnx"] = Field("auto", description="CPU backend; auto = onnx when installed")
+    backend: Backend = Field("auto", description="CPU backend; auto = onnx when installed")
     replicas_per_device: int = Field(1, ge=1, le=16)
     threads: int | None = Field(None, ge=1, description="CPU threads for inference (default: all cores)")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto = fp16 on GPU, fp32 on CPU")
@@ -33,15 +35,17 @@ class Settings(BaseSettings):
     tile_size: int | None = Field(None, ge=32, description="force a tile core size in input pixels")
     max_batch: int = Field(4, ge=1, le=256, description="tiles per network call, across requests")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
-    content: Literal["photo", "clean"] = Field(
-        "photo", description="what model=auto assumes uploads are: 'photo' (IMDN_AS, trained on camera blur, noise "
-        "and JPEG, at every scale up to 4) or 'clean' (x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); "
+    content: Content = Field(
+        DEFAULT_CONTENT, description="what model=auto assumes uploads are: 'photo' (IMDN_AS, trained on camera "
+        "blur, noise and JPEG, at every scale up to 4) or 'clean' (x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); "
         "a request's content parameter overrides it")
-    any_scale: Literal["as", "downscale"] = Field(
-        "downscale", description="non-integer scales up to 4: 'as' (bicubic + IMDN_AS, the paper's way) or "
+    any_scale: AnyScale = Field(
+        DEFAULT_ANY_SCALE, description="non-integer scales up to 4: 'as' (bicubic + IMDN_AS, the paper's way) or "
         "'downscale' (next integer IMDN, then bicubic down; measured better on clean images)")
-    refine_stats: bool = Field(False, description="tiled images: one more pass for near-exact whole-image "
-                               "statistics (about 2x the compute, and the first byte waits for it)")
+    refine_stats: bool | None = Field(None, description="tiled images: one more pass for near-exact whole-image "
+                                      "statistics (about 2x the compute, and the first byte waits for it): "
+                                      "unset = IMDN_AS only (its estimate alone shows seams), true = every model, "
+                                      "false = none")
 
     # Admission
     max_concurrent: int = Field(0, ge=0, description="requests processed at once; 0 = 2 per replica")
@@ -64,7 +68,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(32 * 2**20, ge=1)
     max_input_pixels: int = Field(16_800_000, ge=1)
     max_output_pixels: int = Field(67_108_864, ge=1)
-    max_scale: float = Field(8.0, gt=1, le=16)
+    max_scale: float = Field(DEFAULT_MAX_SCALE, gt=1, le=16)
     max_jpeg_scans: int = Field(100, ge=1, description="progressive JPEGs with more scans get 422")
 
     # Output

@@ -9,8 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.engine import UpscaleError, is_out_of_memory
 from model.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from model.plan import UpscaleError
+from model.runner import is_out_of_memory
 
 log = logging.getLogger("service")
 PROBLEM_TYPE_BASE = "https://imdn-sr.dev/problems/"

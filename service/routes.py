@@ -12,8 +12,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from model.engine import Plan, Upscaler, scale_policy
+from model.engine import Upscaler
 from model.imageio import DecodeCancelledError, decode, header_size
+from model.plan import DEFAULT_SCALE, Plan, scale_policy
 from service.errors import (
     BadRequestError,
     ForbiddenOriginError,
@@ -102,14 +103,13 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
 
     try:
         params = merge_form_fields(params, fields)
-        scale = params.scale if params.scale is not None or params.width or params.height else 2.0
+        scale = params.scale if params.scale is not None or params.width or params.height else DEFAULT_SCALE
         # The pool as this request sees it: no more tiles once it is cancelled or past its deadline.
         upscaler = Upscaler(RequestRunner(pool, cancel, deadline), budget_bytes=state.budget_bytes,
-                            max_batch=settings.max_batch, max_scale=settings.max_scale,
-                            tile_core_override=settings.tile_size, refine_stats=settings.refine_stats,
-                            any_scale=settings.any_scale, available=settings.models,
-                            content=params.content or settings.content, part_window=part_window(state.devices),
-                            parts_budget_bytes=state.parts_budget_bytes)
+                            max_batch=settings.max_batch, max_scale=settings.max_scale, tile_size=settings.tile_size,
+                            refine_stats=settings.refine_stats, any_scale=settings.any_scale,
+                            available=settings.models, content=params.content or settings.content,
+                            part_window=part_window(state.devices), parts_budget_bytes=state.parts_budget_bytes)
 
         def checked_plan(size: tuple[int, int]) -> Plan:
             plan = upscaler.plan(size, scale, params.width, params.height, params.model)

@@ -14,9 +14,13 @@ import numpy as np
 import torch
 from fastapi import Depends, Request
 
-from model.backends import OnnxRunner, TorchRunner, load_models, onnx_available, pick_device
-from model.engine import AS_CONTEXT, IMDN_CONTEXT, PART_WINDOW, Runner, Upscaler, part_window_for, tile_core
+from model.backends import OnnxRunner, TorchRunner, load_models, pick_device, uses_onnx
+from model.engine import Upscaler
 from model.imdn import count_parameters
+from model.parts import PART_WINDOW, part_window_for
+from model.runner import Runner
+from model.tiled import tile_core
+from model.tiling import AS_CONTEXT, IMDN_CONTEXT
 from model.weights import file_sha256, resolve_weights
 from service.config import Settings
 from service.errors import NotReadyError, QueueFullError
@@ -172,9 +176,7 @@ def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> Mod
     for device in devices:
         for replica in range(settings.replicas_per_device):
             models = load_models(settings.models, settings.weights)
-            use_onnx = device.type == "cpu" and (settings.backend == "onnx" or
-                                                  (settings.backend == "auto" and onnx_available()))
-            if use_onnx:
+            if uses_onnx(device, settings.backend):
                 # Room for each replica's largest tile and the fragments of other tile shapes beside it.
                 limit = arena_limit(memory_budget(settings, device), cpu_replicas)
                 backend: Backend = OnnxRunner(models, threads=max(1, threads // cpu_replicas), arena_limit_bytes=limit)

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from model.plan import CONTENT_KINDS, DEFAULT_MODEL
 from sr_client.client import DEFAULT_URL, FORMATS, MODELS, RetryPolicy, upscale_folder
 
 
@@ -24,7 +25,10 @@ def build_parser(prog: str = "python -m sr_client") -> argparse.ArgumentParser:
     size.add_argument("--scale", type=float, help="scale factor > 1, e.g. 2 or 3.3")
     size.add_argument("--width", type=int, help="target width in pixels")
     size.add_argument("--height", type=int, help="target height in pixels (one of the two keeps the aspect ratio)")
-    parser.add_argument("--model", choices=MODELS, default="auto")
+    parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL)
+    parser.add_argument("--content", choices=CONTENT_KINDS,
+                        help="what the images are, for --model auto: 'photo' (camera photos) or 'clean' (renders, "
+                             "screenshots); default: the service's")
     parser.add_argument("--format", choices=(*FORMATS, "jpg"), default="png", help="output format (default png)")
     parser.add_argument("--quality", type=int, help="WebP/JPEG quality 1-100")
     parser.add_argument("-o", "--out-dir", help="where to write <stem>_x<scale>.<format> (default: beside each input)")
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m sr_client") -> in
 
     summary = upscale_folder(
         args.inputs, args.out_dir, url=args.url, concurrency=args.concurrency, scale=args.scale, width=args.width,
-        height=args.height, model=args.model, format=args.format, quality=args.quality, api_key=args.api_key,
+        height=args.height, model=args.model, format=args.format, quality=args.quality, content=args.content,
+        api_key=args.api_key,
         overwrite=not args.skip_existing, recursive=args.recursive, progress=not args.quiet,
         retry=RetryPolicy(attempts=args.retries + 1),
     )

@@ -29,11 +29,13 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from model.plan import CONTENT_KINDS, DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICES
+
 log = logging.getLogger("sr_client")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ENDPOINT = "/v1/superresolve"
-MODELS = ("auto", "x2", "x3", "x4", "as")
+MODELS = MODEL_CHOICES
 FORMATS = ("png", "webp", "jpeg")
 RETRY_STATUSES = frozenset({429, 503})
 # What the service can decode; anything else in a folder is skipped, not sent.
@@ -194,14 +196,20 @@ def read_image(source: ImageInput) -> tuple[bytes, str]:
 
 
 def upscale_params(scale: float | None = None, width: int | None = None, height: int | None = None,
-                   model: str = "auto", format: str = "png", quality: int | None = None) -> dict[str, str]:
-    """The query string; only cheap sanity checks here, the service validates the rest and says why."""
+                   model: str = DEFAULT_MODEL, format: str = "png", quality: int | None = None,
+                   content: str | None = None) -> dict[str, str]:
+    """The query string; only cheap sanity checks here, the service validates the rest and says why.
+    content None: the service's own default (IMDN_CONTENT)."""
     format = "jpeg" if format == "jpg" else format
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if content is not None and content not in CONTENT_KINDS:
+        raise ValueError(f"content must be one of {', '.join(CONTENT_KINDS)}, got {content!r}")
     params = {"model": model, "format": format}
+    if content is not None:
+        params["content"] = content
     for name, value in (("scale", scale), ("width", width), ("height", height), ("quality", quality)):
         if value is not None:
             params[name] = f"{value:g}" if isinstance(value, float) else str(value)
@@ -240,11 +248,12 @@ class SRClient(_ClientBase):
         self._http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, transport=transport)
 
     def upscale(self, image: ImageInput, scale: float | None = None, width: int | None = None,
-                height: int | None = None, model: str = "auto", format: str = "png",
-                quality: int | None = None) -> Result:
+                height: int | None = None, model: str = DEFAULT_MODEL, format: str = "png",
+                quality: int | None = None, content: str | None = None) -> Result:
         """Upscale bytes or a file. Give scale, or width and/or height (one keeps the aspect ratio);
-        neither means the service default (x2). Raises SRError, or httpx.HTTPError when unreachable."""
-        params = upscale_params(scale, width, height, model, format, quality)
+        neither means the service default (x2). content: 'photo' or 'clean' (None: the service's default).
+        Raises SRError, or httpx.HTTPError when unreachable."""
+        params = upscale_params(scale, width, height, model, format, quality, content)
         data, content_type = read_image(image)
         attempt = 0
         while True:
@@ -288,10 +297,10 @@ class AsyncSRClient(_ClientBase):
                                        limits=httpx.Limits(max_connections=max_connections))
 
     async def upscale(self, image: ImageInput, scale: float | None = None, width: int | None = None,
-                      height: int | None = None, model: str = "auto", format: str = "png",
-                      quality: int | None = None) -> Result:
+                      height: int | None = None, model: str = DEFAULT_MODEL, format: str = "png",
+                      quality: int | None = None, content: str | None = None) -> Result:
         """As ``SRClient.upscale``."""
-        params = upscale_params(scale, width, height, model, format, quality)
+        params = upscale_params(scale, width, height, model, format, quality, content)
         data, content_type = await asyncio.to_thread(read_image, image)
         attempt = 0
         while True:
@@ -391,8 +400,9 @@ def _write_atomically(path: Path, content: bytes) -> None:
 
 async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str] | None = None, *,
                           url: str = DEFAULT_URL, concurrency: int = 4, scale: float | None = None,
-                          width: int | None = None, height: int | None = None, model: str = "auto",
-                          format: str = "png", quality: int | None = None, api_key: str | None = None,
+                          width: int | None = None, height: int | None = None, model: str = DEFAULT_MODEL,
+                          format: str = "png", quality: int | None = None, content: str | None = None,
+                          api_key: str | None = None,
                           overwrite: bool = True, recursive: bool = False, progress: bool = True,
                           retry: RetryPolicy | None = None, client: AsyncSRClient | None = None) -> FolderSummary:
     """Upscale every image among `paths` (files or folders) with at most `concurrency` requests in flight.
@@ -403,9 +413,9 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     format = "jpeg" if format == "jpg" else format
-    upscale_params(scale, width, height, model, format, quality)  # fail before any request
+    upscale_params(scale, width, height, model, format, quality, content)  # fail before any request
     if scale is None and width is None and height is None:
-        scale = 2.0
+        scale = DEFAULT_SCALE
     started = time.perf_counter()
     images, skipped = collect_images(paths, recursive)
     summary = FolderSummary(skipped=skipped)
@@ -437,7 +447,7 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
                 summary.existing.append(output)
                 return
             async with gate:
-                result = await client.upscale(source, scale, width, height, model, format, quality)
+                result = await client.upscale(source, scale, width, height, model, format, quality, content)
             await asyncio.to_thread(_write_atomically, output, result.content)
             summary.written.append(output)
         except (SRError, httpx.HTTPError, OSError) as exc:

@@ -49,6 +49,55 @@ def test_upscale_sync_path_to_width_as_webp(server: ServiceProcess, tmp_path: Pa
     assert result.model == "as"  # 1.5x of a photo (the default content): IMDN_AS
 
 
+@pytest.mark.parametrize("request_", [{"scale": 2}, {"scale": 2.5}, {"scale": 3}, {"scale": 4}, {"scale": 6},
+                                      {"scale": 8}, {"width": 30}, {"width": 60, "height": 20}])
+def test_library_client_and_service_share_their_defaults(server: ServiceProcess, request_: dict):
+    """Upscaler(runner) with nothing else plans the network that the service, with its default settings, runs
+    for the client's default request: one set of defaults (model/plan.py) behind all three."""
+    from model.backends import TorchRunner
+    from model.engine import Upscaler
+
+    library = Upscaler(TorchRunner({}))  # planning needs no networks
+    with SRClient(server.url) as client:
+        result = client.upscale(png_bytes(12, 10), **request_)
+    assert result.model == library.plan((10, 12), **request_).label
+
+
+def test_content_clean_picks_the_integer_network(server: ServiceProcess):
+    """content=clean reaches the service: an exact x2 of a clean image runs IMDN x2, sync and async alike."""
+    with SRClient(server.url) as client:
+        assert client.upscale(png_bytes(20, 14), scale=2, content="clean").model == "x2"
+
+    async def run() -> str:
+        async with AsyncSRClient(server.url) as client:
+            return (await client.upscale(png_bytes(20, 14), scale=3, content="clean")).model
+
+    assert asyncio.run(run()) == "x3"
+
+
+def test_content_is_checked_before_sending():
+    with SRClient("http://sr.test", transport=httpx.MockTransport(lambda r: httpx.Response(500))) as client, \
+            pytest.raises(ValueError, match="content must be one of photo, clean"):
+        client.upscale(png_bytes(4, 4), content="drawing")
+
+
+def x2_output_pixels(server: ServiceProcess) -> float:
+    """Pixels the service has produced with IMDN x2 alone (its Prometheus counter)."""
+    with urllib.request.urlopen(f"{server.url}/metrics") as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith('imdn_output_pixels_total{model="x2"}'))
+
+
+def test_cli_sends_content(server: ServiceProcess, tmp_path: Path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes(12, 10))
+    before = x2_output_pixels(server)
+    code = cli_main([str(source), "--url", server.url, "--scale", "2", "--content", "clean", "-o",
+                     str(tmp_path / "out"), "-q"])
+    assert code == 0
+    assert x2_output_pixels(server) - before == 24 * 20  # clean content at x2: IMDN x2 made it
+
+
 def test_upscale_async_concurrent(server: ServiceProcess):
     async def run() -> list:
         async with AsyncSRClient(server.url) as client:

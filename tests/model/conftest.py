@@ -86,3 +86,26 @@ def make_benchmark_set() -> Callable[..., Path]:
         return set_dir
 
     return make
+
+
+@pytest.fixture(scope="session")
+def runner(random_models):
+    """The random networks behind PyTorch, as the engine's tests run them."""
+    from model.backends import TorchRunner
+
+    return TorchRunner(random_models)
+
+
+@pytest.fixture(scope="session")
+def upscaler(runner):
+    """An Upscaler that runs every test image in one piece, with the paper's clean-image policy."""
+    from model.engine import Upscaler
+    from tests.model.engine_support import CLEAN_AS, WHOLE_BUDGET
+
+    return Upscaler(runner, budget_bytes=WHOLE_BUDGET, **CLEAN_AS)
+
+
+@pytest.fixture(scope="session")
+def natural(make_image):
+    """A 96x96 photo-like image: three tiles a side at a 32 px core."""
+    return make_image(96, 96, seed=1)

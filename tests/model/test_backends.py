@@ -14,6 +14,7 @@ from model.backends import EagerRunner, TorchRunner, export_onnx, load_models, o
 from model.engine import Upscaler
 from model.imdn import contrast_from_moments
 from model.weights import save_weights
+from tests.model.engine_support import CLEAN_AS
 
 # The legacy (TorchScript) ONNX exporter is chosen on purpose; its deprecation notes are not test failures.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
@@ -87,8 +88,8 @@ def test_onnx_runner_is_an_engine_runner(onnx_runner, torch_runner, make_image):
     torch.testing.assert_close(onnx_runner("x2", batch, contrast), torch_runner("x2", batch, contrast),
                                rtol=0, atol=1e-4)
     image = make_image(40, 36, seed=3)
-    tiled_onnx = Upscaler(onnx_runner, tile_core_override=16).upscale(image, scale=2)
-    tiled_torch = Upscaler(torch_runner, tile_core_override=16).upscale(image, scale=2)
+    tiled_onnx = Upscaler(onnx_runner, **CLEAN_AS, tile_size=16).upscale(image, scale=2)
+    tiled_torch = Upscaler(torch_runner, **CLEAN_AS, tile_size=16).upscale(image, scale=2)
     assert tiled_onnx.shape == (80, 72, 3)
     assert np.abs(tiled_onnx.astype(np.int16) - tiled_torch.astype(np.int16)).max() <= 1
 

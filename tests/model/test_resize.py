@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.evaluate import read_uint8
-from model.resize import contributions, cubic, imresize, output_size
+from model.resize import contributions, cubic, imresize, output_size, resize_band_stream
 
 
 def _shrink_like_benchmark(hr: torch.Tensor, lr: torch.Tensor, scale: int) -> torch.Tensor:
@@ -236,3 +236,16 @@ def test_imresize_bad_arguments_raise(kwargs, message):
 def test_imresize_empty_image_raises():
     with pytest.raises(ValueError, match="empty image"):
         imresize(torch.zeros(3, 0, 4), scale=2)
+
+
+@pytest.mark.parametrize("out_size", [(41, 30), (120, 90)])
+def test_resize_band_stream_equals_a_whole_image_resize(out_size):
+    """A closing bicubic fed in uneven bands, emitted in bands of 16 rows: the whole image's resize."""
+    torch.manual_seed(11)
+    image = torch.rand(3, 50, 37)
+    cuts = [0, 7, 20, 21, 44, 50]
+    bands = ((top, image[:, top:bottom]) for top, bottom in zip(cuts, cuts[1:], strict=False))
+    out = list(resize_band_stream(bands, 50, out_size, rows_per_band=16))
+    assert [top for top, _ in out] == list(range(0, out_size[0], 16))
+    torch.testing.assert_close(torch.cat([band for _, band in out], dim=1),
+                               imresize(image, size=out_size).clamp(0, 1), rtol=0, atol=1e-5)

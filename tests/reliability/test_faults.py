@@ -28,6 +28,7 @@ from model.backends import TorchRunner
 from model.engine import Upscaler
 from model.imdn import build_model
 from tests.live_service import free_port, service_env
+from tests.model.engine_support import CLEAN_AS
 from tests.reliability.reliability_support import (
     InProcessApp,
     RealServer,
@@ -127,9 +128,9 @@ def test_oom_retry_engine(torch_runner: TorchRunner, case: str, core: int | None
                           scale: float) -> None:
     """A tile batch/row that runs out of memory is redone smaller; the output is the same as without."""
     array = noise(*image, seed=7)
-    expected = Upscaler(torch_runner, max_batch=4, tile_core_override=core).upscale(array, scale=scale)
+    expected = Upscaler(torch_runner, max_batch=4, **CLEAN_AS, tile_size=core).upscale(array, scale=scale)
     faulty = FaultyRunner(torch_runner, **fault)
-    got = Upscaler(faulty, max_batch=4, tile_core_override=core).upscale(array, scale=scale)
+    got = Upscaler(faulty, max_batch=4, **CLEAN_AS, tile_size=core).upscale(array, scale=scale)
     assert faulty.ooms > 0, "the fault never fired: the test does not test anything"
     assert_same_image(np.asarray(got), np.asarray(expected))
 
@@ -138,13 +139,13 @@ def test_oom_in_the_statistics_pass(torch_runner: TorchRunner) -> None:
     """IMDN_AS refines its tiles' shared statistics in batches: a batch that runs out of memory is redone one
     window at a time (the same image), and if even one window does, the estimate serves (no error)."""
     array = noise(240, 240, seed=5)
-    expected = Upscaler(torch_runner, max_batch=4, tile_core_override=128).upscale(array, scale=2.5)
+    expected = Upscaler(torch_runner, max_batch=4, **CLEAN_AS, tile_size=128).upscale(array, scale=2.5)
     faulty = FaultyRunner(torch_runner, moments_oom_above_tiles=1)
-    got = Upscaler(faulty, max_batch=4, tile_core_override=128).upscale(array, scale=2.5)
+    got = Upscaler(faulty, max_batch=4, **CLEAN_AS, tile_size=128).upscale(array, scale=2.5)
     assert faulty.ooms > 0, "the fault never fired"
     assert_same_image(np.asarray(got), np.asarray(expected))
     faulty = FaultyRunner(torch_runner, moments_oom_above_tiles=0)
-    estimated = np.asarray(Upscaler(faulty, max_batch=4, tile_core_override=128).upscale(array, scale=2.5))
+    estimated = np.asarray(Upscaler(faulty, max_batch=4, **CLEAN_AS, tile_size=128).upscale(array, scale=2.5))
     assert faulty.ooms > 0 and estimated.shape == np.asarray(expected).shape
     assert np.abs(estimated.astype(np.int32) - np.asarray(expected).astype(np.int32)).mean() < 1
 
@@ -153,7 +154,7 @@ def test_oom_everywhere_is_an_error_not_a_hang(torch_runner: TorchRunner) -> Non
     """Out of memory even at the smallest tile: the error comes out (no endless halving)."""
     faulty = FaultyRunner(torch_runner, oom_above_pixels=1)
     with pytest.raises(torch.OutOfMemoryError):
-        Upscaler(faulty, max_batch=4, tile_core_override=64).upscale(noise(96, 96), scale=2)
+        Upscaler(faulty, max_batch=4, **CLEAN_AS, tile_size=64).upscale(noise(96, 96), scale=2)
     assert faulty.ooms < 50
 
 
@@ -162,11 +163,11 @@ def test_oom_retry_through_the_pool(torch_runner: TorchRunner) -> None:
     from service.pool import ModelPool
 
     array = noise(96, 96, seed=8)
-    expected = Upscaler(torch_runner, max_batch=4, tile_core_override=32).upscale(array, scale=2)
+    expected = Upscaler(torch_runner, max_batch=4, **CLEAN_AS, tile_size=32).upscale(array, scale=2)
     faulty = FaultyRunner(torch_runner, oom_above_tiles=1)
     pool = ModelPool([("cpu#0", faulty)], max_batch=4, max_wait_s=0.002)  # type: ignore[list-item]
     try:
-        got = Upscaler(pool, max_batch=4, tile_core_override=32).upscale(array, scale=2)
+        got = Upscaler(pool, max_batch=4, **CLEAN_AS, tile_size=32).upscale(array, scale=2)
         assert faulty.ooms > 0
         assert pool.alive() and pool.replicas[0].failures == faulty.ooms
         assert_same_image(np.asarray(got), np.asarray(expected))

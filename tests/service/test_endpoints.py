@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from model.engine import scale_policy
+from model.plan import scale_policy
 from service.app import create_app
 from service.config import Settings
 

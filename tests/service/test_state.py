@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from model.engine import PART_WINDOW
 from model.imdn import NUM_BLOCKS
+from model.parts import PART_WINDOW
 from service.config import Settings
 from service.state import CPU_BUDGET_MB, GPU_BUDGET_CAP_MB, memory_budget, part_window
 

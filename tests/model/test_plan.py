@@ -1,0 +1,110 @@
+"""Planning: the scale policy, target sizes, errors, and the one set of defaults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from model.plan import Plan, Stage, UpscaleError, plan_upscale, target_size
+
+# The paper's policy for clean images, which these cases were written for (the defaults are for photos).
+PAPER_POLICY = {"content": "clean", "any_scale": "as"}
+
+@pytest.mark.parametrize(
+    ("request_", "out_size", "stages"),
+    [
+        ({"scale": 2}, (40, 100), [("x2", (40, 100))]),
+        ({"scale": 3}, (60, 150), [("x3", (60, 150))]),
+        ({"scale": 4}, (80, 200), [("x4", (80, 200))]),
+        ({"scale": 2.0}, (40, 100), [("x2", (40, 100))]),
+        ({"scale": 2.5}, (50, 125), [("as", (50, 125))]),
+        ({"scale": 1.5}, (30, 75), [("as", (30, 75))]),
+        ({"scale": 6}, (120, 300), [("x4", (80, 200)), ("as", (120, 300))]),
+        ({"scale": 8}, (160, 400), [("x4", (80, 200)), ("x2", (160, 400))]),
+        ({"scale": 5}, (100, 250), [("x4", (80, 200)), ("as", (100, 250))]),
+        ({"scale": 3, "model": "x4"}, (60, 150), [("x4", (80, 200)), (None, (60, 150))]),
+        ({"scale": 2.5, "model": "x2"}, (50, 125), [("x2", (40, 100)), (None, (50, 125))]),
+        ({"scale": 3, "model": "x3"}, (60, 150), [("x3", (60, 150))]),
+        ({"scale": 2, "model": "as"}, (40, 100), [("as", (40, 100))]),
+        ({"width": 200}, (80, 200), [("x4", (80, 200))]),
+        ({"height": 60}, (60, 150), [("x3", (60, 150))]),
+        ({"width": 75}, (30, 75), [("as", (30, 75))]),
+        ({"width": 100, "height": 30}, (30, 100), [("as", (30, 100))]),
+    ],
+)
+def test_plan_upscale_policy(request_, out_size, stages):
+    plan = plan_upscale((20, 50), **PAPER_POLICY, **request_)
+    assert plan.in_size == (20, 50)
+    assert plan.out_size == out_size
+    assert [(s.model, s.size) for s in plan.stages] == stages
+    assert plan.stages[-1].size == out_size
+    assert plan.models == [m for m, _ in stages if m]
+
+
+def test_plan_scale_property():
+    plan = plan_upscale((20, 50), scale=2.5, **PAPER_POLICY)
+    assert plan.scale == (2.5, 2.5)
+    assert Plan((2, 4), (3, 8), (Stage("as", (3, 8)),)).scale == (1.5, 2.0)
+
+
+@pytest.mark.parametrize(("size", "request_", "expected"), [
+    ((20, 50), {"width": 125}, (50, 125)),
+    ((20, 50), {"height": 30}, (30, 75)),
+    ((33, 17), {"width": 51}, (99, 51)),
+    ((33, 17), {"height": 66}, (66, 34)),
+    ((7, 13), {"scale": 3}, (21, 39)),
+    ((3, 7), {"scale": 2.5}, (8, 18)),
+])
+def test_target_size_keeps_aspect(size, request_, expected):
+    request_ = {"scale": None, "width": None, "height": None} | request_
+    assert target_size(size, max_scale=8.0, **request_) == expected
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    ({"scale": 1}, "greater than 1"),
+    ({"scale": 0.5}, "greater than 1"),
+    ({"scale": -2}, "greater than 1"),
+    ({"scale": 0}, "greater than 1"),
+    ({"scale": math.nan}, "greater than 1"),
+    ({"scale": math.inf}, "greater than 1"),
+    ({"scale": 8.5}, "above the maximum"),
+    ({"scale": 2, "width": 100}, "not both"),
+    ({"scale": 2, "height": 100}, "not both"),
+    ({}, "give a scale or a target"),
+    ({"width": 0}, "width must be a positive"),
+    ({"height": -5}, "height must be a positive"),
+    ({"width": 49}, "smaller than the input"),
+    ({"width": 100, "height": 19}, "smaller than the input"),
+    ({"width": 50, "height": 20}, "nothing to upscale"),
+    ({"width": 50}, "nothing to upscale"),
+    ({"width": 500}, "more than 8.0x"),
+    ({"width": 100, "height": 170}, "more than 8.0x"),
+    ({"scale": 2, "model": "x5"}, "unknown model"),
+])
+def test_plan_upscale_errors(request_, message):
+    with pytest.raises(UpscaleError, match=message):
+        plan_upscale((20, 50), **PAPER_POLICY, **request_)
+
+
+@pytest.mark.parametrize(("request_", "target"), [
+    ({"width": 100}, "100x96 (the aspect ratio kept)"),
+    ({"height": 96}, "100x96 (the aspect ratio kept)"),
+    ({"width": 400}, "400x384 (the aspect ratio kept)"),
+    ({"width": 100, "height": 600}, "100x600 is"),
+])
+def test_too_small_target_names_the_size_really_produced(request_, target):
+    # A width-only request keeps the aspect ratio: the message must not say 100x480 for a 500x480 input.
+    with pytest.raises(UpscaleError, match=rf"target {target.replace('(', '[(]').replace(')', '[)]')} .*"
+                                           r"smaller than the input 500x480"):
+        plan_upscale((480, 500), **request_)
+
+
+def test_plan_upscale_custom_max_scale():
+    assert plan_upscale((10, 10), scale=12, max_scale=16).out_size == (120, 120)
+    with pytest.raises(UpscaleError, match="above the maximum of 3"):
+        plan_upscale((10, 10), scale=4, max_scale=3)
+
+
+def test_upscale_error_is_value_error():
+    assert issubclass(UpscaleError, ValueError)
