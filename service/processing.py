@@ -14,9 +14,9 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from service.pool import ModelPool
 from service.state import ServiceState
 
 CHUNKS_AHEAD = 4
+POLL_S = 0.25  # how long a waiting thread goes without looking at the cancel flag
+# What a producing thread hands over: ("item", value) for each item, then ("end", None) or ("error", exc).
+Message = tuple[str, object]
 T = TypeVar("T")
 
 
@@ -73,40 +76,57 @@ class Timings:
         return ", ".join(parts)
 
 
-def prefetched(items: Iterator[T], cancel: threading.Event) -> Iterator[T]:
-    """Run `items` one step ahead in its own thread: band i+1 computes while band i is encoded."""
-    handoff: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=1)
-
-    def put(item: tuple[str, object]) -> None:
-        while not cancel.is_set():
-            try:
-                handoff.put(item, timeout=0.25)
-                return
-            except queue.Full:
-                continue
+def produce_in_thread(items: Iterator[object], hand_over: Callable[[Message], None], cancel: threading.Event,
+                      name: str) -> None:
+    """Drive the blocking iterator `items` in a daemon thread of its own, handing over each item, then its end
+    or the exception it raised. `hand_over` waits for room until `cancel` is set; the thread then stops."""
 
     def produce() -> None:
         try:
             for item in items:
-                put(("item", item))
-            put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            put(("error", exc))
+                hand_over(("item", item))
+                if cancel.is_set():
+                    return
+            hand_over(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer, which decides what it means
+            hand_over(("error", exc))
 
-    threading.Thread(target=produce, name="upscale-bands", daemon=True).start()
+    threading.Thread(target=produce, name=name, daemon=True).start()
+
+
+def opened(message: Message) -> tuple[bool, object]:
+    """(ended, item) of a handed-over message; an exception from the producing thread is raised here."""
+    kind, value = message
+    if kind == "error":
+        assert isinstance(value, BaseException)
+        raise value
+    return kind == "end", value
+
+
+def prefetched(items: Iterator[T], cancel: threading.Event) -> Iterator[T]:
+    """Run `items` one step ahead in its own thread: band i+1 computes while band i is encoded."""
+    handoff: queue.Queue[Message] = queue.Queue(maxsize=1)
+
+    def hand_over(message: Message) -> None:
+        while not cancel.is_set():
+            try:
+                handoff.put(message, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    produce_in_thread(items, hand_over, cancel, "upscale-bands")
     while True:
         try:
-            kind, value = handoff.get(timeout=0.25)
+            message = handoff.get(timeout=POLL_S)
         except queue.Empty:
             if cancel.is_set():  # the producer stopped without a word: nobody wants the rest
                 return
             continue
-        if kind == "end":
+        ended, item = opened(message)
+        if ended:
             return
-        if kind == "error":
-            assert isinstance(value, BaseException)
-            raise value
-        yield value  # type: ignore[misc]
+        yield cast(T, item)
 
 
 def while_in_use(pool: ModelPool, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -157,41 +177,26 @@ async def run_in_thread(chunks: Iterator[bytes], cancel: threading.Event) -> Asy
     (client gone), the cancel flag is set and the thread winds down.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue(CHUNKS_AHEAD)
+    handoff: asyncio.Queue[Message] = asyncio.Queue(CHUNKS_AHEAD)
 
-    def put(item: tuple[str, object]) -> None:
-        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+    def hand_over(message: Message) -> None:
+        future = asyncio.run_coroutine_threadsafe(handoff.put(message), loop)
         while not cancel.is_set():
             try:
-                future.result(timeout=0.25)
+                future.result(timeout=POLL_S)
                 return
             except TimeoutError:
                 continue
         future.cancel()
 
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                put(("data", chunk))
-                if cancel.is_set():
-                    return
-            put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which decides what it means
-            put(("error", exc))
-
-    thread = threading.Thread(target=produce, name="upscale-request", daemon=True)
-    thread.start()
+    produce_in_thread(chunks, hand_over, cancel, "upscale-request")
     try:
         while True:
-            kind, value = await queue.get()
-            if kind == "data":
-                assert isinstance(value, bytes)
-                yield value
-            elif kind == "error":
-                assert isinstance(value, BaseException)
-                raise value
-            else:
+            ended, chunk = opened(await handoff.get())
+            if ended:
                 return
+            assert isinstance(chunk, bytes)
+            yield chunk
     finally:
         cancel.set()
 
