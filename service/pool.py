@@ -4,7 +4,7 @@ Engine threads call the pool like a Runner (`pool(name, batch)`); the call is
 queued, grouped with compatible work from other requests (same model, same tile
 shape) up to ``max_batch`` tiles or ``max_wait`` seconds, run on the first free
 replica, and each caller gets its own slice back. If a batch fails, every caller
-in it gets the exception; the replica's worker thread carries on.
+in it gets the exception; the replica's thread carries on.
 
 Callers that register with ``in_use()`` (one per request) let the pool skip the wait
 when only one of them is active: a lone request's tiles already come batched, so
@@ -78,8 +78,8 @@ class ModelPool:
         self._closed = False
         self._users = 0  # registered callers now active (in_use)
         for replica in self.replicas:
-            replica.thread = threading.Thread(target=self._worker, args=(replica,), name=f"replica-{replica.name}",
-                                              daemon=True)
+            replica.thread = threading.Thread(target=self._replica_loop, args=(replica,),
+                                              name=f"replica-{replica.name}", daemon=True)
             replica.thread.start()
 
     # --- Runner protocol --------------------------------------------------------------
@@ -104,7 +104,7 @@ class ModelPool:
             if self._closed:
                 raise RuntimeError("the model pool is shut down")
             if all(r.dead for r in self.replicas):
-                raise RuntimeError("every model worker has stopped")
+                raise RuntimeError("every replica has stopped")
             self._queue.append(job)
             self._cond.notify()
         return job.future
@@ -125,7 +125,7 @@ class ModelPool:
         return len(self._queue)
 
     def alive(self) -> bool:
-        """True while every replica's worker thread is running."""
+        """True while every replica's thread is running."""
         return not self._closed and all(r.thread is not None and r.thread.is_alive() for r in self.replicas)
 
     def close(self) -> None:
@@ -168,7 +168,8 @@ class ModelPool:
                 self._cond.wait(remaining)
             return group
 
-    def _worker(self, replica: Replica) -> None:
+    def _replica_loop(self, replica: Replica) -> None:
+        """A replica's thread: take a group of jobs, run it, repeat; idle, hand back cached memory."""
         while True:
             group = self._take_group(IDLE_RELEASE_S if replica.holding_memory else None)
             if group is None:
@@ -186,7 +187,7 @@ class ModelPool:
                 continue
             try:
                 self._run(replica, group)
-            except Exception as exc:  # every waiter must hear about it; the worker lives on
+            except Exception as exc:  # every waiter must hear about it; the thread lives on
                 replica.failures += 1
                 log.warning("replica %s: batch of %s failed: %s", replica.name, group[0].model, exc)
                 for job in group:
@@ -195,7 +196,7 @@ class ModelPool:
             except BaseException:
                 # The thread itself is going (interpreter exit, SystemExit): fail the waiters, and
                 # alive() turns False so /healthz and /readyz report it.
-                log.error("replica %s: worker thread stopped", replica.name)
+                log.error("replica %s: its thread stopped", replica.name)
                 replica.dead = True
                 stranded = list(group)
                 if all(r.dead for r in self.replicas):  # nobody left to run what is queued
@@ -204,7 +205,7 @@ class ModelPool:
                         self._queue.clear()
                 for job in stranded:
                     if not job.future.done():
-                        job.future.set_exception(RuntimeError(f"model worker {replica.name} stopped"))
+                        job.future.set_exception(RuntimeError(f"replica {replica.name} stopped"))
                 raise
 
     def _run(self, replica: Replica, group: list[Job]) -> None:

@@ -1,7 +1,7 @@
 """One upscale request from decoded picture to encoded bytes, run off the event loop, and its ending:
 a client that hangs up, or a drain deadline that passes.
 
-A worker thread pulls bands from the engine and encodes them; chunks cross to
+A request thread pulls bands from the engine and encodes them; chunks cross to
 the event loop through a small bounded queue, so a slow client slows the work
 instead of piling up memory. A client that goes away sets the cancel flag and
 the thread stops before its next tile.
@@ -213,7 +213,7 @@ async def watched(request: Request, work: Awaitable[T], cancel: threading.Event,
             if await request.is_disconnected():
                 raise ClientDisconnectedError(f"client disconnected {when}")
     except BaseException:
-        cancel.set()  # a decode stops at its next read, a worker before its next tile
+        cancel.set()  # a decode stops at its next read, a request thread before its next tile
         if not task.done():
             task.cancel()
             # Let the cancellation reach a generator: closing it while __anext__ is still running fails.

@@ -1,4 +1,4 @@
-"""Faults inside the service: out-of-memory in a tile, a failing or dying model worker, a client that
+"""Faults inside the service: out-of-memory in a tile, a failing or dying model replica, a client that
 goes away, SIGTERM under load, and bad model files at start-up.
 
 Backends are wrapped, never patched globally: the engine is given a runner that raises
@@ -159,7 +159,7 @@ def test_oom_everywhere_is_an_error_not_a_hang(torch_runner: TorchRunner) -> Non
 
 
 def test_oom_retry_through_the_pool(torch_runner: TorchRunner) -> None:
-    """The same through the batching pool: the OOM crosses the worker thread as the batch's exception."""
+    """The same through the batching pool: the OOM crosses the replica's thread as the batch's exception."""
     from service.pool import ModelPool
 
     array = noise(96, 96, seed=8)
@@ -217,12 +217,12 @@ def test_oom_unrecoverable_service_path(app: InProcessApp, replica: object) -> N
     assert app.state.admission.admitted == 0
 
 
-# --- a failing or dying worker -------------------------------------------------------------------
+# --- a failing or dying replica ------------------------------------------------------------------
 
 
-def test_worker_exception_fails_only_that_request(app: InProcessApp, replica: object) -> None:
+def test_replica_exception_fails_only_that_request(app: InProcessApp, replica: object) -> None:
     """An ordinary exception in the backend: that request gets a 500 problem (a real server-side fault,
-    logged), the worker thread lives on and the next request succeeds."""
+    logged), the replica's thread lives on and the next request succeeds."""
     failures_before = replica.failures  # type: ignore[attr-defined]
 
     def once(call: int) -> None:
@@ -239,28 +239,28 @@ def test_worker_exception_fails_only_that_request(app: InProcessApp, replica: ob
     assert app.state.admission.admitted == 0
 
 
-# A worker killed by SystemExit is reported by pytest's thread-exception hook: expected here.
+# A replica thread killed by SystemExit is reported by pytest's thread-exception hook: expected here.
 THREAD_DEATH = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 def dying(call: int) -> None:
-    raise SystemExit("simulated: the worker thread is going away")
+    raise SystemExit("simulated: the replica's thread is going away")
 
 
 @THREAD_DEATH
-def test_worker_thread_death_turns_health_red(weights_dir: Path) -> None:
+def test_replica_thread_death_turns_health_red(weights_dir: Path) -> None:
     app = InProcessApp(make_settings(weights_dir, models=["x2"]))
     try:
         assert app.request("GET", "/healthz").status_code == 200
         replica = app.state.pool.replicas[0]
         replica.backend = FaultyRunner(replica.backend, fail=dying)
-        # The request whose batch killed the worker gets an error, not a hang.
+        # The request whose batch killed the replica gets an error, not a hang.
         check_error(app.upscale(encode(noise(20, 20)), "scale=2", timeout=15), {500, 503})
         replica.thread.join(5)
         assert not app.state.pool.alive()
         check_error(app.request("GET", "/healthz"), {503})
         check_error(app.request("GET", "/readyz"), {503})
-        # New requests are refused at once (503 + Retry-After) instead of queueing for a dead worker.
+        # New requests are refused at once (503 + Retry-After) instead of queueing for a dead replica.
         started = time.perf_counter()
         response = app.upscale(encode(noise(20, 20)), "scale=2", timeout=10)
         check_error(response, {503})
@@ -272,7 +272,7 @@ def test_worker_thread_death_turns_health_red(weights_dir: Path) -> None:
 
 
 @THREAD_DEATH
-def test_request_queued_behind_a_dying_worker_is_answered(weights_dir: Path) -> None:
+def test_request_queued_behind_a_dying_replica_is_answered(weights_dir: Path) -> None:
     app = InProcessApp(make_settings(weights_dir, models=["x2"], max_concurrent=2))
     try:
         replica = app.state.pool.replicas[0]
@@ -300,8 +300,8 @@ def test_request_queued_behind_a_dying_worker_is_answered(weights_dir: Path) -> 
             return [t.result() if t in done else None for t in (first, second)]
 
         first, second = app.call(two_requests, timeout=20)
-        assert first is not None, "the request whose batch killed the worker was not answered"
-        assert second is not None, "the request queued behind the dying worker was never answered"
+        assert first is not None, "the request whose batch killed the replica was not answered"
+        assert second is not None, "the request queued behind the dying replica was never answered"
         check_error(second, {500, 503})  # type: ignore[arg-type]
     finally:
         app.close()
