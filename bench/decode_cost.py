@@ -21,7 +21,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.imageio import PNG_SIGNATURE, ImageDecodeError, decode  # noqa: E402
+from model.imageio import PNG_SIGNATURE, decode  # noqa: E402
+from model.picture import ImageDecodeError  # noqa: E402
 
 
 def chunk(kind: bytes, payload: bytes) -> bytes:

@@ -26,7 +26,7 @@ PROBE = """
 import resource, sys, time, numpy as np, torch
 from model.backends import OnnxRunner, TorchRunner, load_models
 from model.engine import Upscaler
-from model.imageio import picture_from_array
+from model.picture import picture_from_array
 backend, side, scale, budget_mb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 model, arena_mb = sys.argv[5], int(sys.argv[6])
 models = load_models(["x2", "x3", "x4", "as"], "default")

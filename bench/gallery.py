@@ -40,13 +40,10 @@ from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner, pick_device  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
 from model.evaluate import REAL_PAIR_BORDER, REAL_PAIR_LR, read_uint8, restore_same_size  # noqa: E402
-from model.imageio import (  # noqa: E402
-    IMAGE_SUFFIXES,  # noqa: E402
-    picture_from_array,
-    to_array,
-)
+from model.imageio import IMAGE_SUFFIXES  # noqa: E402
 from model.imdn import IMDN_AS  # noqa: E402
 from model.metrics import psnr, to_y  # noqa: E402
+from model.picture import picture_from_array, to_array  # noqa: E402
 from model.resize import imresize  # noqa: E402
 from model.weights import WeightsError, file_sha256, resolve_weights  # noqa: E402
 

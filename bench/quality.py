@@ -33,12 +33,9 @@ from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
 from model.evaluate import REAL_PAIR_LR, read_uint8  # noqa: E402
-from model.imageio import (  # noqa: E402
-    IMAGE_SUFFIXES,  # noqa: E402
-    picture_from_array,
-    to_array,
-)
+from model.imageio import IMAGE_SUFFIXES  # noqa: E402
 from model.metrics import psnr  # noqa: E402
+from model.picture import picture_from_array, to_array  # noqa: E402
 from model.plan import ANY_SCALE_METHODS  # noqa: E402
 from model.resize import imresize  # noqa: E402
 

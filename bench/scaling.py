@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from bench.service import engine  # noqa: E402
 from model.backends import EagerRunner, load_models  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
-from model.imageio import picture_from_array  # noqa: E402
+from model.picture import picture_from_array  # noqa: E402
 
 # name -> (model choice, scale)
 PATHS = {"x2": ("auto", 2.0), "x3": ("auto", 3.0), "x4": ("auto", 4.0), "as": ("as", 2.5),

@@ -33,9 +33,10 @@ from bench.common import SHARED, models_for  # noqa: E402
 from model.backends import TorchRunner  # noqa: E402
 from model.engine import Upscaler  # noqa: E402
 from model.evaluate import read_uint8  # noqa: E402
-from model.imageio import IMAGE_SUFFIXES, picture_from_array  # noqa: E402
+from model.imageio import IMAGE_SUFFIXES  # noqa: E402
 from model.metrics import psnr  # noqa: E402
 from model.parts import feature_size, part_band_rows  # noqa: E402
+from model.picture import picture_from_array  # noqa: E402
 from model.resize import imresize  # noqa: E402
 from model.tiled import BYTES_PER_INPUT_PIXEL  # noqa: E402
 

@@ -4,6 +4,7 @@
     imdn-sr upscale in.png --width 1920 -o out/ --format webp
     imdn-sr evaluate --weights default --data ../shared/data/benchmarks
     imdn-sr train --scale 2 --out runs/x2
+    imdn-sr calibrate my_pairs/ -o my_camera.safetensors   (fine-tune IMDN_AS on your camera's HR/ + LR_same_size/ pairs)
     imdn-sr remote in.png --url http://127.0.0.1:8000 --scale 2 -o out/   (send to a running service)
 """
 
@@ -20,8 +21,9 @@ from tqdm import tqdm
 from model.backends import BACKENDS, OnnxRunner, TorchRunner, load_models, pick_device, uses_onnx
 from model.encode import encode_png_stream, encode_whole
 from model.engine import Upscaler
-from model.imageio import IMAGE_SUFFIXES, ImageDecodeError, ImageTooLargeError, decode
+from model.imageio import IMAGE_SUFFIXES, decode
 from model.parts import part_window_for
+from model.picture import ImageDecodeError, ImageTooLargeError
 from model.plan import (
     ANY_SCALE_METHODS,
     CONTENT_KINDS,
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from model.train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["calibrate"]:
+        from model.train import calibrate_main
+
+        return calibrate_main(argv[1:])
     if argv[:1] == ["remote"]:
         from sr_client.cli import main as remote_main
 
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("evaluate", help="PSNR/SSIM on benchmark folders (python -m model.evaluate)")
     sub.add_parser("train", help="train weights (python -m model.train)")
+    sub.add_parser("calibrate", help="fine-tune IMDN_AS on your own camera's pairs")
     sub.add_parser("remote", help="send images to a running service")
     up = sub.add_parser("upscale", help="upscale images or folders of images locally")
     up.add_argument("inputs", nargs="+", type=Path, help="image files or folders")

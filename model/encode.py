@@ -11,7 +11,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from model.imageio import PNG_SIGNATURE, array_to_pil
+from model.imageio import PNG_SIGNATURE
+from model.picture import array_to_pil
 
 try:  # ISA-L's deflate: zlib-format streams, several times faster than zlib (bench/encode.py)
     from isal import isal_zlib

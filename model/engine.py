@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.imageio import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array, unit_float
 from model.parts import PART_WINDOW, any_scale_in_parts, part_band_rows
+from model.picture import Picture, array_to_pil, picture_from_array, picture_from_pil, to_array, unit_float
 from model.plan import (
     DEFAULT_ANY_SCALE,
     DEFAULT_CONTENT,

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from model.picture import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from model.plan import UpscaleError
 from model.runner import is_out_of_memory
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from model.engine import Upscaler
-from model.imageio import picture_from_array
+from model.picture import picture_from_array
 from model.plan import UpscaleError
 from tests.model.engine_support import CLEAN_AS, WHOLE_BUDGET, gradient
 

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from model.engine import Upscaler
-from model.imageio import picture_from_array
 from model.parts import (
     MIN_PART_ROWS,
     PART_WINDOW,
@@ -16,6 +15,7 @@ from model.parts import (
     part_maps_bytes,
     part_stripes,
 )
+from model.picture import picture_from_array
 from model.resize import resize_unit
 from tests.model.engine_support import CLEAN_AS, WHOLE_BUDGET, SpyRunner
 

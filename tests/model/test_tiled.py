@@ -8,8 +8,8 @@ import torch
 
 from model.backends import TorchRunner
 from model.engine import Upscaler
-from model.imageio import picture_from_array, unit_float
 from model.imdn import contrast_from_moments
+from model.picture import picture_from_array, unit_float
 from model.tiled import tile_core
 from model.tiling import AS_CONTEXT, IMDN_CONTEXT
 from tests.model.engine_support import CLEAN_AS, WHOLE_BUDGET, SpyRunner, gradient

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.imageio import ImageDecodeError, decode
+from model.imageio import decode
+from model.picture import ImageDecodeError
 from tests.reliability.reliability_support import (
     PNG_SIGNATURE,
     RealServer,
