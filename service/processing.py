@@ -25,8 +25,10 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from model.encode import PNGStreamEncoder, encode_whole
-from model.engine import Plan, Runner, Upscaler
+from model.engine import Upscaler
 from model.imageio import Picture
+from model.plan import Plan
+from model.runner import Runner
 from service.errors import ClientDisconnectedError, NotReadyError, RequestCancelledError, RequestTimeoutError
 from service.pool import ModelPool
 from service.state import ServiceState
