@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from model.plan import DEFAULT_MODEL, DEFAULT_SCALE, Content, ModelChoice
 from service.errors import BadRequestError
 
 
@@ -15,14 +16,15 @@ class UpscaleParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scale: float | None = Field(None, gt=1, allow_inf_nan=False,
-                                description="Scale factor > 1 (default 2 when no width/height is given)")
+                                description=f"Scale factor > 1 (default {DEFAULT_SCALE:g} when no width/height is "
+                                "given)")
     width: int | None = Field(None, ge=1, le=65535, description="Target width in pixels")
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")
-    model: Literal["auto", "x2", "x3", "x4", "as"] = Field(
-        "auto", description="auto: by content (below); x2/x3/x4: that network, then bicubic to the target; "
+    model: ModelChoice = Field(
+        DEFAULT_MODEL, description="auto: by content (below); x2/x3/x4: that network, then bicubic to the target; "
         "as: bicubic + IMDN_AS at any scale")
-    content: Literal["photo", "clean"] | None = Field(
+    content: Content | None = Field(
         None, description="what the image is, for model=auto: 'photo' (camera photos: IMDN_AS, trained on camera "
         "blur, noise and JPEG, at every scale up to 4) or 'clean' (already sharp images such as renders and "
         "screenshots: IMDN x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); default: the server's IMDN_CONTENT")
