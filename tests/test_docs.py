@@ -63,3 +63,16 @@ def test_performance_plots_redraw_from_the_saved_tables(tmp_path: Path) -> None:
     for name in ("throughput.png", "memory.png"):
         with Image.open(tmp_path / name) as plot:
             assert plot.format == "PNG" and plot.width > 500
+
+
+def test_architecture_names_every_module_and_only_public_names() -> None:
+    """docs/architecture.md matches the tree: each module of model/ and service/ has its line, and the
+    page cites no private name (those change without notice)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    for package in ("model", "service"):
+        for module in sorted((REPO / package).glob("*.py")):
+            if module.name != "__init__.py":
+                assert f"`{module.name}`" in text or f"{package}/{module.name}" in text, \
+                    f"docs/architecture.md does not name {package}/{module.name}"
+    private = re.findall(r"`[\w./]*(?<![\w_])_[a-z]\w*", text)
+    assert not private, f"docs/architecture.md cites private names: {private}"
