@@ -19,8 +19,13 @@ LR image:
 
 A network gains more than any of these only by acting non-linearly (edge- and
 texture-dependent): the size of that gap says how much of the real
-degradation a synthetic model must reproduce. The pairs are only analysed
-here; nothing fitted leaves this script.
+degradation a synthetic model must reproduce.
+
+The second table asks the converse: how close does a synthetic degradation of
+the HR image come to the camera's real LR image (PSNR of synthetic LR against
+real LR, RGB, border 4)? The fitted degradation (``--degradation camera-fitted``,
+``model.degrade.fit_degradation``) is scored leave-one-out: fitted on the other
+pairs, applied to the held-out pair's HR. Nothing fitted here leaves this script.
 """
 
 from __future__ import annotations
@@ -39,7 +44,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import SHARED  # noqa: E402
-from model.degrade import DegradationConfig, RoundConfig, degrade  # noqa: E402
+from model.degrade import (  # noqa: E402
+    Degradation,
+    DegradationConfig,
+    RoundConfig,
+    blur,
+    degrade,
+    fit_degradation,
+    to_uint8,
+)
 from model.evaluate import REAL_PAIR_LR, read_uint8  # noqa: E402
 from model.imageio import IMAGE_SUFFIXES  # noqa: E402
 from model.metrics import psnr  # noqa: E402
@@ -115,6 +128,38 @@ def synthetic_pairs(data: Path, config: DegradationConfig, count: int, patch: in
     return pairs
 
 
+def synthetic_psnr(synthetic: torch.Tensor, lr: torch.Tensor) -> float:
+    """PSNR of a synthetic LR (stored as 8 bits) against the real LR, RGB, border 4."""
+    return psnr(to_uint8(synthetic), lr.mul(255).round(), 4, y_channel=False)
+
+
+def degradation_rows(pairs: list[Pair], names: list[str], draws: int) -> dict[str, list[float]]:
+    """Per degradation, per pair: how close synthetic LR (from the pair's HR) comes to its real LR."""
+
+    def mean_of_draws(config: Degradation, pair: Pair, seed: int) -> float:
+        lr, hr = pair
+        rng = random.Random(seed)
+        return statistics.mean(synthetic_psnr(degrade(hr, config, rng), lr) for _ in range(draws))
+
+    rows: dict[str, list[float]] = {"none (the HR image as it is)": [synthetic_psnr(hr, lr) for lr, hr in pairs]}
+    rows[f"bicubic round trip 2-4x, mean of {draws} draws"] = [
+        mean_of_draws(DegradationConfig(clean_prob=1.0, scale=(2.0, 4.0)), pair, i) for i, pair in enumerate(pairs)]
+    rows[f"camera (model/degrade.py), mean of {draws} draws"] = [
+        mean_of_draws(DegradationConfig(), pair, i) for i, pair in enumerate(pairs)]
+    own, kernels, drawn = [], [], []
+    for i, (lr, hr) in enumerate(pairs):
+        fitted = fit_degradation({n: p for j, (n, p) in enumerate(zip(names, pairs, strict=True)) if j != i})
+        kernels.append(statistics.mean(synthetic_psnr(blur(hr, fitted.kernel(k)), lr)
+                                       for k in range(len(fitted.sources))))
+        drawn.append(mean_of_draws(fitted, (lr, hr), i))
+        mine = fit_degradation({names[i]: (lr, hr)})
+        own.append(synthetic_psnr(blur(hr, mine.kernel(0)), lr))
+    rows["camera-fitted on the others: their kernels, blur only"] = kernels
+    rows[f"camera-fitted on the others: full draws (noise), {draws} draws"] = drawn
+    rows["(the pair's own kernel, not held out: the bound)"] = own
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED / "data/realsr-sample", help="HR/ + LR_same_size/")
@@ -122,10 +167,25 @@ def main() -> None:
     parser.add_argument("--filter-size", type=int, default=13)
     parser.add_argument("--samples", type=int, default=4000, help="pixels per image and channel for each fit")
     parser.add_argument("--patches", type=int, default=120, help="synthetic training patches per degradation")
+    parser.add_argument("--draws", type=int, default=4, help="random degradations drawn per pair and row")
+    parser.add_argument("--degradations-only", action="store_true", help="only the synthetic LR vs real LR table")
     args = parser.parse_args()
     pairs = load_pairs(args.data)
     if len(pairs) < 2:
         sys.exit(f"{args.data}: need at least two pairs for leave-one-out fits")
+    names = [p.stem for p in sorted(q for q in (args.data / "HR").iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)]
+    if not args.degradations_only:
+        corrections(args, pairs)
+    rows = degradation_rows(pairs, names, args.draws)
+    print("\nsynthetic LR from each pair's HR against its real LR: RGB PSNR (dB), border 4 "
+          "(fitted rows: fitted on the other pairs)")
+    print(f"{'degradation':<62} " + " ".join(f"{n:>8}" for n in names) + f" {'mean':>7}")
+    for name, scores in rows.items():
+        print(f"{name:<62} " + " ".join(f"{v:8.2f}" for v in scores) + f" {statistics.mean(scores):7.2f}")
+
+
+def corrections(args: argparse.Namespace, pairs: list[Pair]) -> None:
+    """The first table: fitted linear corrections of the real LR, against the input as it is."""
 
     def leave_one_out(fit: Callable[[list[Pair]], torch.Tensor],
                       apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> list[float]:

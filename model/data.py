@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from model.degrade import DegradationConfig, degrade
+from model.degrade import Degradation, degrade
 from model.evaluate import read_uint8
 from model.imageio import IMAGE_SUFFIXES
 from model.resize import imresize
@@ -62,10 +63,29 @@ def load_hr(folder: Path) -> list[torch.Tensor]:
     return [as_rgb(read_uint8(p)) for p in list_images(folder)]
 
 
-def load_real_pairs(folder: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Folder with HR/ and LR_same_size/ (RealSR layout) -> [(lr, hr)] of equal size."""
+def real_pair_names(folder: Path) -> list[str]:
+    """The pairs of a HR/ + LR_same_size/ folder, by file stem, sorted."""
+    return [p.stem for p in list_images(Path(folder) / "HR")]
+
+
+def load_real_pairs(folder: Path, exclude: Iterable[str] = (),
+                    only: Iterable[str] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Folder with HR/ and LR_same_size/ (RealSR layout) -> [(lr, hr)] of equal size, sorted by name.
+
+    `exclude` leaves pairs out by stem (a leave-one-out fold's held-out pair); `only` keeps just those.
+    Naming a pair that is not there is an error, so a typo never silently trains on everything.
+    """
+    hr_paths = list_images(folder / "HR")
+    stems = {p.stem for p in hr_paths}
+    exclude = set(exclude)
+    keep = None if only is None else set(only)
+    unknown = (exclude | (keep or set())) - stems
+    if unknown:
+        raise ValueError(f"{folder}: no pair named {sorted(unknown)} (pairs: {sorted(stems)})")
     pairs = []
-    for hr_path in list_images(folder / "HR"):
+    for hr_path in hr_paths:
+        if hr_path.stem in exclude or (keep is not None and hr_path.stem not in keep):
+            continue
         lr = as_rgb(read_uint8(folder / "LR_same_size" / hr_path.name))
         hr = as_rgb(read_uint8(hr_path))
         if lr.shape != hr.shape:
@@ -87,7 +107,9 @@ class PatchSampler:
 
     Fixed scale: LR patch = hr_patch / scale. Any-scale: same-size pairs; from HR
     images a random scale in [min_scale, max_scale] is drawn per patch, or, with
-    `degradation`, the whole synthetic camera model (its own scale range).
+    `degradation`, a synthetic degradation of ``model.degrade`` (the camera model
+    or one fitted to real pairs). With both real pairs and HR images, each patch
+    comes from the pairs with probability `pair_share` (1 - the ``--mix`` share).
     Images smaller than the HR patch are skipped (with a count in the log).
     """
 
@@ -99,12 +121,16 @@ class PatchSampler:
         hr_patch: int,
         seed: int,
         scale_range: tuple[float, float] = (1.1, 4.0),
-        degradation: DegradationConfig | None = None,
+        degradation: Degradation | None = None,
+        pair_share: float = 0.5,
     ) -> None:
         if hr_patch % max(scale, 1) != 0:
             raise ValueError(f"HR patch {hr_patch} is not divisible by the scale {scale}")
         self.scale, self.hr_patch, self.scale_range = scale, hr_patch, scale_range
         self.degradation = degradation
+        if not 0 <= pair_share <= 1:
+            raise ValueError(f"pair share {pair_share} is not in [0, 1]")
+        self.pair_share = pair_share
         self.rng = random.Random(seed)
 
         def big_enough(hr: torch.Tensor) -> bool:
@@ -139,7 +165,7 @@ class PatchSampler:
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         lrs, hrs = [], []
         for _ in range(batch):
-            use_pairs = bool(self.pairs) and (not self.hr_images or self.rng.random() < 0.5)
+            use_pairs = bool(self.pairs) and (not self.hr_images or self.rng.random() < self.pair_share)
             if use_pairs:
                 lr, hr = self.pairs[self.rng.randrange(len(self.pairs))]
                 if self.scale == 1:  # real same-size pair

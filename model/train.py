@@ -4,6 +4,7 @@
     python -m model.train --scale 2 --out runs/x2          # same command again resumes
     python -m model.train --model as --init runs/x2/best.safetensors --out runs/as
     python -m model.train --model as --degradation camera --val-real ../shared/data/realsr-sample --out runs/as-real
+    python -m model.train --model as --pairs ../shared/data/realsr-sample --out runs/as-pairs  (real pairs)
 
 Defaults follow the paper (Sec. 4.2): HR patch 192, batch 16, Adam (0.9, 0.999),
 lr 2e-4 halved every 200K iterations, L1 loss, flips and 90-degree rotations.
@@ -11,35 +12,48 @@ lr 2e-4 halved every 200K iterations, L1 loss, flips and 90-degree rotations.
 far sooner on a CPU. A run resumes exactly from ``OUT/last.pt`` (model,
 optimiser, schedule, step and RNG states); ``OUT/best.safetensors`` keeps the
 best validation PSNR, ``OUT/log.csv`` and ``OUT/curve.png`` the history.
+
+Fine-tuning IMDN_AS on real same-size pairs (``--pairs DIR``, HR/ + LR_same_size/)
+starts from the bundled weights (or ``--init``), draws aligned random crops of
+both images with flips and 90-degree rotations, mixes in a ``--mix`` share of
+synthetic pairs (``--degradation``, on ``--data``), and keeps exponential moving
+averages of the weights (``--ema``). There is no honest validation among four
+pairs, so nothing is picked by a score: ``OUT/final.safetensors`` (the first EMA)
+is the result, written at every checkpoint. ``--hold-out NAME`` leaves a pair out
+(a leave-one-out fold, see ``bench/real_loo.py``) and logs its score as a monitor;
+``--snapshot-every N`` keeps every EMA every N steps for such folds.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import logging
 import math
 import random
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.data import PatchSampler, list_images, load_hr, load_pairs, load_real_pairs
-from model.degrade import DegradationConfig, degrade
+from model.data import PatchSampler, list_images, load_hr, load_pairs, load_real_pairs, real_pair_names
+from model.degrade import DEGRADATIONS, Degradation, DegradationConfig, degrade, load_degradation
 from model.evaluate import REAL_PAIR_BORDER, evaluate_set, read_uint8, restore_same_size
 from model.imdn import IMDN, IMDN_AS, build_model
 from model.metrics import psnr
 from model.resize import imresize
-from model.weights import read_state_dict, save_weights
+from model.weights import DEFAULT_WEIGHTS_DIR, file_sha256, read_state_dict, save_weights
 
 log = logging.getLogger("model.train")
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 AS_VALIDATION_SCALES = (1.5, 2.5, 3.3)
 
 
@@ -49,11 +63,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=["x2", "x3", "x4", "as"], help="defaults to x<scale>")
     p.add_argument("--scale", type=int, default=4, choices=[2, 3, 4])
     p.add_argument("--data", type=Path, default=Path("../shared/data/train291"), help="folder of HR images")
-    p.add_argument("--real-pairs", type=Path, help="IMDN_AS: also train on same-size pairs (HR/, LR_same_size/)")
-    p.add_argument("--degradation", choices=["bicubic", "camera"], default="bicubic",
-                   help="IMDN_AS inputs: clean bicubic round trips, or the synthetic camera model of model.degrade "
-                        "(blur, downscaling, noise, JPEG, one or two rounds); validation then uses the same model "
-                        "on the validation set's HR images, with a fixed seed")
+    p.add_argument("--pairs", "--real-pairs", dest="pairs", type=Path,
+                   help="IMDN_AS: fine-tune on real same-size pairs (HR/, LR_same_size/), from --init (default: the "
+                        "bundled imdn_as weights); the result is OUT/final.safetensors")
+    p.add_argument("--hold-out", nargs="+", default=[], metavar="NAME",
+                   help="--pairs: leave these pairs (file stems) out of training, and log their RGB PSNR as a monitor")
+    p.add_argument("--mix", type=float, default=0.5,
+                   help="--pairs: share of each batch made from --data with --degradation (0: real pairs only)")
+    p.add_argument("--ema", type=float, nargs="+", default=[], metavar="DECAY",
+                   help="keep exponential moving averages of the weights with these decays; the first is the "
+                        "result (final.safetensors), and what validation scores")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="save every EMA every N steps as OUT/snapshots/ema<decay>_<step>.safetensors")
+    p.add_argument("--degradation", choices=DEGRADATIONS, default="bicubic",
+                   help="IMDN_AS inputs: clean bicubic round trips, the synthetic camera model of model.degrade "
+                        "(blur, downscaling, noise, JPEG, one or two rounds), or camera-fitted (blur kernels and "
+                        "noise fitted to real pairs: --degradation-config, default the bundled fit); validation "
+                        "then uses the same model on the validation set's HR images, with a fixed seed")
+    p.add_argument("--degradation-config", type=Path,
+                   help="camera-fitted: the fitted degradation's JSON file (python -m model.degrade fit)")
     p.add_argument("--clean-prob", type=float, default=DegradationConfig.clean_prob,
                    help="camera degradation: share of plain bicubic round trips")
     p.add_argument("--val-real", type=Path,
@@ -64,14 +92,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=192, help="HR patch side")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--schedule", choices=["step", "cosine"], default="step")
+    p.add_argument("--schedule", choices=["step", "cosine", "constant"], default="step",
+                   help="constant: the lr after the warm-up, unchanged (an EMA snapshot at step k is then exactly "
+                        "what a k-step run gives)")
     p.add_argument("--lr-step", type=int, default=200_000, help="step schedule: halve lr every N iterations")
     p.add_argument("--warmup", type=int, default=0, help="linear warm-up iterations")
     p.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine schedule: final lr / lr")
     p.add_argument("--beta2", type=float, default=0.999)
     p.add_argument("--init", type=Path, help="start from the project's own .safetensors (matching tensors only)")
     p.add_argument("--val", type=Path, default=Path("../shared/data/benchmarks/Set5"),
-                   help="benchmark set folder for validation (HR/ and LR_bicubic/)")
+                   help="benchmark set folder for validation (HR/ and LR_bicubic/); 'none': no validation "
+                        "(fine-tuning on pairs only)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -85,6 +116,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.model = args.model or f"x{args.scale}"
+    if args.pairs is not None and args.model != "as":
+        p.error("--pairs fine-tunes IMDN_AS: add --model as")
+    if args.hold_out and args.pairs is None:
+        p.error("--hold-out needs --pairs")
+    if not 0 <= args.mix <= 1:
+        p.error("--mix is a share in [0, 1]")
+    if any(not 0 < d < 1 for d in args.ema):
+        p.error("--ema decays are in (0, 1)")
+    if args.pairs is not None and args.init is None:
+        args.init = DEFAULT_WEIGHTS_DIR / "imdn_as.safetensors"
+    if str(args.val).lower() == "none":
+        args.val = None
     args.max_iters = args.iters  # --time-budget may shorten args.iters, never past this
     if args.precision == "bf16" and not args.device.startswith("cuda"):
         p.error("--precision bf16 needs a CUDA device")
@@ -95,6 +138,8 @@ def lr_factor(step: int, args: argparse.Namespace) -> float:
     """Multiplier on the base lr at `step` (0-based)."""
     if args.warmup and step < args.warmup:
         return (step + 1) / args.warmup
+    if args.schedule == "constant":
+        return 1.0
     if args.schedule == "step":
         return 0.5 ** (step // args.lr_step)
     progress = min(1.0, (step - args.warmup) / max(1, args.iters - args.warmup))
@@ -119,8 +164,49 @@ def init_from(model: torch.nn.Module, path: Path) -> None:
     log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
 
 
-def degradation_config(args: argparse.Namespace) -> DegradationConfig | None:
-    return DegradationConfig(clean_prob=args.clean_prob) if args.degradation == "camera" else None
+def degradation_config(args: argparse.Namespace) -> Degradation | None:
+    """The synthetic degradation the options ask for (None: clean bicubic round trips, or no synthetic data)."""
+    if args.pairs is not None and args.mix == 0:
+        return None
+    if args.degradation == "camera":
+        return DegradationConfig(clean_prob=args.clean_prob)
+    if args.degradation == "camera-fitted":
+        return load_degradation(args.degradation_config)
+    return None
+
+
+class EMA:
+    """Exponential moving averages of a model's weights, one per decay, all updated after every step."""
+
+    def __init__(self, model: torch.nn.Module, decays: list[float]) -> None:
+        self.decays = list(decays)
+        self.states = [{k: v.detach().clone() for k, v in model.state_dict().items()} for _ in self.decays]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        current = model.state_dict()
+        for decay, state in zip(self.decays, self.states, strict=True):
+            for key, value in state.items():
+                if value.is_floating_point():
+                    value.lerp_(current[key].detach(), 1 - decay)
+                else:
+                    value.copy_(current[key])
+
+    def model(self, model: ModuleT, index: int = 0) -> ModuleT:
+        """A copy of `model` holding EMA number `index` (in eval mode)."""
+        averaged = copy.deepcopy(model)
+        averaged.load_state_dict(self.states[index])
+        return averaged.eval()
+
+    def state_dict(self) -> list[dict[str, torch.Tensor]]:
+        return self.states
+
+    def load_state_dict(self, states: list[dict[str, torch.Tensor]]) -> None:
+        if len(states) != len(self.states):
+            raise ValueError(f"the checkpoint has {len(states)} EMAs, --ema asks for {len(self.states)}")
+        for own, saved in zip(self.states, states, strict=True):
+            for key in own:
+                own[key].copy_(saved[key])
 
 
 def restore(model: IMDN_AS, image: torch.Tensor, device: str) -> torch.Tensor:
@@ -135,6 +221,8 @@ def validate(model: IMDN | IMDN_AS, args: argparse.Namespace) -> float:
     AS: the mean over shrink scales 1.5/2.5/3.3 of bicubic round trips, or with the
     camera degradation, one degraded copy of each image (seeded by its index).
     """
+    if args.val is None:
+        return math.nan
     model.eval()
     try:
         if isinstance(model, IMDN):
@@ -158,12 +246,12 @@ def validate(model: IMDN | IMDN_AS, args: argparse.Namespace) -> float:
 
 
 @torch.inference_mode()
-def validate_real(model: IMDN_AS, folder: Path, device: str) -> float:
-    """Mean RGB PSNR of IMDN_AS on real same-size pairs, as `python -m model.evaluate` scores them."""
+def validate_real(model: IMDN_AS, folder: Path, device: str, only: list[str] | None = None) -> float:
+    """Mean RGB PSNR of IMDN_AS on real same-size pairs (`only` those), as `python -m model.evaluate` scores them."""
     model.eval()
     try:
         scores = [psnr(restore_same_size(model, lr), hr, crop_border=REAL_PAIR_BORDER, y_channel=False)
-                  for lr, hr in load_real_pairs(folder)]
+                  for lr, hr in load_real_pairs(folder, only=only)]
         return sum(scores) / len(scores)
     finally:
         model.train()
@@ -176,8 +264,21 @@ def training_metadata(args: argparse.Namespace, step: int, score: float) -> dict
                                      sort_keys=True)}
     config = degradation_config(args)
     if args.model == "as":
-        meta["degradation"] = json.dumps(config.to_dict() if config else "bicubic", sort_keys=True)
+        meta["degradation"] = json.dumps(config.to_dict() if config else "bicubic" if args.pairs is None else None,
+                                         sort_keys=True)
+    if args.pairs is not None:
+        meta["recipe"] = json.dumps(recipe(args), sort_keys=True)
     return meta
+
+
+def recipe(args: argparse.Namespace) -> dict[str, object]:
+    """What a fine-tune on real pairs did, in a form that repeats it: recorded in its weights' metadata."""
+    init = Path(args.init)
+    return {"pairs": [n for n in real_pair_names(args.pairs) if n not in args.hold_out], "iters": args.iters,
+            "lr": args.lr, "schedule": args.schedule, "warmup": args.warmup, "ema": args.ema[0] if args.ema else None,
+            "mix": args.mix, "degradation": args.degradation if args.mix > 0 else None, "patch": args.patch,
+            "batch": args.batch, "loss": "l1", "seed": args.seed, "init": init.name,
+            "init_sha256": file_sha256(init)[:16] if init.is_file() else None}
 
 
 def write_plot(csv_path: Path, png_path: Path) -> None:
@@ -194,9 +295,10 @@ def write_plot(csv_path: Path, png_path: Path) -> None:
     ax.set_ylabel("L1 loss (running mean)")
     val = [(int(r["step"]), float(r["val_psnr"])) for r in rows if r["val_psnr"]]
     real = [(int(r["step"]), float(r["val_real_psnr"])) for r in rows if r.get("val_real_psnr")]
-    if val:
+    if val or real:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*val, strict=True), "o-", color="tab:red", label="val PSNR-Y")
+        if val:
+            ax2.plot(*zip(*val, strict=True), "o-", color="tab:red", label="val PSNR-Y")
         if real:
             ax2.plot(*zip(*real, strict=True), "s-", color="tab:green", label="real pairs, RGB PSNR")
             ax2.legend(loc="lower right")
@@ -210,14 +312,15 @@ def write_plot(csv_path: Path, png_path: Path) -> None:
 def make_sampler(args: argparse.Namespace) -> PatchSampler:
     cache = args.out / "cache"
     if args.model == "as":
-        real = load_real_pairs(args.real_pairs) if args.real_pairs else None
-        return PatchSampler(real, load_hr(args.data), scale=1, hr_patch=args.patch, seed=args.seed,
-                            degradation=degradation_config(args))
+        real = load_real_pairs(args.pairs, exclude=args.hold_out) if args.pairs else None
+        synthetic = load_hr(args.data) if real is None or args.mix > 0 else None
+        return PatchSampler(real, synthetic, scale=1, hr_patch=args.patch, seed=args.seed,
+                            degradation=degradation_config(args), pair_share=1 - args.mix)
     return PatchSampler(load_pairs(args.data, args.scale, cache), None, args.scale, args.patch, args.seed)
 
 
 def train(args: argparse.Namespace) -> float:
-    """Run (or resume) training; returns the best validation PSNR."""
+    """Run (or resume) training; returns the best validation PSNR (the last one when fine-tuning on pairs)."""
     started = time.monotonic()
     torch.manual_seed(args.seed)
     if args.threads:
@@ -230,6 +333,7 @@ def train(args: argparse.Namespace) -> float:
     sampler = make_sampler(args)
     step, best = 0, -math.inf
     last = args.out / "last.pt"
+    ema: EMA | None = None
     if last.is_file():
         state: dict[str, Any] = torch.load(last, map_location=args.device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -237,28 +341,52 @@ def train(args: argparse.Namespace) -> float:
         step, best = state["step"], state["best"]
         sampler.set_state(state["sampler_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if args.ema:
+            ema = EMA(model, args.ema)
+            ema.load_state_dict(state["ema"])
         log.info("resumed %s at step %d (best %.3f dB)", args.out, step, best)
     elif args.init:
         init_from(model, args.init)
+    if ema is None and args.ema:
+        ema = EMA(model, args.ema)  # starts at the initial weights: short fine-tunes stay near them
+    fine_tune = args.pairs is not None
+
+    def result_model() -> IMDN | IMDN_AS:
+        """What validation scores and the run returns: the first EMA if there is one, else the weights."""
+        return ema.model(model) if ema is not None else model
 
     def checkpoint() -> None:
         tmp = last.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "best": best,
-                    "sampler_rng": sampler.state(), "torch_rng": torch.get_rng_state()}, tmp)
+                    "sampler_rng": sampler.state(), "torch_rng": torch.get_rng_state(),
+                    "ema": ema.state_dict() if ema is not None else []}, tmp)
         tmp.replace(last)  # atomic: an interrupted save never corrupts the resume point
+        if fine_tune or ema is not None:
+            save_weights(result_model(), args.out / "final.safetensors", training_metadata(args, step, best))
+
+    def snapshot() -> None:
+        assert ema is not None
+        for index, decay in enumerate(ema.decays):
+            save_weights(ema.model(model, index), args.out / "snapshots" / f"ema{decay:g}_{step}.safetensors",
+                         training_metadata(args, step, best))
 
     stop = False
 
     def validate_and_keep_best() -> tuple[str, str]:
         nonlocal best
-        score = validate(model, args)
-        real = validate_real(model, args.val_real, args.device) if args.val_real and args.model == "as" else None
-        if score > best:
+        scored = result_model()
+        score = validate(scored, args)
+        real_dir = args.val_real or (args.pairs if args.hold_out else None)
+        only = (args.hold_out or None) if real_dir == args.pairs else None
+        real = validate_real(scored, real_dir, args.device, only) if real_dir and isinstance(scored, IMDN_AS) else None
+        if fine_tune:
+            best = score  # nothing is picked by a score: the run's result is its last weights
+        elif score > best:
             best = score
-            save_weights(model, args.out / "best.safetensors", training_metadata(args, step, score))
+            save_weights(scored, args.out / "best.safetensors", training_metadata(args, step, score))
         log.info("step %d: val PSNR %.3f dB (best %.3f)%s", step, score, best,
                  "" if real is None else f", real pairs RGB PSNR {real:.3f} dB")
-        return f"{score:.4f}", "" if real is None else f"{real:.4f}"
+        return "" if math.isnan(score) else f"{score:.4f}", "" if real is None else f"{real:.4f}"
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stop
@@ -298,12 +426,16 @@ def train(args: argparse.Namespace) -> float:
             loss.backward()
             optimizer.step()
             step += 1
+            if ema is not None:
+                ema.update(model)
             running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
             bar.update(1)
+            if args.snapshot_every and ema is not None and step % args.snapshot_every == 0:
+                snapshot()
             val_psnr = val_real = ""
             if step % args.val_every == 0 or step == args.iters or stop:
                 val_psnr, val_real = validate_and_keep_best()
-            if step % args.save_every == 0 or val_psnr:
+            if step % args.save_every == 0 or val_psnr or val_real:
                 elapsed = (time.perf_counter() - since) / max(1, args.save_every)
                 loss_now = running.item() if running is not None else math.nan
                 bar.set_postfix(loss=f"{loss_now:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
@@ -312,7 +444,11 @@ def train(args: argparse.Namespace) -> float:
                 log_file.flush()
                 since = time.perf_counter()
                 checkpoint()
-                if val_psnr:
+                speed = (time.monotonic() - loop_start) / max(1, step - loop_first_step)
+                log.info("progress %s: step %d/%d, loss %.4f, lr %.2e, %.2f s/it, about %.0f s left", args.out.name,
+                         step, args.iters, loss_now, optimizer.param_groups[0]["lr"], speed,
+                         speed * (args.iters - step))
+                if val_psnr or val_real:
                     write_plot(csv_path, args.out / "curve.png")
     finally:
         bar.close()
@@ -321,11 +457,84 @@ def train(args: argparse.Namespace) -> float:
     return best
 
 
+# The fine-tuning recipe chosen by leave-one-out over the four RealSR pairs (bench/real_loo.py; the model
+# card's table): `imdn-sr calibrate` runs it on a user's pairs, and the bundled imdn_as weights are it on all four.
+CALIBRATION_RECIPE: dict[str, Any] = {
+    "iters": 800, "lr": 1e-4, "schedule": "constant", "warmup": 20, "ema": 0.995, "mix": 0.0,
+    "degradation": "camera-fitted", "patch": 96, "batch": 16,
+}
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    """`imdn-sr calibrate PAIRS -o FILE`: fine-tune IMDN_AS on a camera's own pairs with the chosen recipe."""
+    p = argparse.ArgumentParser(prog="imdn-sr calibrate", description=(
+        "Fine-tune IMDN_AS on your own camera's same-size pairs (PAIRS/HR/ and PAIRS/LR_same_size/, the same file "
+        "names in both) with the recipe chosen by leave-one-out on real camera pairs; serve the result with "
+        "IMDN_WEIGHTS (docs/training/README.md)."))
+    p.add_argument("pairs", type=Path, help="folder with HR/ and LR_same_size/")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the weights file to write (.safetensors)")
+    p.add_argument("--init", type=Path, help="weights to start from (default: the bundled imdn_as)")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/train291"),
+                   help="HR images for the recipe's synthetic share, degraded as fitted to your pairs (skipped, "
+                        "with a note, if the folder is not there)")
+    p.add_argument("--run-dir", type=Path, help="where the run is kept (default: OUT's name + .run/); the same "
+                                                "command again resumes it")
+    p.add_argument("--time-budget", type=float, help="seconds: fit the run into them")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    for key in ("iters", "patch", "batch"):
+        p.add_argument(f"--{key}", type=int, default=CALIBRATION_RECIPE[key], help=f"recipe: {CALIBRATION_RECIPE[key]}")
+    p.add_argument("--mix", type=float, default=CALIBRATION_RECIPE["mix"],
+                   help=f"recipe: {CALIBRATION_RECIPE['mix']} (share of synthetic patches)")
+    p.add_argument("--seed", type=int, default=0)
+    opts = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if opts.out.suffix != ".safetensors":
+        p.error("-o names a .safetensors file")
+    run = opts.run_dir or opts.out.with_name(opts.out.stem + ".run")
+    mix = opts.mix
+    if mix > 0 and not opts.data.is_dir():
+        print(f"note: {opts.data} is not there: training on your pairs only (--mix 0)", file=sys.stderr)
+        mix = 0.0
+    r = CALIBRATION_RECIPE
+    argv_train = ["--model", "as", "--pairs", str(opts.pairs), "--out", str(run), "--val", "none",
+                  "--iters", str(opts.iters), "--lr", str(r["lr"]), "--schedule", r["schedule"],
+                  "--warmup", str(min(r["warmup"], max(0, opts.iters // 2))), "--ema", str(r["ema"]),
+                  "--mix", str(mix), "--patch", str(opts.patch), "--batch", str(opts.batch), "--data", str(opts.data),
+                  "--val-every", str(opts.iters), "--save-every", str(max(1, min(100, opts.iters))),
+                  "--seed", str(opts.seed), "--device", opts.device]
+    if opts.init:
+        argv_train += ["--init", str(opts.init)]
+    if opts.threads:
+        argv_train += ["--threads", str(opts.threads)]
+    if opts.time_budget:
+        argv_train += ["--time-budget", str(opts.time_budget)]
+    if mix > 0:
+        from model.degrade import fit_degradation
+
+        names = real_pair_names(opts.pairs)
+        fitted = fit_degradation({n: (lr.float() / 255, hr.float() / 255)
+                                  for n, (lr, hr) in zip(names, load_real_pairs(opts.pairs), strict=True)})
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "camera_fitted.json").write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
+        argv_train += ["--degradation", "camera-fitted", "--degradation-config", str(run / "camera_fitted.json")]
+    args = parse_args(argv_train)
+    if min(min(lr.shape[-2:]) for lr, _ in load_real_pairs(args.pairs)) < args.patch:
+        p.error(f"every pair must be at least {args.patch} px on a side (or pass a smaller --patch)")
+    train(args)
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "final.safetensors", opts.out)
+    print(f"wrote {opts.out}: serve it as imdn_as.safetensors in a folder named by IMDN_WEIGHTS")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     best = train(args)
-    log.info("done: best validation PSNR %.3f dB, weights in %s", best, args.out / "best.safetensors")
+    result = "final.safetensors" if args.pairs is not None or args.ema else "best.safetensors"
+    log.info("done: %s validation PSNR %.3f dB, weights in %s", "last" if args.pairs else "best", best,
+             args.out / result)
     return 0
 
 

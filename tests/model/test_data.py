@@ -104,3 +104,52 @@ def test_patch_sampler_skips_small_images(folder):
         PatchSampler(pairs, None, 2, hr_patch=64, seed=0)
     with pytest.raises(ValueError, match="not divisible"):
         PatchSampler(pairs, None, 3, hr_patch=40, seed=0)
+
+
+def _pair_folder(root, make_image, names=("a", "b", "c"), size=(40, 44)):
+    for sub in ("HR", "LR_same_size"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.fromarray(make_image(*size, seed=i)).save(root / "HR" / f"{name}.png")
+        Image.fromarray(make_image(*size, seed=i, noise=12.0)).save(root / "LR_same_size" / f"{name}.png")
+    return root
+
+
+def test_load_real_pairs_exclude_and_only(tmp_path, make_image):
+    from model.data import real_pair_names
+
+    folder = _pair_folder(tmp_path, make_image)
+    assert real_pair_names(folder) == ["a", "b", "c"]
+    everything = load_real_pairs(folder)
+    kept = load_real_pairs(folder, exclude=["b"])
+    assert len(kept) == 2 and torch.equal(kept[1][1], everything[2][1])
+    (only,) = load_real_pairs(folder, only=["b"])
+    assert torch.equal(only[0], everything[1][0])
+    with pytest.raises(ValueError, match="no pair named"):
+        load_real_pairs(folder, exclude=["typo"])
+
+
+def test_patch_sampler_pair_share(tmp_path, make_image):
+    """pair_share 1: every patch from the real pairs (aligned crops); 0: every patch synthetic."""
+    pairs = load_real_pairs(_pair_folder(tmp_path / "pairs", make_image))
+    hr_images = [torch.full((3, 40, 40), 7, dtype=torch.uint8)]  # flat: recognisable among the pairs' patches
+    only_pairs = PatchSampler(pairs, hr_images, scale=1, hr_patch=16, seed=0, pair_share=1.0)
+    _, hr = only_pairs.sample(8)
+    assert all(not torch.all(h == 7 / 255) for h in hr)
+    only_synthetic = PatchSampler(pairs, hr_images, scale=1, hr_patch=16, seed=0, pair_share=0.0)
+    _, hr = only_synthetic.sample(8)
+    assert torch.allclose(hr, torch.full_like(hr, 7 / 255))
+    with pytest.raises(ValueError, match="pair share"):
+        PatchSampler(pairs, None, scale=1, hr_patch=16, seed=0, pair_share=1.5)
+
+
+def test_patch_sampler_real_pairs_crops_are_aligned(tmp_path, make_image):
+    """LR = HR + 1 everywhere, so every LR crop is its HR crop + 1 through flips and rotations."""
+    for sub in ("HR", "LR_same_size"):
+        (tmp_path / sub).mkdir()
+    hr = make_image(40, 48, seed=3) // 2
+    Image.fromarray(hr).save(tmp_path / "HR" / "p.png")
+    Image.fromarray(hr + 1).save(tmp_path / "LR_same_size" / "p.png")
+    sampler = PatchSampler(load_real_pairs(tmp_path), None, scale=1, hr_patch=24, seed=1, pair_share=1.0)
+    lr, hr_patches = sampler.sample(6)
+    assert torch.allclose(lr - hr_patches, torch.full_like(lr, 1 / 255), atol=1e-6)

@@ -201,3 +201,73 @@ def test_patch_sampler_with_degradation_gives_same_size_seeded_pairs(tmp_path, m
     assert lr_a.shape == hr_a.shape == (4, 3, 32, 32)
     assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
     assert not torch.equal(lr_a, hr_a)
+
+
+def _textured(size: int = 96, seed: int = 0) -> torch.Tensor:
+    """(3,size,size) float: random texture at several scales, so every frequency constrains a kernel fit."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.zeros(3, size, size)
+    for cells in (4, 12, 48):
+        coarse = torch.rand((1, 3, cells, cells), generator=gen)
+        image += torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
+    return (image / 3).clamp(0, 1)
+
+
+def test_fit_pair_recovers_a_known_blur_and_noise():
+    from model.degrade import fit_pair
+
+    hr = _textured(128)
+    true = blur_kernel(Kernel("iso", 13, 1.3, 1.3, 0.0))
+    gen = torch.Generator().manual_seed(1)
+    lr = (blur(hr, true) + torch.randn(hr.shape, generator=gen) * 2 / 255).clamp(0, 1)
+    fit = fit_pair(lr, hr, size=13)
+    kernel = fit["kernel"]
+    assert kernel.shape == (13, 13) and float(kernel.sum()) == pytest.approx(1, abs=1e-4)
+    assert fit["width"] == pytest.approx(1.3, abs=0.15)
+    # the fitted blur reproduces the true one far more closely than the noise it was fitted through
+    assert psnr(to_uint8(blur(hr, kernel)), to_uint8(blur(hr, true)), 8) > 45
+    assert fit["noise_sigma"] == pytest.approx(2.0, rel=0.3)
+    assert fit["noise_correlation"] < 0.2  # white noise
+    assert all(g == pytest.approx(1, abs=0.03) and abs(o) < 1.5 for g, o in fit["tone"])
+
+
+def test_fitted_degradation_round_trip_and_draws():
+    from model.degrade import FittedDegradation, degrade_fitted, fit_degradation
+
+    hr = _textured(64)
+    pairs = {name: (blur(hr, blur_kernel(Kernel("iso", 9, s, s, 0.0))), hr) for name, s in (("a", 0.8), ("b", 1.6))}
+    fitted = fit_degradation(pairs, size=9)
+    assert fitted.sources == ("a", "b") and len(fitted.kernels) == 2
+    again = FittedDegradation.from_dict(json_round_trip(fitted.to_dict()))
+    assert again == fitted and again.report == fitted.report
+    first = degrade_fitted(hr, fitted, random.Random(3))
+    assert torch.equal(first, degrade(hr, fitted, random.Random(3)))  # degrade() dispatches on the kind
+    assert first.shape == hr.shape and float(first.min()) >= 0 and float(first.max()) <= 1
+    assert torch.equal(first, (first * 255).round() / 255)  # stored as 8 bits
+    assert psnr(to_uint8(first), to_uint8(hr), 4) < 40  # it did blur
+
+
+def json_round_trip(data: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(data))
+
+
+def test_stretch_kernel_widens_and_keeps_the_sum():
+    from model.degrade import kernel_width, stretch_kernel
+
+    kernel = blur_kernel(Kernel("iso", 15, 1.0, 1.0, 0.0))
+    wider = stretch_kernel(kernel, 1.5)
+    assert wider.shape[0] % 2 == 1 and float(wider.sum()) == pytest.approx(1, abs=1e-5)
+    assert kernel_width(wider) == pytest.approx(1.5, abs=0.1)
+    assert torch.equal(stretch_kernel(kernel, 1.0), kernel)
+
+
+def test_grainy_noise_is_coarser_with_grain():
+    from model.degrade import _lag_correlation, grainy_noise
+
+    gen = torch.Generator().manual_seed(0)
+    fine, coarse = grainy_noise((64, 64), 1, 0.0, gen), grainy_noise((64, 64), 3, 1.0, gen)
+    assert float(fine.std()) == pytest.approx(1, abs=0.01)
+    assert _lag_correlation(fine) < 0.1 < 0.6 < _lag_correlation(coarse)
+    assert torch.allclose(coarse[0], coarse[2])  # gray: the same in every channel

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from model.degrade import DegradationConfig
 from model.imdn import build_model
 from model.train import fit_iters_to_budget, init_from, lr_factor, main, parse_args
-from model.weights import load_model, save_weights
+from model.weights import load_model, read_state_dict, save_weights
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +210,146 @@ def test_train_any_scale_camera_degradation_records_its_making(data, tmp_path, m
     assert degradation["first"]["jpeg_quality"] == [30, 95]
     assert meta["step"] == "3" and json.loads(meta["train_args"])["degradation"] == "camera"
     assert load_model("as", out / "best.safetensors").input_skip
+
+
+@pytest.fixture(scope="module")
+def camera_pairs(tmp_path_factory, make_image):
+    """Three same-size pairs (HR/ + LR_same_size/): the LR is the HR blurred, as a camera's softer shot."""
+    from model.degrade import Kernel, blur, blur_kernel, to_uint8
+
+    root = tmp_path_factory.mktemp("camera-pairs")
+    for sub in ("HR", "LR_same_size"):
+        (root / sub).mkdir()
+    kernel = blur_kernel(Kernel("iso", 7, 1.2, 1.2, 0.0))
+    for i, name in enumerate(("p1", "p2", "p3")):
+        hr = make_image(48, 52, seed=30 + i, noise=10.0)
+        Image.fromarray(hr).save(root / "HR" / f"{name}.png")
+        lr = to_uint8(blur(torch.from_numpy(hr).permute(2, 0, 1).float() / 255, kernel))
+        Image.fromarray(lr.permute(1, 2, 0).numpy()).save(root / "LR_same_size" / f"{name}.png")
+    return root
+
+
+def _pairs_argv(data, pairs: Path, out: Path, iters: int, *extra: str) -> list[str]:
+    train, _ = data
+    return ["--model", "as", "--pairs", str(pairs), "--data", str(train), "--out", str(out), "--iters", str(iters),
+            "--patch", "32", "--batch", "2", "--val", "none", "--val-every", str(iters), "--save-every", "2",
+            "--schedule", "constant", "--warmup", "2", "--threads", "1", "--device", "cpu", *extra]
+
+
+def test_fine_tune_on_pairs_holds_out_keeps_emas_and_records_the_recipe(data, camera_pairs, tmp_path):
+    """--pairs with --hold-out: trains on the other pairs (with a synthetic share fitted to them), logs the
+    held-out pair as a monitor, snapshots every EMA, and final.safetensors (the first EMA) records the recipe."""
+    import json
+
+    from model.data import load_real_pairs
+    from model.degrade import fit_degradation
+
+    config = tmp_path / "fitted.json"
+    fitted = fit_degradation({n: (lr.float() / 255, hr.float() / 255) for n, (lr, hr)
+                              in zip(("p2", "p3"), load_real_pairs(camera_pairs, exclude=["p1"]), strict=True)}, 7)
+    config.write_text(json.dumps(fitted.to_dict()))
+    out = tmp_path / "fold"
+    init = tmp_path / "init.safetensors"
+    torch.manual_seed(3)
+    save_weights(build_model("as"), init)
+    assert main(_pairs_argv(data, camera_pairs, out, 4, "--hold-out", "p1", "--ema", "0.9", "0.5",
+                            "--snapshot-every", "2", "--mix", "0.5", "--degradation", "camera-fitted",
+                            "--degradation-config", str(config), "--init", str(init))) == 0
+    rows = _log(out)
+    assert [r["step"] for r in rows] == ["2", "4"] and not rows[-1]["val_psnr"] and float(rows[-1]["val_real_psnr"]) > 0
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == [
+        "ema0.5_2.safetensors", "ema0.5_4.safetensors", "ema0.9_2.safetensors", "ema0.9_4.safetensors"]
+    assert not (out / "best.safetensors").exists()  # nothing is picked by a score
+    with safe_open(str(out / "final.safetensors"), "pt") as f:
+        meta = f.metadata()
+    recipe = json.loads(meta["recipe"])
+    assert recipe["pairs"] == ["p2", "p3"] and recipe["ema"] == 0.9 and recipe["mix"] == 0.5
+    assert recipe["iters"] == 4 and recipe["lr"] == 2e-4 and recipe["degradation"] == "camera-fitted"
+    assert recipe["init"] == "init.safetensors" and len(recipe["init_sha256"]) == 16
+    assert json.loads(meta["degradation"])["sources"] == ["p2", "p3"]
+    final = read_state_dict(out / "final.safetensors")
+    snapshot = read_state_dict(out / "snapshots" / "ema0.9_4.safetensors")
+    assert all(torch.equal(final[k], snapshot[k]) for k in final)
+    # The EMA lags the weights: it sits between the initial weights and the trained ones.
+    start, trained = read_state_dict(init), torch.load(out / "last.pt", weights_only=True)["model"]
+    key = "fea_conv.0.weight"
+    assert 0 < (final[key] - start[key]).norm() < (trained[key] - start[key]).norm()
+
+
+def test_fine_tune_on_pairs_resumes_exactly_with_its_emas(data, camera_pairs, tmp_path):
+    one_go, resumed = tmp_path / "a", tmp_path / "b"
+    extra = ("--ema", "0.8", "--mix", "0")
+    assert main(_pairs_argv(data, camera_pairs, one_go, 4, *extra)) == 0
+    assert main(_pairs_argv(data, camera_pairs, resumed, 2, *extra)) == 0
+    assert main(_pairs_argv(data, camera_pairs, resumed, 4, *extra)) == 0
+    a, b = read_state_dict(one_go / "final.safetensors"), read_state_dict(resumed / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ema_update_is_the_moving_average():
+    from model.train import EMA
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, [0.9, 0.5])
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    ema.update(model)
+    assert float(ema.model(model, 0).weight[0, 0].detach()) == pytest.approx(1 - 0.9**2)
+    assert float(ema.model(model, 1).weight[0, 0].detach()) == pytest.approx(1 - 0.5**2)
+    assert float(model.weight[0, 0].detach()) == 1.0  # the model itself is left alone
+
+
+def test_parse_args_pairs_options():
+    from model.weights import DEFAULT_WEIGHTS_DIR
+
+    args = parse_args(["--out", "x", "--model", "as", "--real-pairs", "p", "--val", "none"])
+    assert args.pairs == Path("p") and args.val is None  # --real-pairs: the older spelling
+    assert args.init == DEFAULT_WEIGHTS_DIR / "imdn_as.safetensors"  # fine-tunes the bundled weights
+    for bad in (["--pairs", "p"], ["--model", "as", "--hold-out", "a"], ["--model", "as", "--ema", "1.5"],
+                ["--model", "as", "--mix", "2"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", *bad])
+    assert lr_factor(500, _schedule(schedule="constant", warmup=10)) == 1.0
+
+
+def test_calibrate_end_to_end_on_tiny_pairs(data, camera_pairs, tmp_path):
+    """`imdn-sr calibrate PAIRS -o FILE`: the recipe's fine-tune (with its synthetic share fitted to the pairs)
+    writes weights that load as IMDN_AS and record the recipe; the same command again resumes."""
+    import json
+
+    from model.cli import main as cli_main
+    from model.train import CALIBRATION_RECIPE
+
+    train, _ = data
+    out = tmp_path / "my_camera.safetensors"
+    argv = ["calibrate", str(camera_pairs), "-o", str(out), "--iters", "3", "--patch", "32", "--batch", "2",
+            "--threads", "1", "--device", "cpu", "--data", str(train), "--mix", "0.5"]
+    assert cli_main(argv) == 0
+    model = load_model("as", out)
+    assert model.input_skip
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    recipe = json.loads(meta["recipe"])
+    assert recipe["pairs"] == ["p1", "p2", "p3"] and recipe["iters"] == 3 and recipe["mix"] == 0.5
+    assert (recipe["lr"], recipe["ema"], recipe["schedule"]) == (
+        CALIBRATION_RECIPE["lr"], CALIBRATION_RECIPE["ema"], CALIBRATION_RECIPE["schedule"])
+    assert json.loads(meta["degradation"])["sources"] == ["p1", "p2", "p3"]  # fitted to these pairs
+    run = tmp_path / "my_camera.run"
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
+    assert cli_main(argv) == 0  # already done: resumes at step 3 and writes the same weights
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_calibrate_without_training_images_uses_the_pairs_alone(camera_pairs, tmp_path, capsys):
+    from model.cli import main as cli_main
+
+    out = tmp_path / "cam.safetensors"
+    assert cli_main(["calibrate", str(camera_pairs), "-o", str(out), "--iters", "2", "--patch", "32", "--batch", "2",
+                     "--threads", "1", "--device", "cpu", "--data", str(tmp_path / "absent"), "--mix", "0.5"]) == 0
+    assert "--mix 0" in capsys.readouterr().err
+    load_model("as", out)
+    with pytest.raises(SystemExit):
+        cli_main(["calibrate", str(camera_pairs), "-o", str(tmp_path / "cam.pth")])
