@@ -4,7 +4,7 @@
     imdn-sr upscale in.png --width 1920 -o out/ --format webp
     imdn-sr evaluate --weights default --data ../shared/data/benchmarks
     imdn-sr train --scale 2 --out runs/x2
-    imdn-sr calibrate my_pairs/ -o my_camera.safetensors   (fine-tune IMDN_AS on your camera's HR/ + LR_same_size/ pairs)
+    imdn-sr calibrate my_pairs/ -o my_camera.safetensors   (fine-tune IMDN_AS on your camera's own pairs)
     imdn-sr remote in.png --url http://127.0.0.1:8000 --scale 2 -o out/   (send to a running service)
 """
 
