@@ -1,0 +1,120 @@
+"""A request's plumbing on its own (service/processing.py): the thread hand-offs, the request's runner,
+the wait for a hung-up client or a drain deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from service.errors import RequestCancelledError, RequestTimeoutError
+from service.processing import DrainDeadlineError, RequestRunner, Timings, prefetched, run_in_thread, unless_drain_ends
+
+
+def failing(after: int) -> Iterator[int]:
+    yield from range(after)
+    raise ValueError("the producer failed")
+
+
+def endless(produced: list[int]) -> Iterator[int]:
+    while True:
+        produced.append(len(produced))
+        yield produced[-1]
+
+
+def test_prefetched_keeps_order_and_reraises() -> None:
+    cancel = threading.Event()
+    assert list(prefetched(iter(range(5)), cancel)) == [0, 1, 2, 3, 4]
+    got = []
+    with pytest.raises(ValueError, match="producer failed"):
+        for item in prefetched(failing(2), cancel):
+            got.append(item)
+    assert got == [0, 1]
+
+
+def test_prefetched_runs_one_step_ahead_and_stops_when_cancelled() -> None:
+    cancel = threading.Event()
+    produced: list[int] = []
+    items = prefetched(endless(produced), cancel)
+    assert next(items) == 0
+    deadline = time.monotonic() + 5
+    while len(produced) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert 2 <= len(produced) <= 3  # one handed over and taken, one waiting, at most one more being made
+    cancel.set()
+    assert list(items) in ([], [1], [1, 2])  # what was already handed over or being handed over, then the end
+    time.sleep(0.6)  # the producer gives up its hand-off within one poll
+    assert len(produced) <= 3
+
+
+@pytest.mark.anyio
+async def test_run_in_thread_streams_in_order_and_reraises() -> None:
+    cancel = threading.Event()
+    assert [chunk async for chunk in run_in_thread(iter([b"a", b"b", b"c"]), cancel)] == [b"a", b"b", b"c"]
+
+    def broken() -> Iterator[bytes]:
+        yield b"a"
+        raise ValueError("the encoder failed")
+
+    got = []
+    with pytest.raises(ValueError, match="encoder failed"):
+        async for chunk in run_in_thread(broken(), threading.Event()):
+            got.append(chunk)
+    assert got == [b"a"]
+
+
+@pytest.mark.anyio
+async def test_run_in_thread_closed_early_cancels_its_thread() -> None:
+    cancel = threading.Event()
+    chunks = run_in_thread((bytes([i % 256]) for i in range(10**6)), cancel)
+    assert await chunks.__anext__() == b"\x00"
+    await chunks.aclose()
+    assert cancel.is_set()
+    started = time.monotonic()
+    while any(t.name == "upscale-request" and t.is_alive() for t in threading.enumerate()):
+        assert time.monotonic() - started < 5, "the request thread did not stop"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_unless_drain_ends() -> None:
+    async def answer(after: float) -> str:
+        await asyncio.sleep(after)
+        return "done"
+
+    not_draining = SimpleNamespace(drain_expired=None)
+    assert await unless_drain_ends(not_draining, answer(0)) == "done"  # type: ignore[arg-type]
+    expired = asyncio.Event()
+    draining = SimpleNamespace(drain_expired=expired)
+    assert await unless_drain_ends(draining, answer(0)) == "done"  # type: ignore[arg-type]
+    asyncio.get_running_loop().call_later(0.05, expired.set)
+    with pytest.raises(DrainDeadlineError) as caught:
+        await unless_drain_ends(draining, answer(10))  # type: ignore[arg-type]
+    assert caught.value.headers == {"Retry-After": "1", "Connection": "close"}
+
+
+def test_request_runner_refuses_once_cancelled_or_late() -> None:
+    def pool(name: str, batch: torch.Tensor, contrast: torch.Tensor | None = None) -> torch.Tensor:
+        return batch
+
+    cancel = threading.Event()
+    runner = RequestRunner(pool, cancel, time.monotonic() + 60)  # type: ignore[arg-type]
+    batch = torch.zeros(1, 3, 4, 4)
+    assert runner("x2", batch) is batch
+    cancel.set()
+    with pytest.raises(RequestCancelledError):
+        runner("x2", batch)
+    late = RequestRunner(pool, threading.Event(), time.monotonic() - 1)  # type: ignore[arg-type]
+    with pytest.raises(RequestTimeoutError):
+        late("x2", batch)
+
+
+def test_server_timing_header() -> None:
+    timings = Timings(decode=0.0012, queue=0, inference=1.5, encode=0.25)
+    assert timings.server_timing() == "decode;dur=1.2, queue;dur=0.0, inference;dur=1500.0, encode;dur=250.0"
