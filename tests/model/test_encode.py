@@ -152,3 +152,21 @@ def test_png_stream_fast_levels_use_isal_and_decode_anywhere(level):
     raw = zlib.decompress(b"".join(p for k, p in chunks(png) if k == b"IDAT"))  # a plain zlib stream
     assert len(raw) == 37 * (1 + 29 * 3)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array)
+
+
+@pytest.mark.parametrize("level", [0, 1, 6])
+def test_keep_alives_anywhere_between_header_and_end_change_no_pixel(level):
+    """Keep-alive IDATs before the first band, between bands and in a row: the same image, decoded by Pillow and by
+    an independent decoder, and every keep-alive is a whole, valid chunk."""
+    array = pattern(23, 17, 3)
+    plain = encode(array, [9, 14], level)
+    encoder = PNGStreamEncoder(17, 23, 3, 8, level)
+    pieces = [encoder.header(), encoder.keep_alive(), encoder.keep_alive(), encoder.add(array[:9]),
+              encoder.keep_alive(), encoder.add(array[9:]), encoder.keep_alive(), encoder.finish()]
+    alive = b"".join(pieces)
+    for png in (plain, alive):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array)
+        assert np.array_equal(reference_decode(png), array)
+    length, kind = struct.unpack(">I4s", pieces[1][:8])
+    assert kind == b"IDAT" and len(pieces[1]) == 12 + length < 32
+    assert len(alive) - len(plain) < 4 * 40  # a few bytes each
