@@ -88,6 +88,16 @@ class Result:
         path.write_bytes(self.content)
         return path
 
+    def __repr__(self) -> str:
+        """What came back, in one line: sizes, model and timings, never the image's bytes."""
+        def size(wh: tuple[int, int] | None) -> str:
+            return f"{wh[0]}x{wh[1]}" if wh else "?"
+
+        timings = ", ".join(f"{name} {ms:.0f} ms" for name, ms in self.timings_ms.items())
+        return (f"Result({self.format} {size(self.input_size)} -> {size(self.output_size)}, model {self.model}, "
+                f"{len(self.content):,} bytes, {timings or 'no timings'}, attempts {self.attempts}, "
+                f"request {self.request_id or '?'})")
+
 
 @dataclass(frozen=True)
 class RetryEvent:

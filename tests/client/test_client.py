@@ -39,6 +39,15 @@ def test_upscale_sync_bytes(server: ServiceProcess):
     assert {"decode", "queue", "inference", "encode"} <= result.timings_ms.keys()
 
 
+def test_result_repr_is_short_and_says_what_came_back(server: ServiceProcess):
+    with SRClient(server.url) as client:
+        result = client.upscale(png_bytes(64, 48), scale=2)
+    text = repr(result)
+    assert len(text) < 300 and str(result) == text
+    assert "png 64x48 -> 128x96" in text and "model as" in text and "inference" in text
+    assert f"{len(result.content):,} bytes" in text and "\\x" not in text  # sizes, not bytes
+
+
 def test_upscale_sync_path_to_width_as_webp(server: ServiceProcess, tmp_path: Path):
     source = tmp_path / "in.png"
     source.write_bytes(png_bytes(16, 12))
