@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # Output
     png_compress_level: int = Field(1, ge=0, le=9,
                                     description="deflate level for streamed PNGs: 0 stored, 1-3 ISA-L, 4-9 zlib")
+    # Well under the 60 s idle timeout of common load balancers (AWS ALB, nginx's proxy_read_timeout).
+    stream_heartbeat_s: float = Field(5.0, gt=0, le=55, description="a streamed PNG's first bytes leave after at "
+                                      "most this long, then no gap this long passes: a few bytes that change no "
+                                      "pixel while the next band computes")
 
     # HTTP
     # Above common load-balancer idle timeouts (60 s on AWS ALB and ingress-nginx upstreams): the balancer,

@@ -105,8 +105,9 @@ def opened(message: Message) -> tuple[bool, object]:
     return kind == "end", value
 
 
-def prefetched(items: Iterator[T], cancel: threading.Event) -> Iterator[T]:
-    """Run `items` one step ahead in its own thread: band i+1 computes while band i is encoded."""
+def prefetched(items: Iterator[T], cancel: threading.Event) -> Iterator[T | None]:
+    """Run `items` one step ahead in its own thread: band i+1 computes while band i is encoded. While the
+    next item is not ready, None comes every POLL_S, so the consumer can keep its client's connection alive."""
     handoff: queue.Queue[Message] = queue.Queue(maxsize=1)
 
     def hand_over(message: Message) -> None:
@@ -124,6 +125,7 @@ def prefetched(items: Iterator[T], cancel: threading.Event) -> Iterator[T]:
         except queue.Empty:
             if cancel.is_set():  # the producer stopped without a word: nobody wants the rest
                 return
+            yield None
             continue
         ended, item = opened(message)
         if ended:
@@ -138,34 +140,44 @@ def while_in_use(pool: ModelPool, chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def encoded_chunks(upscaler: Upscaler, picture: Picture, plan: Plan, fmt: str, quality: int, png_level: int,
-                   timings: Timings, cancel: threading.Event) -> Iterator[bytes]:
+                   timings: Timings, cancel: threading.Event, heartbeat_s: float) -> Iterator[bytes]:
     """Picture -> encoded bytes in pieces; PNG streams band by band, WebP/JPEG come whole.
 
+    A PNG's first bytes (its header and a keep-alive) leave after at most `heartbeat_s` without a band, and
+    then a keep-alive whenever `heartbeat_s` pass without one: a load balancer's idle timeout never sees a
+    silent response, however long the statistics of IMDN_AS in parts take before the first band.
     timings.inference is the time spent waiting for bands (compute not hidden behind encoding).
     """
     bands = prefetched(upscaler.picture_bands(picture, plan), cancel)
     out_h, out_w = plan.out_size
 
-    def next_band() -> np.ndarray | None:
+    def waited() -> Iterator[np.ndarray | None]:
+        """The bands (None every POLL_S while the next one computes), each wait counted as inference."""
         started = time.perf_counter()
-        band = next(bands, None)
+        for band in bands:
+            timings.inference += time.perf_counter() - started
+            yield band
+            started = time.perf_counter()
         timings.inference += time.perf_counter() - started
-        return band
 
     if fmt == "png":
         encoder = PNGStreamEncoder(out_w, out_h, picture.channels, picture.bits, png_level, picture.icc_profile)
         pending = encoder.header()
-        while (band := next_band()) is not None:
-            started = time.perf_counter()
-            pending += encoder.add(band)
-            timings.encode += time.perf_counter() - started
+        last_sent = time.monotonic()
+        for band in waited():
+            if band is None:
+                if time.monotonic() - last_sent < heartbeat_s:
+                    continue
+                pending += encoder.keep_alive()
+            else:
+                started = time.perf_counter()
+                pending += encoder.add(band)
+                timings.encode += time.perf_counter() - started
             yield pending
-            pending = b""
+            pending, last_sent = b"", time.monotonic()
         yield pending + encoder.finish()
         return
-    parts = []
-    while (band := next_band()) is not None:
-        parts.append(band)
+    parts = [band for band in waited() if band is not None]
     started = time.perf_counter()
     data = encode_whole(np.concatenate(parts), fmt, quality, picture.icc_profile)
     timings.encode += time.perf_counter() - started

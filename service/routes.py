@@ -146,7 +146,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         raise
 
     chunks = run_in_thread(while_in_use(pool, encoded_chunks(upscaler, picture, plan, params.format, params.quality,
-                                                             settings.png_compress_level, timings, cancel)), cancel)
+                                                             settings.png_compress_level, timings, cancel,
+                                                             settings.stream_heartbeat_s)), cancel)
 
     def finish() -> None:
         nonlocal admitted

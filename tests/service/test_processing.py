@@ -27,20 +27,36 @@ def endless(produced: list[int]) -> Iterator[int]:
         yield produced[-1]
 
 
+def items_of(prefetching: Iterator[int | None]) -> Iterator[int]:
+    """The items, without the None that stands for 'not ready yet'."""
+    return (item for item in prefetching if item is not None)
+
+
 def test_prefetched_keeps_order_and_reraises() -> None:
     cancel = threading.Event()
-    assert list(prefetched(iter(range(5)), cancel)) == [0, 1, 2, 3, 4]
+    assert list(items_of(prefetched(iter(range(5)), cancel))) == [0, 1, 2, 3, 4]
     got = []
     with pytest.raises(ValueError, match="producer failed"):
-        for item in prefetched(failing(2), cancel):
+        for item in items_of(prefetched(failing(2), cancel)):
             got.append(item)
     assert got == [0, 1]
+
+
+def test_prefetched_says_when_the_next_item_is_not_ready() -> None:
+    """While an item takes longer than a poll, None comes instead (a PNG stream sends its keep-alive then)."""
+
+    def slow() -> Iterator[int]:
+        time.sleep(0.8)
+        yield 7
+
+    got = list(prefetched(slow(), threading.Event()))
+    assert got[-1] == 7 and set(got[:-1]) == {None} and 1 <= len(got) - 1 <= 4  # one None per 0.25 s poll
 
 
 def test_prefetched_runs_one_step_ahead_and_stops_when_cancelled() -> None:
     cancel = threading.Event()
     produced: list[int] = []
-    items = prefetched(endless(produced), cancel)
+    items = items_of(prefetched(endless(produced), cancel))
     assert next(items) == 0
     deadline = time.monotonic() + 5
     while len(produced) < 2 and time.monotonic() < deadline:

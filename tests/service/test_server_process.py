@@ -363,3 +363,45 @@ def test_any_scale_in_parts_process(launch_service: StartService, make_image: Ca
     got = np.asarray(decode(response.content).color.permute(1, 2, 0))
     diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2
+
+
+# --- no long silence: the PNG's header and keep-alives while IMDN_AS computes its statistics ----------
+
+
+def idat_payloads(png: bytes) -> list[bytes]:
+    """The IDAT chunks' data, in order (CRCs checked by decoding the whole image elsewhere)."""
+    pos, found = 8, []
+    while pos < len(png):
+        length = int.from_bytes(png[pos : pos + 4], "big")
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            found.append(png[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return found
+
+
+def test_slow_first_band_sends_header_and_keep_alives(launch_service: StartService,
+                                                     make_image: Callable[..., bytes], weights_dir: Path) -> None:
+    """IMDN_AS in parts computes every block's whole-image statistics before its first band (seconds here,
+    minutes on big photos). The PNG's header leaves within the heartbeat and keep-alives follow, so no gap
+    passes the heartbeat by more than a band's own encoding; the image is the engine's, pixel for pixel."""
+    heartbeat = 0.25
+    data = make_image(200, 200, seed=4)
+    # 600x600 out: one pass would need 86 MB, three feature maps take 8.6 MB: in parts within 16 MB.
+    env = {"IMDN_MEMORY_BUDGET_MB": "16", "IMDN_MODELS": "as", "IMDN_BACKEND": "torch",
+           "IMDN_STREAM_HEARTBEAT_S": str(heartbeat)}
+    with launch_service(env) as service:
+        result = post_streamed(service.url, data, "scale=3")
+    assert result.status == 200 and result.headers["x-model"] == "as"
+    assert png_size(result.body) == (600, 600)
+    keep_alives = [p for p in idat_payloads(result.body) if p.endswith(b"\x00\x00\xff\xff") and len(p) <= 16]
+    assert keep_alives, "the first band came before any heartbeat: the test needs a slower path"
+    first_band = next(t for t, size in result.chunks if size > 64)
+    assert result.chunks[0][0] < min(2.0, first_band), "the header did not leave before the first band"
+    gaps = [b[0] - a[0] for a, b in zip(result.chunks, result.chunks[1:], strict=False)]
+    assert max(gaps) < heartbeat + 1.5, f"a silence of {max(gaps):.2f} s"
+    weights = str(weights_dir)
+    engine = Upscaler(TorchRunner(load_models(["as"], weights)), budget_bytes=2**34, available=["as"])
+    expected = engine.upscale(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), scale=3)
+    got = np.asarray(decode(result.body).color.permute(1, 2, 0))
+    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2  # threads may round differently; no keep-alive does
