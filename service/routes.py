@@ -228,13 +228,13 @@ async def list_models(state: StateDep) -> dict[str, object]:
     }
 
 
-@router.get("/healthz", summary="Liveness: the process and its model workers are alive",
+@router.get("/healthz", summary="Liveness: the process and its model replicas are alive",
             responses=problem_responses(NotReadyError))
 async def healthz(state: StateDep) -> dict[str, str]:
     if state.startup_error:
         raise NotReadyError(state.startup_error)
     if state.pool is not None and not state.pool.alive():
-        raise NotReadyError("a model worker has stopped")
+        raise NotReadyError("a model replica has stopped")
     return {"status": "ok"}
 
 
@@ -244,7 +244,7 @@ async def readyz(state: StateDep) -> dict[str, str]:
     if state.draining:
         raise NotReadyError("draining: finishing in-flight requests before shutdown")
     if not state.is_ready():
-        raise NotReadyError("models are loading or a model worker has stopped")
+        raise NotReadyError("models are loading or a model replica has stopped")
     if warming := state.workers_warming():
         raise NotReadyError(f"{warming} of {state.settings.workers} worker processes not ready yet")
     return {"status": "ready"}
