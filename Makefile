@@ -1,4 +1,6 @@
 # Set-up and everyday commands. `make serve` and `make test` each install what they need first.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 HOST ?= 127.0.0.1
@@ -8,8 +10,9 @@ PIP_INSTALL := $(PIP) install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: install install-dev install-system serve test lint typecheck bench-backends bench-quality evaluate
 
-install:  ## the package and its runtime dependencies
-	$(PIP_INSTALL) -e .
+install:  ## the package and its runtime dependencies (pip lists what it installs: the first time takes minutes)
+	@echo "installing imdn-sr and its dependencies (PyTorch, ONNX Runtime: a few minutes the first time)..."
+	$(PIP) install --disable-pip-version-check -c constraints.txt -e . | { grep -v '^Requirement already satisfied' || true; }
 
 install-dev: install  ## + test, lint and deployment-check tools
 	$(PIP_INSTALL) -e '.[dev]' -r requirements-deploy.txt
