@@ -27,6 +27,7 @@ from model.plan import (
     Plan,
     Stage,
     UpscaleError,
+    network_of,
     plan_upscale,
 )
 from model.resize import resize_band_stream, resize_unit
@@ -91,8 +92,8 @@ class Upscaler:
     def _stage_bands(self, source: torch.Tensor, stage: Stage) -> Iterator[tuple[int, torch.Tensor]]:
         if stage.model is None:
             yield from self._resize_bands(source, stage.size)
-        elif stage.model == "as":
-            yield from self._any_scale_bands(source, stage.size)
+        elif network_of(stage.model) == "as":
+            yield from self._any_scale_bands(source, stage.size, stage.model)
         else:
             def crop(r: Span, c: Span) -> torch.Tensor:
                 return unit_float(source[:, r.start : r.stop, c.start : c.stop])
@@ -107,21 +108,22 @@ class Upscaler:
             window = (top, min(size[0], top + band), 0, size[1])
             yield top, resize_unit(source, size, window).clamp_(0, 1)
 
-    def _any_scale_bands(self, source: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
-        """Bicubic pre-scaling to `size`, then IMDN_AS (whole image with ACS, or aligned tiles)."""
+    def _any_scale_bands(self, source: torch.Tensor, size: tuple[int, int],
+                         model: str) -> Iterator[tuple[int, torch.Tensor]]:
+        """Bicubic pre-scaling to `size`, then IMDN_AS `model` (whole image with ACS, in parts, or tiles)."""
         h, w = size
         if min(h, w) < 8:  # below ACS's smallest patch: pad the pre-scaled image and crop
             up = resize_unit(source, size)
             ph, pw = -(-max(h, 8) // 4) * 4, -(-max(w, 8) // 4) * 4
             padded = F.pad(up[None], (0, pw - w, 0, ph - h), mode="replicate")[0]
-            out = self.runner("as", padded[None].contiguous())[0]
+            out = self.runner(model, padded[None].contiguous())[0]
             yield 0, out[:, :h, :w]
             return
 
         def read(rows: Span, cols: Span) -> torch.Tensor:
             return resize_unit(source, size, (rows.start, rows.stop, cols.start, cols.stop))
 
-        work = NetworkPass("as", 1, size, read, AS_CONTEXT, align=4)
+        work = NetworkPass(model, 1, size, read, AS_CONTEXT, align=4)
         core = self.tile_size
         fits = max(h, w) <= core + 2 * AS_CONTEXT if core else h * w * BYTES_PER_INPUT_PIXEL["as"] <= self.budget_bytes
         band_rows = {} if fits or core is not None else part_band_rows(size, self.parts_budget_bytes, self.part_window)

@@ -21,6 +21,7 @@ the measurements on both kinds of input); above 4 the policy is the same.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -32,6 +33,9 @@ MODEL_CHOICES: tuple[str, ...] = get_args(ModelChoice)
 CONTENT_KINDS: tuple[str, ...] = get_args(Content)
 ANY_SCALE_METHODS: tuple[str, ...] = get_args(AnyScale)
 NETWORK_SCALES = {"x2": 2, "x3": 3, "x4": 4, "as": 1}
+# Extra IMDN_AS weights calibrated to one camera (imdn-sr calibrate) are the model "as:NAME".
+CAMERA_PREFIX = "as:"
+CAMERA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 # The defaults of a request and of every front end (service settings, CLI, client, Upscaler): uploads are
 # assumed to be camera photos, and clean images' other scales go through the next integer IMDN.
@@ -121,6 +125,17 @@ def scale_policy(any_scale: str = DEFAULT_ANY_SCALE, content: str = DEFAULT_CONT
     return f"auto, clean: IMDN ×2/×3/×4 for those exact scales; other scales up to 4: {non_integer}; {above}"
 
 
+def network_of(model: str) -> str:
+    """The network a model name runs: 'x2', 'x3', 'x4' or 'as' (also for a camera's 'as:NAME')."""
+    return "as" if model.startswith(CAMERA_PREFIX) else model
+
+
+def is_model_choice(model: str) -> bool:
+    """A name a request may give: auto, x2, x3, x4, as, or a camera's as:NAME (loaded or not)."""
+    name = model.removeprefix(CAMERA_PREFIX)
+    return model in MODEL_CHOICES or (model.startswith(CAMERA_PREFIX) and CAMERA_NAME.fullmatch(name) is not None)
+
+
 def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
                  height: int | None = None, model: str = DEFAULT_MODEL, max_scale: float = DEFAULT_MAX_SCALE,
                  any_scale: str = DEFAULT_ANY_SCALE, available: Collection[str] | None = None,
@@ -141,8 +156,8 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
         raise ValueError(f"any_scale must be one of {ANY_SCALE_METHODS}, got {any_scale!r}")
     if content not in CONTENT_KINDS:
         raise ValueError(f"content must be one of {CONTENT_KINDS}, got {content!r}")
-    if model not in MODEL_CHOICES:
-        raise UpscaleError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES)}")
+    if not is_model_choice(model):
+        raise UpscaleError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES)} or as:CAMERA")
     h, w = in_size
     out = target_size(in_size, scale, width, height, max_scale)
     exact = next((k for k in (2, 3, 4) if out == (k * h, k * w)), None)
@@ -162,8 +177,8 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
         stages = [Stage("x4", first), Stage(rest, out)]
     elif model == "auto" and downscale_k is not None:
         stages = [Stage(f"x{downscale_k}", (downscale_k * h, downscale_k * w)), Stage(None, out)]
-    else:
-        stages = [Stage("as", out)]
+    else:  # model "as" or a camera's "as:NAME", or auto's any-scale path
+        stages = [Stage(model if network_of(model) == "as" else "as", out)]
     missing = [s.model for s in stages if s.model is not None and not loaded(s.model)]
     if missing:
         raise UpscaleError(f"model {missing[0]} is needed for this request but not loaded on this server")

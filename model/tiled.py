@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from model.imdn import contrast_from_moments
+from model.plan import network_of
 from model.runner import Runner, batched_or_singly, is_out_of_memory
 from model.tiling import FEATURE_STRIDE, Span, Tile, plan_grid, plan_samples, plan_tiles
 
@@ -49,6 +50,11 @@ class NetworkPass:
     context: int
     align: int
 
+    @property
+    def network(self) -> str:
+        """The architecture `model` is an instance of (a camera's 'as:NAME' is an IMDN_AS)."""
+        return network_of(self.model)
+
 
 
 def tile_core(model: str, budget_bytes: int, context: int) -> int:
@@ -78,13 +84,13 @@ class Tiler:
         tile_size: tiles of at most this many pixels a side; by default, the plan that reads the
         fewest pixels with windows that fit the memory budget.
         """
-        core = tile_size or tile_core(work.model, self.budget_bytes, work.context)
+        core = tile_size or tile_core(work.network, self.budget_bytes, work.context)
         # A thin first row: the first band (and a streamed response's first byte) comes sooner.
         first_row = max(work.align, core // 4 // work.align * work.align)
         height, width = work.size
         rows = None
         if tile_size is None:
-            max_pixels = self.budget_bytes // BYTES_PER_INPUT_PIXEL[work.model]
+            max_pixels = self.budget_bytes // BYTES_PER_INPUT_PIXEL[work.network]
             rows = plan_grid(height, width, max_pixels, work.context, work.align, first_row)
         if rows is None:  # a forced size, or a budget too small for any plan: the smallest tiles
             rows = plan_tiles(height, width, core, work.context, work.align, first_row)
@@ -128,16 +134,16 @@ class Tiler:
         """
         if len(rows) == 1 and len(rows[0]) == 1:
             return None
-        stride, context = FEATURE_STRIDE[work.model], work.context
+        stride, context = FEATURE_STRIDE[work.network], work.context
         core = SAMPLE_CORE_CONTEXTS * context
         window_pixels = (core + 2 * context) ** 2
-        fitting = self.budget_bytes // (window_pixels * BYTES_PER_INPUT_PIXEL[work.model])
+        fitting = self.budget_bytes // (window_pixels * BYTES_PER_INPUT_PIXEL[work.network])
         share = SAMPLE_SHARE * work.size[0] * work.size[1] // window_pixels
         max_windows = int(max(1, min(fitting, share)))
         samples = plan_samples(work.size[0], work.size[1], max_windows, core, context, align=stride)
         windows, mask = self._windows_and_mask(samples, work.read, stride)
         contrast = contrast_from_moments(self.runner.cca_moments(work.model, windows, mask))
-        refined = self.refine_stats if self.refine_stats is not None else work.model in ALWAYS_REFINED
+        refined = self.refine_stats if self.refine_stats is not None else work.network in ALWAYS_REFINED
         if not refined:
             return contrast
         total = torch.zeros(0)
@@ -158,7 +164,7 @@ class Tiler:
 
     def _refine_moments(self, work: NetworkPass, tiles: list[Tile], contrast: torch.Tensor) -> torch.Tensor:
         """The CCA moments of the tiles' cores under `contrast`; on out-of-memory, one tile at a time."""
-        stride = FEATURE_STRIDE[work.model]
+        stride = FEATURE_STRIDE[work.network]
 
         def run(part: slice) -> torch.Tensor:
             return self.runner.cca_moments(work.model, *self._windows_and_mask(tiles[part], work.read, stride),
@@ -168,7 +174,7 @@ class Tiler:
 
     def _tiles_per_call(self, work: NetworkPass, tile: Tile) -> int:
         """As many tiles of this window size per network call as the memory budget holds (at least one)."""
-        window_bytes = tile.rows.size * tile.cols.size * BYTES_PER_INPUT_PIXEL[work.model]
+        window_bytes = tile.rows.size * tile.cols.size * BYTES_PER_INPUT_PIXEL[work.network]
         return max(1, min(self.max_batch, self.budget_bytes // window_bytes))
 
     @staticmethod

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.imdn import IMDN, IMDN_AS, MODEL_NAMES, build_model
+from model.plan import CAMERA_NAME, CAMERA_PREFIX, network_of
 
 # Where the project's own trained weights live, one file per model name.
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -98,8 +99,9 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def load_model(name: str, path: Path) -> IMDN | IMDN_AS:
-    """Build model `name` ('x2'|'x3'|'x4'|'as') and load weights from `path`, in eval mode."""
-    model = build_model(name)
+    """Build model `name` ('x2'|'x3'|'x4'|'as', or a camera's 'as:NAME') and load weights from `path`, in eval
+    mode."""
+    model = build_model(network_of(name))
     load_into(model, read_state_dict(path), path)
     if isinstance(model, IMDN_AS):
         # Only weights that say so were trained with the input skip; the authors' were not.
@@ -116,6 +118,31 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
     if isinstance(model, IMDN_AS):
         metadata["input_skip"] = "true" if model.input_skip else "false"
     save_file(tensors, str(path), metadata=metadata)
+
+
+def camera_weights(specs: list[str]) -> dict[str, Path]:
+    """Calibrated IMDN_AS weights (imdn-sr calibrate) -> {"as:NAME": file}: each spec is a NAME.safetensors
+    file, or a folder of them. Names are lower-case letters, digits, '-' and '_' (up to 32)."""
+    files: dict[str, Path] = {}
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(path.glob("*.safetensors"))
+            if not found:
+                raise WeightsError(f"{path}: no .safetensors files in this camera folder")
+        elif path.suffix == ".safetensors":
+            found = [path]
+        else:
+            raise WeightsError(f"{path}: not a .safetensors file or a folder of them")
+        for file in found:
+            if not CAMERA_NAME.fullmatch(file.stem):
+                raise WeightsError(f"{file}: a camera's file name must be 1-32 of a-z 0-9 - _ (it names the "
+                                   f"model as:NAME), got {file.stem!r}")
+            name = CAMERA_PREFIX + file.stem
+            if name in files:
+                raise WeightsError(f"{file}: camera {file.stem!r} is also {files[name]}")
+            files[name] = file
+    return files
 
 
 def file_sha256(path: Path) -> str:

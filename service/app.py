@@ -186,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return
             state.pool = task.result()
             # Logged before the flag goes up: with IMDN_WORKERS, /readyz turns 200 after every worker's line.
-            log.info("ready: models %s on %s (%s) in %.1f s", ",".join(settings.models), ",".join(state.devices),
+            log.info("ready: models %s on %s (%s) in %.1f s", ",".join(state.model_names), ",".join(state.devices),
                      state.backend, time.perf_counter() - started)
             state.set_ready(True)
 

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (first GPU, else CPU), cpu, cuda, or a list: cuda:0,cuda:1")
     models: CommaList = Field(default_factory=lambda: list(MODEL_NAMES), description="models to load")
     weights: str = Field("default", description="'default' (bundled), 'official:DIR', or a folder of .safetensors")
+    cameras: CommaList = Field(default_factory=list, description="IMDN_AS weights calibrated to a camera (imdn-sr "
+                               "calibrate): NAME.safetensors files or folders of them, served as model=as:NAME")
     backend: Backend = Field("auto", description="CPU backend; auto = onnx when installed")
     replicas_per_device: int = Field(1, ge=1, le=16)
     threads: int | None = Field(None, ge=1, description="CPU threads for inference (default: all cores)")
@@ -97,7 +99,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text")
     warmup: bool = Field(True, description="run every model once at start-up")
 
-    @field_validator("models", "cors_origins", "api_keys", mode="before")
+    @field_validator("models", "cameras", "cors_origins", "api_keys", mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):

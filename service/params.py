@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model.plan import DEFAULT_MODEL, DEFAULT_SCALE, Content, ModelChoice
+from model.plan import DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICES, Content, is_model_choice
 from service.errors import BadRequestError
 
 
@@ -21,9 +21,11 @@ class UpscaleParams(BaseModel):
     width: int | None = Field(None, ge=1, le=65535, description="Target width in pixels")
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")
-    model: ModelChoice = Field(
+    model: str = Field(
         DEFAULT_MODEL, description="auto: by content (below); x2/x3/x4: that network, then bicubic to the target; "
-        "as: bicubic + IMDN_AS at any scale")
+        "as: bicubic + IMDN_AS at any scale; as:CAMERA: the same with IMDN_AS calibrated to a camera (the "
+        "server's IMDN_CAMERAS, listed by GET /v1/models)",
+        examples=[*MODEL_CHOICES, "as:my_camera"])
     content: Content | None = Field(
         None, description="what the image is, for model=auto: 'photo' (camera photos: IMDN_AS, trained on camera "
         "blur, noise and JPEG, at every scale up to 4) or 'clean' (already sharp images such as renders and "
@@ -31,6 +33,13 @@ class UpscaleParams(BaseModel):
     format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
                                                   "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
+
+    @field_validator("model")
+    @classmethod
+    def known_model(cls, value: str) -> str:
+        if not is_model_choice(value):
+            raise ValueError(f"must be one of {', '.join(MODEL_CHOICES)}, or as:CAMERA for a calibrated camera")
+        return value
 
 
 def merge_form_fields(params: UpscaleParams, fields: dict[str, str]) -> UpscaleParams:

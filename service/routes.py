@@ -108,7 +108,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         upscaler = Upscaler(RequestRunner(pool, cancel, deadline), budget_bytes=state.budget_bytes,
                             max_batch=settings.max_batch, max_scale=settings.max_scale, tile_size=settings.tile_size,
                             refine_stats=settings.refine_stats, any_scale=settings.any_scale,
-                            available=settings.models, content=params.content or settings.content,
+                            available=state.model_names, content=params.content or settings.content,
                             part_window=part_window(state.devices), parts_budget_bytes=state.parts_budget_bytes)
 
         def checked_plan(size: tuple[int, int]) -> Plan:

@@ -8,20 +8,22 @@ import os
 import time
 from collections.abc import MutableSequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import torch
 from fastapi import Depends, Request
 
-from model.backends import OnnxRunner, TorchRunner, load_models, pick_device, uses_onnx
+from model.backends import OnnxRunner, TorchRunner, pick_device, uses_onnx
 from model.engine import Upscaler
 from model.imdn import count_parameters
 from model.parts import PART_WINDOW, part_window_for
+from model.plan import network_of
 from model.runner import Runner
 from model.tiled import tile_core
 from model.tiling import AS_CONTEXT, IMDN_CONTEXT
-from model.weights import file_sha256, resolve_weights
+from model.weights import camera_weights, file_sha256, load_model, resolve_weights
 from service.config import Settings
 from service.errors import NotReadyError, QueueFullError
 from service.metrics import Metrics
@@ -67,6 +69,11 @@ class ServiceState:
     # Set when the drain deadline passes: requests not yet streaming get 503, streams are cut.
     drain_expired: asyncio.Event | None = None
     loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every model a plan may use: IMDN_MODELS and the cameras (as:NAME)."""
+        return [info.name for info in self.models]
 
     def is_ready(self) -> bool:
         return self.ready and not self.draining and self.pool is not None and self.pool.alive()
@@ -153,16 +160,24 @@ def memory_budget(settings: Settings, device: torch.device) -> int:
     return CPU_BUDGET_MB * 2**20
 
 
+def model_files(settings: Settings) -> dict[str, Path]:
+    """Every model the service serves and its weights file: IMDN_MODELS from IMDN_WEIGHTS, then each camera
+    of IMDN_CAMERAS as 'as:NAME'."""
+    files = {name: resolve_weights(settings.weights, name) for name in settings.models}
+    return files | camera_weights(settings.cameras)
+
+
 def check_weights(settings: Settings) -> list[ModelInfo]:
     """Load each configured model once: missing or corrupt weights fail here, in well under a second,
     before the server binds its port. Raises WeightsError naming the file."""
     infos = []
-    for name in settings.models:
-        path = resolve_weights(settings.weights, name)
+    for name, path in model_files(settings).items():
         started = time.perf_counter()
-        model = load_models([name], settings.weights)[name]
-        infos.append(ModelInfo(name, "any (bicubic pre-scaling)" if name == "as" else name,
-                               count_parameters(model), path.name, file_sha256(path), time.perf_counter() - started))
+        model = load_model(name, path)
+        scale = {"as": "any (bicubic pre-scaling)"}.get(name, name) if name in settings.models else \
+            "any (bicubic pre-scaling), calibrated to a camera"
+        infos.append(ModelInfo(name, scale, count_parameters(model), path.name, file_sha256(path),
+                               time.perf_counter() - started))
     return infos
 
 
@@ -175,7 +190,7 @@ def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> Mod
     backends: list[tuple[str, Backend]] = []
     for device in devices:
         for replica in range(settings.replicas_per_device):
-            models = load_models(settings.models, settings.weights)
+            models = {name: load_model(name, path) for name, path in model_files(settings).items()}
             if uses_onnx(device, settings.backend):
                 # Room for each replica's largest tile and the fragments of other tile shapes beside it.
                 limit = arena_limit(memory_budget(settings, device), cpu_replicas)
@@ -203,13 +218,13 @@ PARTS_WARMUP_SIDE = 256
 PARTS_WARMUP_BUDGETS = (8 * 2**20, 14 * 2**20)
 
 
-def warm_any_scale_parts(runner: Runner) -> None:
-    """Upscale a small image with IMDN_AS in parts, both ways: every part's graph is made now, not on the
-    first large image."""
+def warm_any_scale_parts(runner: Runner, model: str = "as") -> None:
+    """Upscale a small image with IMDN_AS `model` in parts, both ways: every part's graph is made now, not on
+    the first large image."""
     for budget in PARTS_WARMUP_BUDGETS:
-        parts = Upscaler(runner, budget_bytes=budget, available=["as"])
+        parts = Upscaler(runner, budget_bytes=budget, available=[model])
         parts.upscale(np.zeros((PARTS_WARMUP_SIDE // 2, PARTS_WARMUP_SIDE // 2, 3), np.uint8),
-                      width=PARTS_WARMUP_SIDE, height=PARTS_WARMUP_SIDE, model="as")
+                      width=PARTS_WARMUP_SIDE, height=PARTS_WARMUP_SIDE, model=model)
 
 
 def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
@@ -217,18 +232,19 @@ def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
     gpu = any(d.startswith("cuda") for d in state.devices)
     for info in state.models:
         started = time.perf_counter()
-        context = AS_CONTEXT if info.name == "as" else IMDN_CONTEXT
+        network = network_of(info.name)
+        context = AS_CONTEXT if network == "as" else IMDN_CONTEXT
         side = 64
         if gpu:
-            core = settings.tile_size or tile_core(info.name, state.budget_bytes, context)
+            core = settings.tile_size or tile_core(network, state.budget_bytes, context)
             side = core + 2 * context
         side = max(8, side // 4 * 4)
         # Each replica's own backend, not the pool: through the pool, whichever replica is idle first could
         # take every warm-up call and leave another to pay for its graphs on a user's first large image.
         for replica in pool.replicas:
             replica.backend(info.name, torch.rand(1, 3, side, side))
-            if info.name == "as" and state.backend == "onnxruntime":  # PyTorch has no graphs to make
-                warm_any_scale_parts(replica.backend)
+            if network == "as" and state.backend == "onnxruntime":  # PyTorch has no graphs to make
+                warm_any_scale_parts(replica.backend, info.name)
         info.load_seconds += time.perf_counter() - started
         log.info("model %s loaded and warm in %.2f s", info.name, info.load_seconds)
 

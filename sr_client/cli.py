@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from model.plan import CONTENT_KINDS, DEFAULT_MODEL
+from model.plan import CONTENT_KINDS, DEFAULT_MODEL, is_model_choice
 from sr_client.client import DEFAULT_URL, FORMATS, MODELS, RetryPolicy, upscale_folder
 
 
@@ -25,7 +25,9 @@ def build_parser(prog: str = "python -m sr_client") -> argparse.ArgumentParser:
     size.add_argument("--scale", type=float, help="scale factor > 1, e.g. 2 or 3.3")
     size.add_argument("--width", type=int, help="target width in pixels")
     size.add_argument("--height", type=int, help="target height in pixels (one of the two keeps the aspect ratio)")
-    parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL)
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{', '.join(MODELS)}, or as:CAMERA for a camera the service was calibrated to "
+                             f"(default {DEFAULT_MODEL})")
     parser.add_argument("--content", choices=CONTENT_KINDS,
                         help="what the images are, for --model auto: 'photo' (camera photos) or 'clean' (renders, "
                              "screenshots); default: the service's")
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m sr_client") -> in
         parser.error("give either --scale or --width/--height, not both")
     if args.concurrency < 1 or args.retries < 0:
         parser.error("--concurrency must be >= 1 and --retries >= 0")
+    if not is_model_choice(args.model):
+        parser.error(f"--model must be one of {', '.join(MODELS)} or as:CAMERA, got {args.model!r}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     summary = upscale_folder(

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from model.plan import CONTENT_KINDS, DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICES
+from model.plan import CONTENT_KINDS, DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICES, is_model_choice
 
 log = logging.getLogger("sr_client")
 
@@ -211,8 +211,8 @@ def upscale_params(scale: float | None = None, width: int | None = None, height:
     """The query string; only cheap sanity checks here, the service validates the rest and says why.
     content None: the service's own default (IMDN_CONTENT)."""
     format = "jpeg" if format == "jpg" else format
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    if not is_model_choice(model):
+        raise ValueError(f"model must be one of {', '.join(MODELS)} or as:CAMERA, got {model!r}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if content is not None and content not in CONTENT_KINDS:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from model.plan import Plan, Stage, UpscaleError, plan_upscale, target_size
+from model.plan import Plan, Stage, UpscaleError, is_model_choice, network_of, plan_upscale, target_size
 
 # The paper's policy for clean images, which these cases were written for (the defaults are for photos).
 PAPER_POLICY = {"content": "clean", "any_scale": "as"}
@@ -108,3 +108,18 @@ def test_plan_upscale_custom_max_scale():
 
 def test_upscale_error_is_value_error():
     assert issubclass(UpscaleError, ValueError)
+
+
+def test_a_camera_model_runs_the_any_scale_path_with_its_own_weights():
+    plan = plan_upscale((20, 50), scale=3, model="as:my_camera", available=["as", "as:my_camera"])
+    assert [(s.model, s.size) for s in plan.stages] == [("as:my_camera", (60, 150))] and plan.label == "as:my_camera"
+    with pytest.raises(UpscaleError, match="as:other is needed"):
+        plan_upscale((20, 50), scale=3, model="as:other", available=["as", "as:my_camera"])
+    for bad in ("as:", "as:My Camera", "as:../x", "x2:cam"):
+        with pytest.raises(UpscaleError, match="unknown model"):
+            plan_upscale((20, 50), scale=2, model=bad)
+
+
+def test_network_of_names_the_architecture():
+    assert [network_of(m) for m in ("x2", "x3", "x4", "as", "as:cam-1")] == ["x2", "x3", "x4", "as", "as"]
+    assert is_model_choice("as:cam_2") and not is_model_choice("as:Cam") and not is_model_choice("x5")

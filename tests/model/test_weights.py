@@ -216,3 +216,48 @@ def test_load_model_official_checkpoints_strict(official_dir, name):
     assert expected.keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
         assert torch.equal(value, expected[key].float()), key
+
+
+def test_camera_weights_from_files_and_folders(tmp_path):
+    from model.weights import camera_weights
+
+    folder = tmp_path / "cams"
+    folder.mkdir()
+    for name in ("phone", "scope_2"):
+        (folder / f"{name}.safetensors").write_bytes(b"")
+    single = tmp_path / "dslr.safetensors"
+    single.write_bytes(b"")
+    assert camera_weights([str(folder), str(single)]) == {
+        "as:phone": folder / "phone.safetensors", "as:scope_2": folder / "scope_2.safetensors", "as:dslr": single}
+    assert camera_weights([]) == {}
+
+
+@pytest.mark.parametrize(("name", "message"), [("My Camera.safetensors", "file name must be"),
+                                               ("cam.pth", "not a .safetensors file"),
+                                               ("empty", "no .safetensors files")])
+def test_camera_weights_refuse_what_cannot_be_a_model_name(tmp_path, name, message):
+    from model.weights import WeightsError, camera_weights
+
+    path = tmp_path / name
+    path.mkdir() if name == "empty" else path.write_bytes(b"")
+    with pytest.raises(WeightsError, match=message):
+        camera_weights([str(path)])
+
+
+def test_camera_weights_refuse_one_name_twice(tmp_path):
+    from model.weights import WeightsError, camera_weights
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "cam.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError, match="is also"):
+        camera_weights([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_a_camera_loads_as_imdn_as(tmp_path):
+    from model.imdn import IMDN_AS, build_model
+    from model.weights import load_model, save_weights
+
+    path = tmp_path / "cam.safetensors"
+    save_weights(build_model("as"), path)
+    assert isinstance(load_model("as:cam", path), IMDN_AS)
