@@ -2,7 +2,7 @@
 
     python bench/service.py overhead      # end-to-end POST time / engine time (256->x4, 1024->x2)
     python bench/service.py throughput    # 1, 4, 16 concurrent clients vs the engine's single stream
-    python bench/service.py ttfb          # time to first byte / total, 2048x2048 -> x2
+    python bench/service.py ttfb          # time to first byte, longest gap, last byte per path and size
     python bench/service.py memory        # server peak RSS vs output megapixels (1 .. 64 MP)
     python bench/service.py batching      # cross-request batching on/off, 1/8/32 clients, 64x64 -> x2
     python bench/service.py workers       # IMDN_WORKERS 1 vs N: throughput at 1, 4, 16 clients, memory per worker
@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,18 +124,27 @@ def engine_seconds(upscaler: Upscaler, data: bytes, scale: float, rounds: int) -
     return times
 
 
-def post(client: httpx.Client, url: str, data: bytes, scale: float) -> tuple[float, float, int]:
-    """-> (seconds to first body byte, seconds to last byte, bytes)."""
+@dataclass
+class Timeline:
+    """One streamed response as the client saw it: seconds since the request was sent."""
+
+    first: float  # first body byte
+    last: float  # last body byte
+    longest_gap: float  # the longest silence between body pieces (the first byte's wait not counted)
+    size: int
+
+
+def post(client: httpx.Client, url: str, data: bytes, scale: float, query: str = "") -> Timeline:
     start = time.perf_counter()
-    first, size = 0.0, 0
-    with client.stream("POST", f"{url}/v1/superresolve?scale={scale}", content=data,
+    arrivals, size = [], 0
+    with client.stream("POST", f"{url}/v1/superresolve?scale={scale}{query}", content=data,
                        headers={"Content-Type": "image/png"}) as response:
         response.raise_for_status()
         for chunk in response.iter_raw():
-            if not first:
-                first = time.perf_counter() - start
+            arrivals.append(time.perf_counter() - start)
             size += len(chunk)
-    return first, time.perf_counter() - start, size
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    return Timeline(arrivals[0], time.perf_counter() - start, max(gaps, default=0.0), size)
 
 
 def histogram_sums(client: httpx.Client, url: str) -> dict[str, float]:
@@ -171,7 +181,7 @@ def overhead(args: argparse.Namespace) -> None:
             before = histogram_sums(client, url)
             for _ in range(args.rounds):  # interleaved: noise hits both alike
                 engine_times += engine_seconds(upscaler, data, scale, 1)
-                service_times.append(post(client, url, data, scale)[1])
+                service_times.append(post(client, url, data, scale).last)
             after = histogram_sums(client, url)
             infer, encode = ((after[k] - before[k]) / args.rounds for k in after)
             e, s = statistics.median(engine_times), statistics.median(service_times)
@@ -218,14 +228,26 @@ def throughput(args: argparse.Namespace) -> None:
         print_gpu_memory(url)
 
 
+# (label, query, scale): the default photo path (IMDN_AS), the clean paths, and an encoded-whole format.
+TTFB_PATHS = (("photo (as) png", "", 2), ("clean x2 png", "&content=clean", 2),
+              ("clean x3+bic png", "&content=clean", 2.5), ("photo (as) webp", "&format=webp", 2))
+
+
 def ttfb(args: argparse.Namespace) -> None:
-    data = test_image(2048)
-    print("time to first byte vs total, 2048x2048 -> x2 PNG (16.8 MP out)")
-    with server(args.weights) as (url, _), httpx.Client(timeout=900) as client:
-        for _ in range(args.rounds):
-            first, total, size = post(client, url, data, 2)
-            print(f"first byte {first:6.2f} s, last byte {total:6.2f} s, ratio {first / total:.3f}, "
-                  f"{size / 1e6:.1f} MB")
+    heartbeat = Settings().stream_heartbeat_s
+    print(f"time to first byte, longest gap between body pieces, last byte (s); best of {args.rounds}; "
+          f"IMDN_STREAM_HEARTBEAT_S={heartbeat:g}")
+    print(f"{'path':<18} {'input':>9} {'output MP':>9} {'first':>7} {'longest gap':>11} {'last':>7}")
+    with server(args.weights, IMDN_MAX_UPLOAD_BYTES=str(2**30), IMDN_REQUEST_TIMEOUT_S="3600") as (url, _), \
+            httpx.Client(timeout=3600) as client:
+        for label, query, scale in TTFB_PATHS:
+            for side in args.sides:
+                data = test_image(side)
+                runs = [post(client, url, data, scale, query) for _ in range(args.rounds)]
+                best = min(runs, key=lambda run: run.last)
+                out_mp = round(side * scale) ** 2 / 1e6
+                print(f"{label:<18} {f'{side}x{side}':>9} {out_mp:9.2f} {best.first:7.2f} {best.longest_gap:11.2f} "
+                      f"{best.last:7.2f}", flush=True)
 
 
 def proc_status_bytes(pid: int, field: str) -> int:
@@ -365,6 +387,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["256x4", "1024x2"], help="overhead: SIDExSCALE inputs")
     parser.add_argument("--duration", type=float, default=30, help="throughput: seconds per concurrency level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--sides", type=int, nargs="+", default=[512, 1024, 2048], help="ttfb: input sides")
     parser.add_argument("--megapixels", type=float, nargs="+", default=[1, 4, 16, 36, 64])
     parser.add_argument("--content", nargs="+", choices=["photo", "clean"], default=["photo", "clean"],
                         help="memory: IMDN_CONTENT of each server (photo: x2 runs IMDN_AS; clean: IMDN x2)")
