@@ -36,6 +36,8 @@ NETWORK_SCALES = {"x2": 2, "x3": 3, "x4": 4, "as": 1}
 # Extra IMDN_AS weights calibrated to one camera (imdn-sr calibrate) are the model "as:NAME".
 CAMERA_PREFIX = "as:"
 CAMERA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+# Every name a request may give, as one regular expression (for an API schema).
+MODEL_CHOICE_PATTERN = f"^({'|'.join(MODEL_CHOICES)}|{CAMERA_PREFIX}{CAMERA_NAME.pattern})$"
 
 # The defaults of a request and of every front end (service settings, CLI, client, Upscaler): uploads are
 # assumed to be camera photos, and clean images' other scales go through the next integer IMDN.

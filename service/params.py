@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model.plan import DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICES, Content, is_model_choice
+from model.plan import DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICE_PATTERN, MODEL_CHOICES, Content, is_model_choice
 from service.errors import BadRequestError
 
 
@@ -25,7 +25,8 @@ class UpscaleParams(BaseModel):
         DEFAULT_MODEL, description="auto: by content (below); x2/x3/x4: that network, then bicubic to the target; "
         "as: bicubic + IMDN_AS at any scale; as:CAMERA: the same with IMDN_AS calibrated to a camera (the "
         "server's IMDN_CAMERAS, listed by GET /v1/models)",
-        examples=[*MODEL_CHOICES, "as:my_camera"])
+        examples=[*MODEL_CHOICES, "as:my_camera"],
+        json_schema_extra={"pattern": MODEL_CHOICE_PATTERN})  # checked by known_model, with a clearer message
     content: Content | None = Field(
         None, description="what the image is, for model=auto: 'photo' (camera photos: IMDN_AS, trained on camera "
         "blur, noise and JPEG, at every scale up to 4) or 'clean' (already sharp images such as renders and "
