@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--degradation-config", type=Path,
                    help="camera-fitted: the fitted degradation's JSON file (python -m model.degrade fit)")
     p.add_argument("--clean-prob", type=float, default=DegradationConfig.clean_prob,
-                   help="camera degradation: share of plain bicubic round trips")
+                   help="camera and camera-fitted degradations: share of plain bicubic round trips (scale 1-4)")
     p.add_argument("--val-real", type=Path,
                    help="IMDN_AS: also log RGB PSNR on real same-size pairs (HR/, LR_same_size/); a monitor only, "
                         "never used to pick weights")
@@ -171,7 +172,7 @@ def degradation_config(args: argparse.Namespace) -> Degradation | None:
     if args.degradation == "camera":
         return DegradationConfig(clean_prob=args.clean_prob)
     if args.degradation == "camera-fitted":
-        return load_degradation(args.degradation_config)
+        return dataclasses.replace(load_degradation(args.degradation_config), clean_prob=args.clean_prob)
     return None
 
 
@@ -276,7 +277,8 @@ def recipe(args: argparse.Namespace) -> dict[str, object]:
     init = Path(args.init)
     return {"pairs": [n for n in real_pair_names(args.pairs) if n not in args.hold_out], "iters": args.iters,
             "lr": args.lr, "schedule": args.schedule, "warmup": args.warmup, "ema": args.ema[0] if args.ema else None,
-            "mix": args.mix, "degradation": args.degradation if args.mix > 0 else None, "patch": args.patch,
+            "mix": args.mix, "degradation": args.degradation if args.mix > 0 else None,
+            "clean_prob": args.clean_prob if args.mix > 0 and args.degradation != "bicubic" else None, "patch": args.patch,
             "batch": args.batch, "loss": "l1", "seed": args.seed, "init": init.name,
             "init_sha256": file_sha256(init)[:16] if init.is_file() else None}
 
@@ -460,8 +462,8 @@ def train(args: argparse.Namespace) -> float:
 # The fine-tuning recipe chosen by leave-one-out over the four RealSR pairs (bench/real_loo.py; the model
 # card's table): `imdn-sr calibrate` runs it on a user's pairs, and the bundled imdn_as weights are it on all four.
 CALIBRATION_RECIPE: dict[str, Any] = {
-    "iters": 800, "lr": 1e-4, "schedule": "constant", "warmup": 20, "ema": 0.995, "mix": 0.0,
-    "degradation": "camera-fitted", "patch": 96, "batch": 16,
+    "iters": 800, "lr": 1e-4, "schedule": "constant", "warmup": 20, "ema": 0.998, "mix": 0.5,
+    "degradation": "camera-fitted", "clean_prob": 0.5, "patch": 96, "batch": 16,
 }
 
 
@@ -517,7 +519,8 @@ def calibrate_main(argv: list[str] | None = None) -> int:
                                   for n, (lr, hr) in zip(names, load_real_pairs(opts.pairs), strict=True)})
         run.mkdir(parents=True, exist_ok=True)
         (run / "camera_fitted.json").write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
-        argv_train += ["--degradation", "camera-fitted", "--degradation-config", str(run / "camera_fitted.json")]
+        argv_train += ["--degradation", "camera-fitted", "--degradation-config", str(run / "camera_fitted.json"),
+                       "--clean-prob", str(r["clean_prob"])]
     args = parse_args(argv_train)
     if min(min(lr.shape[-2:]) for lr, _ in load_real_pairs(args.pairs)) < args.patch:
         p.error(f"every pair must be at least {args.patch} px on a side (or pass a smaller --patch)")
