@@ -210,6 +210,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs else None,
         docs_url=None,
         redoc_url=None,
+        # Starlette would answer /v1/superresolve/ with a 307 to an absolute URL built from the Host header
+        # (http://evil.example/... behind a TLS proxy, followed with the body and the API key): no redirects.
+        redirect_slashes=False,
     )
     app.state.service = state
     app.state.on_fatal = None  # set by `python -m service` to stop the server if the pool cannot start

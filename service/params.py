@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from model.plan import DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICE_PATTERN, MODEL_CHOICES, Content, is_model_choice
 from service.errors import BadRequestError
+
+# Numbers as JSON and HTML forms write them: ASCII digits, a sign, a decimal point, an exponent. Python and
+# pydantic also read "1_0" (as 10), " 2" and other digits; those are refused rather than guessed at.
+PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class UpscaleParams(BaseModel):
@@ -35,6 +41,14 @@ class UpscaleParams(BaseModel):
                                                   "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
 
+    @field_validator("scale", "width", "height", "quality", mode="before")
+    @classmethod
+    def plain_number(cls, value: object) -> object:
+        if isinstance(value, str) and not PLAIN_NUMBER.fullmatch(value):
+            raise ValueError("must be a number in plain decimal notation, such as 2 or 2.5 (no underscores, "
+                             "spaces or other characters)")
+        return value
+
     @field_validator("model")
     @classmethod
     def known_model(cls, value: str) -> str:
@@ -43,14 +57,36 @@ class UpscaleParams(BaseModel):
         return value
 
 
-def merge_form_fields(params: UpscaleParams, fields: dict[str, str]) -> UpscaleParams:
-    if not fields:
-        return params
+def single_values(pairs: Iterable[tuple[str, str]], where: str) -> dict[str, str]:
+    """name -> value; every parameter is single-valued, so a name given twice is refused (400), never resolved
+    by picking one of its values."""
+    values: dict[str, str] = {}
+    for name, value in pairs:
+        if name in values:
+            raise BadRequestError(f"the {where} {name!r} is given more than once ({values[name]!r}, {value!r}): "
+                                  "give each parameter once")
+        values[name] = value
+    return values
+
+
+def _validated(values: dict[str, object]) -> UpscaleParams:
     try:
-        return UpscaleParams.model_validate({**params.model_dump(exclude_unset=True), **fields})
+        return UpscaleParams.model_validate(values)
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise BadRequestError(detail) from exc
+
+
+def merge_form_fields(params: UpscaleParams, fields: dict[str, str]) -> UpscaleParams:
+    """The query's parameters and the form's fields as one; a parameter given in both must agree (400)."""
+    if not fields:
+        return params
+    form = _validated(dict(fields))
+    for name in sorted(params.model_fields_set & fields.keys()):
+        if getattr(form, name) != getattr(params, name):
+            raise BadRequestError(f"{name} is {getattr(params, name)!r} in the query but {getattr(form, name)!r} in "
+                                  "the form: give it in one place")
+    return _validated({**params.model_dump(exclude_unset=True), **fields})
 
 
 UPSCALE_BODY = {

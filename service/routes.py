@@ -28,7 +28,7 @@ from service.errors import (
     problem_responses,
 )
 from service.favicon import favicon_ico
-from service.params import UPSCALE_BODY, UpscaleParams, merge_form_fields
+from service.params import UPSCALE_BODY, UpscaleParams, merge_form_fields, single_values
 from service.processing import (
     ClosingStreamingResponse,
     DrainDeadlineError,
@@ -79,6 +79,7 @@ router = APIRouter()
     dependencies=[Depends(require_api_key)],
 )
 async def superresolve(request: Request, params: Annotated[UpscaleParams, Query()], state: StateDep) -> Response:
+    single_values(request.query_params.multi_items(), "query parameter")  # FastAPI keeps the last of a repeat
     if not state.is_ready() or state.admission is None or state.pool is None:
         raise NotReadyError("the service is starting or draining; retry shortly", headers={"Retry-After": "5"})
     return await unless_drain_ends(state, _superresolve(request, params, state))

@@ -36,6 +36,9 @@ DATA_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'"
 HTML_LIMIT = 1 << 20  # the pages are tens of KB; anything bigger is passed through unhashed
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Optional whitespace around a field value (RFC 9110 5.6.3): the one thing trimmed from either key header.
+# h11 trims it, httptools does not; anything else (a no-break space, ...) is part of the key and fails.
+OWS = " \t"
 
 
 def require_api_key(request: Request, state: StateDep) -> None:
@@ -43,10 +46,10 @@ def require_api_key(request: Request, state: StateDep) -> None:
     keys = state.settings.api_keys
     if not keys:
         return
-    offered = request.headers.get("x-api-key", "")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    offered = request.headers.get("x-api-key", "").strip(OWS)
+    scheme, _, token = request.headers.get("authorization", "").strip(OWS).partition(" ")
     if not offered and scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110 11.1)
-        offered = token.strip()
+        offered = token.strip(OWS)
     # Compare against every key, each in constant time: timing reveals nothing about any key.
     matched = False
     for key in keys:
@@ -160,7 +163,8 @@ def same_origin(origin: str, host_header: str) -> bool:
 
 class RequestGuard:
     """Refuse, before any work: ambiguous framing (Content-Length with Transfer-Encoding, repeated
-    Content-Length, a transfer coding other than chunked), answered with Connection: close; and a
+    Content-Length, a transfer coding other than chunked) and a Host header missing (HTTP/1.1) or repeated,
+    answered with Connection: close; and a
     state-changing browser request from a foreign Origin (cross-site form POSTs and fetches)."""
 
     def __init__(self, app: ASGIApp, allowed_origins: list[str]) -> None:
@@ -169,6 +173,11 @@ class RequestGuard:
 
     def refusal(self, scope: Scope) -> tuple[ServiceError, bool] | None:
         headers = scope.get("headers", [])
+        hosts = [value for name, value in headers if name == b"host"]
+        if len(hosts) > 1 or (not hosts and scope.get("http_version") == "1.1"):
+            # RFC 9112 3.2 (h11 refuses these itself; httptools passes them on).
+            return BadRequestError(f"a request has one Host header (HTTP/1.1 must send it), never more; this "
+                                   f"one has {len(hosts)} (RFC 9112 3.2)"), True
         lengths = [value for name, value in headers if name == b"content-length"]
         codings = [value for name, value in headers if name == b"transfer-encoding"]
         if (lengths and codings) or len(lengths) > 1 or len(codings) > 1 or \

@@ -19,6 +19,7 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaError,
 )
+from service.params import single_values
 from service.state import ServiceState
 
 
@@ -112,7 +113,7 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
             names = ", ".join(sorted(set(form.keys()))) or "none"
             raise BadRequestError(f"the form has no file field 'image' (fields: {names})")
         data = await image.read()
-        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        fields = single_values(((k, v) for k, v in form.multi_items() if isinstance(v, str)), "form field")
         return data, fields
     finally:
         await form.close()
