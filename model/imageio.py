@@ -109,6 +109,95 @@ def jpeg_scans(data: bytes, stop_after: int) -> int:
 # else is the next segment.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 
+# Animations and multi-page files: the first frame is used and the others only counted (X-Frames-Dropped).
+# Pillow's n_frames walks every frame, a TIFF's IFD chain at a cost that grows with the square of its length
+# (48k one-pixel IFDs: 39 s of CPU; a GIF of 1.3M frames: 14 s). GIFs and TIFFs are counted here from the
+# file's structure instead, stopping past the limit; PNG (acTL), WebP and MPO declare their count up front.
+MAX_FRAMES = 1000
+
+
+def _skip_gif_sub_blocks(data: bytes, pos: int) -> int:
+    """The position after a chain of GIF data sub-blocks (length byte, bytes; a zero length ends it)."""
+    while pos < len(data):
+        size = data[pos]
+        pos += 1 + size
+        if not size:
+            break
+    return pos
+
+
+def gif_frames(data: bytes, stop_after: int) -> int:
+    """Count a GIF's images (as Pillow does: image descriptors before the trailer) without decoding any;
+    stops counting past `stop_after`. Damage ends the count: the decoder reports it, if it matters."""
+    if len(data) < 13:
+        return 1
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global colour table
+    frames = 0
+    while pos < len(data) and frames <= stop_after:
+        block = data[pos]
+        pos += 1
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: a label, then sub-blocks
+            pos = _skip_gif_sub_blocks(data, pos + 1)
+        elif block == 0x2C:  # image descriptor, local colour table, LZW code size, then the image's sub-blocks
+            if pos + 9 > len(data):
+                break
+            flags = data[pos + 8]
+            pos += 9 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            pos = _skip_gif_sub_blocks(data, pos + 1)
+            frames += 1
+        # anything else is skipped a byte at a time, as Pillow does
+    return max(frames, 1)
+
+
+def tiff_frames(data: bytes, stop_after: int) -> int:
+    """Count a TIFF's (or BigTIFF's) IFDs along their chain, as Pillow does (a loop ends it), reading only
+    each IFD's entry count and next offset; stops counting past `stop_after`."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 16:
+        return 1
+    (version,) = struct.unpack(order + "H", data[2:4])
+    if version == 43:  # BigTIFF: 8-byte counts and offsets, 20-byte entries
+        count_fmt, offset_fmt, entry_size, first = "Q", "Q", 20, 8
+    else:
+        count_fmt, offset_fmt, entry_size, first = "H", "I", 12, 4
+    count_size, offset_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+    (offset,) = struct.unpack_from(order + offset_fmt, data, first)
+    seen: set[int] = set()
+    frames = 0
+    while offset and offset not in seen and frames <= stop_after and offset + count_size <= len(data):
+        seen.add(offset)
+        frames += 1
+        (entries,) = struct.unpack_from(order + count_fmt, data, offset)
+        next_at = offset + count_size + entries * entry_size
+        if next_at + offset_size > len(data):
+            break
+        (offset,) = struct.unpack_from(order + offset_fmt, data, next_at)
+    return max(frames, 1)
+
+
+def count_frames(img: Image.Image, fmt: str, data: bytes, max_frames: int | None = None) -> int:
+    """How many frames (pages, IFDs) the file has, counting no further than one past `max_frames`;
+    more than `max_frames` raises ImageDecodeError (422). None: no limit (the walks are linear in the file's
+    size: the CLI's own files); the service passes IMDN_MAX_FRAMES."""
+    stop_after = max_frames if max_frames is not None else len(data)
+    try:
+        if fmt == "gif":
+            frames = gif_frames(data, stop_after)
+        elif fmt == "tiff":
+            frames = tiff_frames(data, stop_after)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frames = int(getattr(img, "n_frames", 1) or 1)
+    except Exception as exc:  # noqa: BLE001 - a count the file cannot give is damage
+        raise ImageDecodeError(f"the {fmt} image's frames cannot be counted ({type(exc).__name__}: {exc})") from exc
+    if max_frames is not None and frames > max_frames:
+        raise ImageDecodeError(f"the {fmt} image has more than {max_frames} frames (IMDN_MAX_FRAMES); only the "
+                               "first would be used: send it as a still image")
+    return frames
+
 
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
@@ -116,9 +205,11 @@ def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
 
 
 def open_checked(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
-                 check: Callable[[], None] | None = None) -> tuple[Image.Image, str]:
+                 check: Callable[[], None] | None = None, max_frames: int | None = None) -> \
+        tuple[Image.Image, str, int]:
     """probe() plus every limit that the header and the file's structure can decide before any pixel
-    is decoded: a size, the pixel limit, the scan limit of progressive JPEGs."""
+    is decoded: a size, the pixel limit, the scan limit of progressive JPEGs, the frame limit.
+    -> (lazy image, format name, frames)."""
     img, fmt = probe(data, check)
     width, height = img.size
     if width < 1 or height < 1:
@@ -129,15 +220,15 @@ def open_checked(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int
         if scans > max_jpeg_scans:
             raise ImageDecodeError(f"the JPEG has more than {max_jpeg_scans} scans (a decoding cost bomb; "
                                    "ordinary progressive JPEGs have about 10)")
-    return img, fmt
+    return img, fmt, count_frames(img, fmt, data, max_frames)
 
 
-def header_size(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS) -> \
-        tuple[int, int]:
+def header_size(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
+                max_frames: int | None = None) -> tuple[int, int]:
     """(height, width) as the picture will be seen (EXIF orientation applied), from the header alone;
     raises what decode() would raise for the limits. A PNG whose eXIf chunk follows its pixels is
     measured unrotated (reading that chunk means decoding)."""
-    img, fmt = open_checked(data, max_pixels, max_jpeg_scans)
+    img, fmt, _ = open_checked(data, max_pixels, max_jpeg_scans, max_frames=max_frames)
     width, height = img.size
     exif_in_header = fmt != "png" or "exif" in img.info
     try:
@@ -203,19 +294,18 @@ def oriented(array: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
-           check: Callable[[], None] | None = None) -> Picture:
+           check: Callable[[], None] | None = None, max_frames: int | None = None) -> Picture:
     """Encoded image bytes -> Picture (first frame of an animation, EXIF orientation applied).
 
     Raises ImageTooLargeError before decoding if width*height > max_pixels (bombs cost nothing),
     ImageDecodeError for anything unreadable: every decoding and colour-conversion step is inside
     that mapping. `check` is called before each block the decoder reads; whatever it raises
-    (the request ended) stops the decode.
+    (the request ended) stops the decode. More than `max_frames` frames: ImageDecodeError, before decoding.
     """
-    img, fmt = open_checked(data, max_pixels, max_jpeg_scans, check)
+    img, fmt, frames = open_checked(data, max_pixels, max_jpeg_scans, check, max_frames)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            frames = int(getattr(img, "n_frames", 1) or 1)  # seeks through every frame: may hit the damage
             sixteen = _decode_png16_color(data) if fmt == "png" else None
             if sixteen is not None:
                 picture = picture_from_array(oriented(*sixteen), img.info.get("icc_profile"))

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.backends import Backend
+from model.imageio import MAX_FRAMES
 from model.imdn import MODEL_NAMES
 from model.plan import DEFAULT_ANY_SCALE, DEFAULT_CONTENT, DEFAULT_MAX_SCALE, AnyScale, Content
 
@@ -72,6 +73,8 @@ class Settings(BaseSettings):
     max_output_pixels: int = Field(67_108_864, ge=1)
     max_scale: float = Field(DEFAULT_MAX_SCALE, gt=1, le=16)
     max_jpeg_scans: int = Field(100, ge=1, description="progressive JPEGs with more scans get 422")
+    max_frames: int = Field(MAX_FRAMES, ge=1, description="animated or multi-page uploads with more frames (pages, "
+                            "IFDs) get 422; only the first frame is used, the others are counted up to this")
 
     # Output
     png_compress_level: int = Field(1, ge=0, le=9,

@@ -128,9 +128,9 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         decode_start = time.perf_counter()
         # Every limit the header can decide, before any pixel is decoded.
         plan = checked_plan(await asyncio.to_thread(header_size, data, settings.max_input_pixels,
-                                                    settings.max_jpeg_scans))
+                                                    settings.max_jpeg_scans, settings.max_frames))
         picture = await watched(request, asyncio.to_thread(decode, data, settings.max_input_pixels,
-                                                           settings.max_jpeg_scans, still_wanted),
+                                                           settings.max_jpeg_scans, still_wanted, settings.max_frames),
                                 cancel, "while its image was decoded")
         del data
         timings.decode = time.perf_counter() - decode_start

@@ -35,3 +35,28 @@ def random_weights(folder: Path, names: tuple[str, ...] | None = None, seed: int
         torch.manual_seed(seed)
         save_weights(build_model(name), folder / f"imdn_{name}.safetensors")
     return folder
+
+
+def many_ifd_tiff(count: int) -> bytes:
+    """A little-endian TIFF of `count` chained one-pixel 8-bit gray IFDs (~100 bytes each, all sharing one
+    strip byte): Pillow's n_frames walks the chain at a cost that grows with the square of its length."""
+    import struct
+
+    # width, height, bits, compression, photometric, strip offset (8: the pixel), rows per strip, strip bytes
+    entries = [(256, 3, 1, 1), (257, 3, 1, 1), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 8), (278, 3, 1, 1), (279, 4, 1, 1)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
+    size = len(ifd) + 4
+    parts = [b"II*\x00" + struct.pack("<I", 9) + b"\x80"]  # header (first IFD at 9), the pixel at 8
+    for i in range(count):
+        parts.append(ifd + struct.pack("<I", 9 + (i + 1) * size if i < count - 1 else 0))
+    return b"".join(parts)
+
+
+def many_frame_gif(count: int) -> bytes:
+    """A 1x1 GIF of `count` frames, 15 bytes each (an image descriptor and one LZW block)."""
+    import struct
+
+    head = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return head + frame * count + b"\x3b"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.imageio import PNG_SIGNATURE, decode, probe
+from model.imageio import PNG_SIGNATURE, decode, gif_frames, header_size, probe, tiff_frames
 from model.picture import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -20,6 +20,7 @@ from model.picture import (
     unit_float,
 )
 from tests.model.png_support import SRGB_ICC, encode, pattern, reference_decode
+from tests.samples import many_frame_gif, many_ifd_tiff
 
 
 def _save(img: Image.Image, fmt: str, **options) -> bytes:
@@ -209,6 +210,45 @@ def test_decode_animated_gif_first_frame():
     assert picture.size == (6, 8)
     out = to_array(picture.color, picture.alpha, picture.gray, picture.bits)
     assert np.all(out[:, :, 0] == 255) and np.all(out[:, :, 1:] == 0)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+@pytest.mark.parametrize("count", [1, 2, 7])
+def test_frames_counted_as_pillow_counts_them(fmt, count):
+    """The structural counts agree with Pillow's n_frames on the files Pillow writes (GIF: a comment and a
+    loop extension too; TIFF: compressed, and BigTIFF)."""
+    rng = np.random.default_rng(count)
+    frames = [Image.fromarray(rng.integers(0, 256, (9, 17, 3), dtype=np.uint8)) for _ in range(count)]
+    variants = [{"comment": b"hi", "loop": 0, "duration": 40}] if fmt == "GIF" else \
+        [{}, {"compression": "tiff_lzw"}, {"big_tiff": True}]
+    for options in variants:
+        data = _save(frames[0], fmt, save_all=True, append_images=frames[1:], **options)
+        counted = (gif_frames if fmt == "GIF" else tiff_frames)(data, 1000)
+        assert counted == Image.open(io.BytesIO(data)).n_frames == decode(data).frames == count, options
+
+
+@pytest.mark.parametrize("make", [many_ifd_tiff, many_frame_gif])
+def test_frame_limit(make):
+    """More frames than max_frames: 422 (ImageDecodeError) from the header checks, counting stops past the
+    limit; at the limit the picture decodes and reports its frames."""
+    data = make(50)
+    assert decode(data, max_frames=50).frames == 50
+    for check in (lambda: header_size(data, max_frames=49), lambda: decode(data, max_frames=49)):
+        with pytest.raises(ImageDecodeError, match="more than 49 frames"):
+            check()
+    counter = tiff_frames if make is many_ifd_tiff else gif_frames
+    assert counter(make(5000), 10) == 11  # stops one past the limit
+
+
+def test_frame_count_survives_loops_and_damage():
+    """A TIFF whose IFD chain loops back counts each IFD once (as Pillow does); cut files count what is there."""
+    data = bytearray(many_ifd_tiff(3))
+    last_next = len(data) - 4
+    data[last_next:] = struct.pack("<I", 9)  # the last IFD points back to the first
+    assert tiff_frames(bytes(data), 1000) == 3
+    assert tiff_frames(many_ifd_tiff(40)[:2000], 1000) <= 40
+    assert gif_frames(many_frame_gif(40)[:300], 1000) <= 40
+    assert tiff_frames(b"II*\x00", 1000) == gif_frames(b"GIF89a", 1000) == 1
 
 
 def test_decode_webp_and_bmp():
