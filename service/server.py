@@ -1,9 +1,11 @@
-"""One server process: uvicorn around the app, a drain on SIGTERM/SIGINT, and an exit code that says how it went."""
+"""One server process: uvicorn around the app, a drain on SIGTERM/SIGINT/SIGHUP, and an exit code that says how
+it went."""
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import socket
@@ -25,8 +27,20 @@ log = logging.getLogger("service")
 DRAIN_BACKSTOP_S = 5.0
 
 
+# SIGHUP (a closed terminal, `kill -HUP`, some process managers' "reload") drains like SIGTERM: there is no
+# configuration to reload in place, and its default action killed the process mid-request with no log line.
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
 class DrainingServer(uvicorn.Server):
-    """On SIGTERM/SIGINT, report not-ready first, then let uvicorn finish in-flight requests and exit."""
+    """On SIGTERM/SIGINT/SIGHUP, report not-ready first, then let uvicorn finish in-flight requests and exit."""
 
     def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
         super().__init__(config)
@@ -34,11 +48,15 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.service_state.draining:
-            log.info("signal %d: draining (up to %g s for in-flight requests; then those not streaming get 503 "
-                     "and streams are cut)", sig, self.service_state.settings.drain_timeout_s)
+            supervisor = multiprocessing.parent_process() if self.service_state.worker_flags is not None else None
+            if supervisor is not None and supervisor.pid != os.getppid():
+                log.warning("the supervisor (pid %s) is gone: draining this worker", supervisor.pid)
+            log.info("signal %s: draining (up to %g s for in-flight requests; then those not streaming get 503 "
+                     "and streams are cut)", signal_name(sig), self.service_state.settings.drain_timeout_s)
         self.service_state.start_drain()
-        if self.service_state.worker_flags is not None:
+        if self.service_state.worker_flags is not None or sig == signal.SIGHUP:
             # A worker gets Ctrl-C's SIGINT and the supervisor's SIGTERM: both mean drain, never force-exit.
+            # SIGHUP is not one of uvicorn's signals: it goes on as the SIGTERM it stands for.
             sig = signal.SIGTERM
         super().handle_exit(sig, frame)
 
@@ -71,6 +89,7 @@ def serve(settings: Settings, host: str, port: int, sock: socket.socket | None =
     # start; these swallow it, so a drained shutdown returns normally and exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: None)
+    signal.signal(signal.SIGHUP, server.handle_exit)  # uvicorn leaves SIGHUP alone: it drains from here
     server.run(sockets=[sock] if sock is not None else None)
     # uvicorn leaves started=False if start-up (bad weights) failed: exit non-zero so orchestrators notice.
     return 0 if server.started and not state.startup_error else 1

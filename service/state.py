@@ -92,15 +92,26 @@ class ServiceState:
         return sum(1 for i, flag in enumerate(self.worker_flags) if i != self.worker_index and not flag)
 
     def start_drain(self) -> None:
-        """Stop being ready; in drain_timeout_s, end what is still running. Safe from a signal handler."""
+        """Stop being ready; in drain_timeout_s, end what is still running. Safe from a signal handler: it takes
+        no lock. prometheus_client's locks are not reentrant (with IMDN_WORKERS, one lock for every metric), so a
+        handler that set the gauge while the interrupted code held the lock waited for itself forever: a worker
+        hung that way on a SIGTERM that came as a request's metrics were counted. The gauge is set on the loop."""
         if self.draining:
             return
         self.draining = True
-        self.set_ready(False)
+        self.ready = False
+        if self.worker_flags is not None:
+            self.worker_flags[self.worker_index] = 0  # shared memory without a lock
         if self.loop is not None and self.drain_expired is not None:
             expired = self.drain_expired
             delay = self.settings.drain_timeout_s
-            self.loop.call_soon_threadsafe(lambda: self.loop.call_later(delay, expired.set))  # type: ignore[union-attr]
+            loop = self.loop
+
+            def on_loop() -> None:
+                self.metrics.ready.set(0)
+                loop.call_later(delay, expired.set)
+
+            loop.call_soon_threadsafe(on_loop)
 
 
 def get_state(request: Request) -> ServiceState:

@@ -5,15 +5,19 @@ The supervisor (this module, the container's PID 1) binds the port, then starts 
 a full `service.server.serve` on the shared listening socket; the kernel spreads connections
 across them. Metrics go to per-worker files (prometheus_client multiprocess mode) that any
 worker's /metrics, or the supervisor's IMDN_METRICS_PORT, sums. Each worker holds a flag in shared
-memory: /readyz answers 200 only while every flag is up. SIGTERM/SIGINT lower all flags at once
-and are passed on as SIGTERM, so every worker drains; the supervisor exits 0 when all drained.
-A worker that dies on its own stops the others and the supervisor exits 1: the orchestrator
-restarts the pod rather than this process guessing what went wrong.
+memory: /readyz answers 200 only while every flag is up. SIGTERM/SIGINT/SIGHUP lower all flags at
+once and are passed on as SIGTERM, so every worker drains; the supervisor exits 0 when all drained
+and removes the metrics directory. A worker that dies on its own stops the others and the supervisor
+exits 1: the orchestrator restarts the pod rather than this process guessing what went wrong.
+A supervisor that dies without draining (SIGKILL, the OOM killer) takes its workers with it: each asks
+the kernel for SIGTERM when its parent dies (Linux's PR_SET_PDEATHSIG; elsewhere a thread watches the
+parent), drains, frees the port and removes its metric files, the last one the directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -21,7 +25,10 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import MutableSequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -31,7 +38,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from service.config import Settings
 from service.logs import configure_logging
 from service.metrics import multiprocess_registry, serve_metrics
-from service.server import exit_now, serve
+from service.server import DRAIN_SIGNALS, exit_now, serve, signal_name
 from service.tuning import tune_malloc
 
 log = logging.getLogger("service")
@@ -52,12 +59,49 @@ def worker_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"threads": threads})
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_S = 1.0
+
+
+def exit_with_parent(parent: int) -> None:
+    """SIGTERM (a drain) to this process when `parent` dies, however it dies: never an orphan on the port."""
+    asked = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            asked = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    if not asked:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(PARENT_POLL_S)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="imdn-parent-watch", daemon=True).start()
+    elif os.getppid() != parent:  # it died before the request above: the kernel will not send it now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def remove_own_metrics(metrics_dir: str) -> None:
+    """An orphaned worker's exit: its metric files go, and the directory with the last of them."""
+    suffix = f"_{os.getpid()}.db"
+    with contextlib.suppress(OSError):
+        for name in os.listdir(metrics_dir):
+            if name.endswith(suffix):
+                os.unlink(os.path.join(metrics_dir, name))
+        os.rmdir(metrics_dir)  # fails while another worker's files are left: that worker removes it
+
+
 def run_worker(index: int, settings: Settings, host: str, port: int, sock: socket.socket,
                flags: MutableSequence[int]) -> None:
     """Entry point of a spawned worker (a fresh interpreter: it imports prometheus_client in multiprocess mode)."""
+    parent = multiprocessing.parent_process()
+    supervisor = parent.pid if parent is not None and parent.pid is not None else os.getppid()
+    exit_with_parent(supervisor)
     tune_malloc()
     configure_logging(settings.log_level, settings.log_format)
-    exit_now(serve(settings, host, port, sock, (index, flags)))  # no interpreter teardown: see exit_now
+    code = serve(settings, host, port, sock, (index, flags))
+    if os.getppid() != supervisor and (metrics_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
+        remove_own_metrics(metrics_dir)  # no supervisor is left to remove the directory
+    exit_now(code)  # no interpreter teardown: see exit_now
 
 
 def supervise(settings: Settings, host: str, port: int) -> int:
@@ -86,7 +130,7 @@ def supervise(settings: Settings, host: str, port: int) -> int:
         # A second Ctrl-C stops at once, as it does uvicorn; SIGTERM (Kubernetes) always drains.
         kill = signal.SIGKILL if stopping and sig == signal.SIGINT else signal.SIGTERM
         if not stopping:
-            log.info("signal %d: draining %d workers (up to %.0f s)", sig, settings.workers,
+            log.info("signal %s: draining %d workers (up to %.0f s)", signal_name(sig), settings.workers,
                      settings.drain_timeout_s)
         stopping = True
         for i in range(len(flags)):
@@ -97,8 +141,8 @@ def supervise(settings: Settings, host: str, port: int) -> int:
                     os.kill(worker.pid, kill)
 
     # Before the first worker starts: a signal during start-up must reach every worker too.
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for sig in DRAIN_SIGNALS:
+        signal.signal(sig, stop)
     for index in range(settings.workers):
         if stopping:
             break
