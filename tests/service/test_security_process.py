@@ -22,7 +22,7 @@ from PIL import Image, ImageCms
 from pydantic import ValidationError
 
 from service.config import Settings
-from tests.live_service import ServiceProcess, service_env
+from tests.live_service import ServiceProcess, service_env, wait_for
 
 GOOD_ORIGIN = "https://app.example.com"
 EVIL_ORIGIN = "https://evil.example.net"
@@ -362,5 +362,10 @@ def test_request_id_cannot_forge_log_fields(server: ServiceProcess) -> None:
     forged = "x user=admin status=200"
     response = httpx.get(server.url + "/v1/models?probe=forge", headers={"x-request-id": forged}, timeout=10)
     generated = response.headers["x-request-id"]
-    line = next(line for line in server.output().splitlines() if f"request_id={generated}" in line)
+
+    def logged() -> list[str]:  # the access log line is written just after the response is sent
+        return [line for line in server.output().splitlines() if f"request_id={generated}" in line]
+
+    wait_for(lambda: bool(logged()), 10, "the request's access log line")
+    line = logged()[0]
     assert "user=admin" not in line and line.count("status=") == 1, line
