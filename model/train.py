@@ -462,7 +462,7 @@ def train(args: argparse.Namespace) -> float:
 # The fine-tuning recipe chosen by leave-one-out over the four RealSR pairs (bench/real_loo.py; the model
 # card's table): `imdn-sr calibrate` runs it on a user's pairs, and the bundled imdn_as weights are it on all four.
 CALIBRATION_RECIPE: dict[str, Any] = {
-    "iters": 800, "lr": 1e-4, "schedule": "constant", "warmup": 20, "ema": 0.998, "mix": 0.5,
+    "iters": 800, "lr": 1e-4, "schedule": "constant", "warmup": 20, "ema": 0.995, "mix": 0.5,
     "degradation": "camera-fitted", "clean_prob": 0.5, "patch": 96, "batch": 16,
 }
 
