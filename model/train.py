@@ -278,8 +278,8 @@ def recipe(args: argparse.Namespace) -> dict[str, object]:
     return {"pairs": [n for n in real_pair_names(args.pairs) if n not in args.hold_out], "iters": args.iters,
             "lr": args.lr, "schedule": args.schedule, "warmup": args.warmup, "ema": args.ema[0] if args.ema else None,
             "mix": args.mix, "degradation": args.degradation if args.mix > 0 else None,
-            "clean_prob": args.clean_prob if args.mix > 0 and args.degradation != "bicubic" else None, "patch": args.patch,
-            "batch": args.batch, "loss": "l1", "seed": args.seed, "init": init.name,
+            "clean_prob": args.clean_prob if args.mix > 0 and args.degradation != "bicubic" else None,
+            "patch": args.patch, "batch": args.batch, "loss": "l1", "seed": args.seed, "init": init.name,
             "init_sha256": file_sha256(init)[:16] if init.is_file() else None}
 
 
