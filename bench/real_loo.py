@@ -11,7 +11,7 @@ every ``--snapshot-every`` steps. A constant lr makes the EMA snapshot at step k
 exactly what a k-step run gives, so one run per fold scores every (iterations, EMA
 decay) recipe on its held-out pair. With ``--degradation camera-fitted`` each fold's
 synthetic share uses a degradation fitted to its training pairs only
-(``model.degrade.fit_degradation``), never to the held-out one.
+(``model.camera_fit.fit_degradation``), never to the held-out one.
 
 The table gives, per held-out pair, the RGB PSNR gain (border 4, as
 ``python -m model.evaluate`` scores real pairs) over the camera's input, for the
@@ -41,8 +41,8 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import SHARED  # noqa: E402
+from model.camera_fit import fit_degradation  # noqa: E402
 from model.data import load_real_pairs, real_pair_names  # noqa: E402
-from model.degrade import fit_degradation  # noqa: E402
 from model.evaluate import REAL_PAIR_BORDER, restore_same_size  # noqa: E402
 from model.imdn import IMDN_AS  # noqa: E402
 from model.metrics import psnr  # noqa: E402

@@ -24,7 +24,7 @@ degradation a synthetic model must reproduce.
 The second table asks the converse: how close does a synthetic degradation of
 the HR image come to the camera's real LR image (PSNR of synthetic LR against
 real LR, RGB, border 4)? The fitted degradation (``--degradation camera-fitted``,
-``model.degrade.fit_degradation``) is scored leave-one-out: fitted on the other
+``model.camera_fit.fit_degradation``) is scored leave-one-out: fitted on the other
 pairs, applied to the held-out pair's HR. Nothing fitted here leaves this script.
 """
 
@@ -44,13 +44,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import SHARED  # noqa: E402
+from model.camera_fit import fit_degradation  # noqa: E402
 from model.degrade import (  # noqa: E402
     Degradation,
     DegradationConfig,
     RoundConfig,
     blur,
     degrade,
-    fit_degradation,
     to_uint8,
 )
 from model.evaluate import REAL_PAIR_LR, read_uint8  # noqa: E402

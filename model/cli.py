@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(argv[1:])
     if argv[:1] == ["calibrate"]:
-        from model.train import calibrate_main
+        from model.calibrate import calibrate_main
 
         return calibrate_main(argv[1:])
     if argv[:1] == ["remote"]:

@@ -27,14 +27,12 @@ is the result, written at every checkpoint. ``--hold-out NAME`` leaves a pair ou
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import dataclasses
 import json
 import logging
 import math
 import random
-import shutil
 import signal
 import sys
 import time
@@ -45,13 +43,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model.curve import write_plot
 from model.data import PatchSampler, list_images, load_hr, load_pairs, load_real_pairs, real_pair_names
 from model.degrade import DEGRADATIONS, Degradation, DegradationConfig, degrade, load_degradation
+from model.ema import EMA
 from model.evaluate import REAL_PAIR_BORDER, evaluate_set, read_uint8, restore_same_size
 from model.imdn import IMDN, IMDN_AS, build_model
 from model.metrics import psnr
 from model.resize import imresize
-from model.weights import DEFAULT_WEIGHTS_DIR, file_sha256, read_state_dict, save_weights
+from model.weights import DEFAULT_WEIGHTS_DIR, file_sha256, init_from, save_weights
 
 log = logging.getLogger("model.train")
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "noise fitted to real pairs: --degradation-config, default the bundled fit); validation "
                         "then uses the same model on the validation set's HR images, with a fixed seed")
     p.add_argument("--degradation-config", type=Path,
-                   help="camera-fitted: the fitted degradation's JSON file (python -m model.degrade fit)")
+                   help="camera-fitted: the fitted degradation's JSON file (python -m model.camera_fit)")
     p.add_argument("--clean-prob", type=float, default=DegradationConfig.clean_prob,
                    help="camera and camera-fitted degradations: share of plain bicubic round trips (scale 1-4)")
     p.add_argument("--val-real", type=Path,
@@ -154,17 +154,6 @@ def fit_iters_to_budget(args: argparse.Namespace, step: int, steps_done: int, se
     return max(step + 1, min(args.max_iters, step + int(seconds_left / seconds_per_step)))
 
 
-def init_from(model: torch.nn.Module, path: Path) -> None:
-    """Copy every tensor whose name and shape match (e.g. the x2 body into x4 or AS)."""
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: --init takes the project's own .safetensors weights")
-    source = read_state_dict(path)
-    own = model.state_dict()
-    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
-
-
 def degradation_config(args: argparse.Namespace) -> Degradation | None:
     """The synthetic degradation the options ask for (None: clean bicubic round trips, or no synthetic data)."""
     if args.pairs is not None and args.mix == 0:
@@ -174,40 +163,6 @@ def degradation_config(args: argparse.Namespace) -> Degradation | None:
     if args.degradation == "camera-fitted":
         return dataclasses.replace(load_degradation(args.degradation_config), clean_prob=args.clean_prob)
     return None
-
-
-class EMA:
-    """Exponential moving averages of a model's weights, one per decay, all updated after every step."""
-
-    def __init__(self, model: torch.nn.Module, decays: list[float]) -> None:
-        self.decays = list(decays)
-        self.states = [{k: v.detach().clone() for k, v in model.state_dict().items()} for _ in self.decays]
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        current = model.state_dict()
-        for decay, state in zip(self.decays, self.states, strict=True):
-            for key, value in state.items():
-                if value.is_floating_point():
-                    value.lerp_(current[key].detach(), 1 - decay)
-                else:
-                    value.copy_(current[key])
-
-    def model(self, model: ModuleT, index: int = 0) -> ModuleT:
-        """A copy of `model` holding EMA number `index` (in eval mode)."""
-        averaged = copy.deepcopy(model)
-        averaged.load_state_dict(self.states[index])
-        return averaged.eval()
-
-    def state_dict(self) -> list[dict[str, torch.Tensor]]:
-        return self.states
-
-    def load_state_dict(self, states: list[dict[str, torch.Tensor]]) -> None:
-        if len(states) != len(self.states):
-            raise ValueError(f"the checkpoint has {len(states)} EMAs, --ema asks for {len(self.states)}")
-        for own, saved in zip(self.states, states, strict=True):
-            for key in own:
-                own[key].copy_(saved[key])
 
 
 def restore(model: IMDN_AS, image: torch.Tensor, device: str) -> torch.Tensor:
@@ -281,34 +236,6 @@ def recipe(args: argparse.Namespace) -> dict[str, object]:
             "clean_prob": args.clean_prob if args.mix > 0 and args.degradation != "bicubic" else None,
             "patch": args.patch, "batch": args.batch, "loss": "l1", "seed": args.seed, "init": init.name,
             "init_sha256": file_sha256(init)[:16] if init.is_file() else None}
-
-
-def write_plot(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(csv_path.open()))
-    steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(steps, [float(r["loss"]) for r in rows], color="tab:blue", label="L1 loss")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("L1 loss (running mean)")
-    val = [(int(r["step"]), float(r["val_psnr"])) for r in rows if r["val_psnr"]]
-    real = [(int(r["step"]), float(r["val_real_psnr"])) for r in rows if r.get("val_real_psnr")]
-    if val or real:
-        ax2 = ax.twinx()
-        if val:
-            ax2.plot(*zip(*val, strict=True), "o-", color="tab:red", label="val PSNR-Y")
-        if real:
-            ax2.plot(*zip(*real, strict=True), "s-", color="tab:green", label="real pairs, RGB PSNR")
-            ax2.legend(loc="lower right")
-        ax2.set_ylabel("validation PSNR (dB)")
-    ax.set_title(csv_path.parent.name)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
 
 
 def make_sampler(args: argparse.Namespace) -> PatchSampler:
@@ -457,78 +384,6 @@ def train(args: argparse.Namespace) -> float:
         checkpoint()
         log_file.close()
     return best
-
-
-# The fine-tuning recipe chosen by leave-one-out over the four RealSR pairs (bench/real_loo.py; the model
-# card's table): `imdn-sr calibrate` runs it on a user's pairs, and the bundled imdn_as weights are it on all four.
-CALIBRATION_RECIPE: dict[str, Any] = {
-    "iters": 800, "lr": 1e-4, "schedule": "constant", "warmup": 20, "ema": 0.995, "mix": 0.5,
-    "degradation": "camera-fitted", "clean_prob": 0.5, "patch": 96, "batch": 16,
-}
-
-
-def calibrate_main(argv: list[str] | None = None) -> int:
-    """`imdn-sr calibrate PAIRS -o FILE`: fine-tune IMDN_AS on a camera's own pairs with the chosen recipe."""
-    p = argparse.ArgumentParser(prog="imdn-sr calibrate", description=(
-        "Fine-tune IMDN_AS on your own camera's same-size pairs (PAIRS/HR/ and PAIRS/LR_same_size/, the same file "
-        "names in both) with the recipe chosen by leave-one-out on real camera pairs; serve the result with "
-        "IMDN_WEIGHTS (docs/training/README.md)."))
-    p.add_argument("pairs", type=Path, help="folder with HR/ and LR_same_size/")
-    p.add_argument("-o", "--out", type=Path, required=True, help="the weights file to write (.safetensors)")
-    p.add_argument("--init", type=Path, help="weights to start from (default: the bundled imdn_as)")
-    p.add_argument("--data", type=Path, default=Path("../shared/data/train291"),
-                   help="HR images for the recipe's synthetic share, degraded as fitted to your pairs (skipped, "
-                        "with a note, if the folder is not there)")
-    p.add_argument("--run-dir", type=Path, help="where the run is kept (default: OUT's name + .run/); the same "
-                                                "command again resumes it")
-    p.add_argument("--time-budget", type=float, help="seconds: fit the run into them")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for key in ("iters", "patch", "batch"):
-        p.add_argument(f"--{key}", type=int, default=CALIBRATION_RECIPE[key], help=f"recipe: {CALIBRATION_RECIPE[key]}")
-    p.add_argument("--mix", type=float, default=CALIBRATION_RECIPE["mix"],
-                   help=f"recipe: {CALIBRATION_RECIPE['mix']} (share of synthetic patches)")
-    p.add_argument("--seed", type=int, default=0)
-    opts = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if opts.out.suffix != ".safetensors":
-        p.error("-o names a .safetensors file")
-    run = opts.run_dir or opts.out.with_name(opts.out.stem + ".run")
-    mix = opts.mix
-    if mix > 0 and not opts.data.is_dir():
-        print(f"note: {opts.data} is not there: training on your pairs only (--mix 0)", file=sys.stderr)
-        mix = 0.0
-    r = CALIBRATION_RECIPE
-    argv_train = ["--model", "as", "--pairs", str(opts.pairs), "--out", str(run), "--val", "none",
-                  "--iters", str(opts.iters), "--lr", str(r["lr"]), "--schedule", r["schedule"],
-                  "--warmup", str(min(r["warmup"], max(0, opts.iters // 2))), "--ema", str(r["ema"]),
-                  "--mix", str(mix), "--patch", str(opts.patch), "--batch", str(opts.batch), "--data", str(opts.data),
-                  "--val-every", str(opts.iters), "--save-every", str(max(1, min(100, opts.iters))),
-                  "--seed", str(opts.seed), "--device", opts.device]
-    if opts.init:
-        argv_train += ["--init", str(opts.init)]
-    if opts.threads:
-        argv_train += ["--threads", str(opts.threads)]
-    if opts.time_budget:
-        argv_train += ["--time-budget", str(opts.time_budget)]
-    if mix > 0:
-        from model.degrade import fit_degradation
-
-        names = real_pair_names(opts.pairs)
-        fitted = fit_degradation({n: (lr.float() / 255, hr.float() / 255)
-                                  for n, (lr, hr) in zip(names, load_real_pairs(opts.pairs), strict=True)})
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "camera_fitted.json").write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
-        argv_train += ["--degradation", "camera-fitted", "--degradation-config", str(run / "camera_fitted.json"),
-                       "--clean-prob", str(r["clean_prob"])]
-    args = parse_args(argv_train)
-    if min(min(lr.shape[-2:]) for lr, _ in load_real_pairs(args.pairs)) < args.patch:
-        p.error(f"every pair must be at least {args.patch} px on a side (or pass a smaller --patch)")
-    train(args)
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "final.safetensors", opts.out)
-    print(f"wrote {opts.out}: serve it as imdn_as.safetensors in a folder named by IMDN_WEIGHTS")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

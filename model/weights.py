@@ -8,6 +8,7 @@ silently produces blurry output.
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -19,6 +20,8 @@ from torch import nn
 
 from model.imdn import IMDN, IMDN_AS, MODEL_NAMES, build_model
 from model.plan import CAMERA_NAME, CAMERA_PREFIX, network_of
+
+log = logging.getLogger(__name__)
 
 # Where the project's own trained weights live, one file per model name.
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -107,6 +110,19 @@ def load_model(name: str, path: Path) -> IMDN | IMDN_AS:
         # Only weights that say so were trained with the input skip; the authors' were not.
         model.input_skip = read_metadata(path).get("input_skip") == "true"
     return model.eval()
+
+
+def init_from(model: torch.nn.Module, path: Path) -> None:
+    """Copy every tensor whose name and shape match (e.g. the x2 body into x4 or AS)."""
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: --init takes the project's own .safetensors weights")
+    source = read_state_dict(path)
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
+
+
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:

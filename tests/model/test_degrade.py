@@ -214,7 +214,7 @@ def _textured(size: int = 96, seed: int = 0) -> torch.Tensor:
 
 
 def test_fit_pair_recovers_a_known_blur_and_noise():
-    from model.degrade import fit_pair
+    from model.camera_fit import fit_pair
 
     hr = _textured(128)
     true = blur_kernel(Kernel("iso", 13, 1.3, 1.3, 0.0))
@@ -232,7 +232,8 @@ def test_fit_pair_recovers_a_known_blur_and_noise():
 
 
 def test_fitted_degradation_round_trip_and_draws():
-    from model.degrade import FittedDegradation, degrade_fitted, fit_degradation
+    from model.camera_fit import fit_degradation
+    from model.degrade import FittedDegradation, degrade_fitted
 
     hr = _textured(64)
     pairs = {name: (blur(hr, blur_kernel(Kernel("iso", 9, s, s, 0.0))), hr) for name, s in (("a", 0.8), ("b", 1.6))}
@@ -254,7 +255,8 @@ def json_round_trip(data: dict) -> dict:
 
 
 def test_stretch_kernel_widens_and_keeps_the_sum():
-    from model.degrade import kernel_width, stretch_kernel
+    from model.camera_fit import kernel_width
+    from model.degrade import stretch_kernel
 
     kernel = blur_kernel(Kernel("iso", 15, 1.0, 1.0, 0.0))
     wider = stretch_kernel(kernel, 1.5)
@@ -264,7 +266,8 @@ def test_stretch_kernel_widens_and_keeps_the_sum():
 
 
 def test_grainy_noise_is_coarser_with_grain():
-    from model.degrade import _lag_correlation, grainy_noise
+    from model.camera_fit import _lag_correlation
+    from model.degrade import grainy_noise
 
     gen = torch.Generator().manual_seed(0)
     fine, coarse = grainy_noise((64, 64), 1, 0.0, gen), grainy_noise((64, 64), 3, 1.0, gen)

@@ -15,8 +15,8 @@ from safetensors import safe_open
 
 from model.degrade import DegradationConfig
 from model.imdn import build_model
-from model.train import fit_iters_to_budget, init_from, lr_factor, main, parse_args
-from model.weights import load_model, read_state_dict, save_weights
+from model.train import fit_iters_to_budget, lr_factor, main, parse_args
+from model.weights import init_from, load_model, read_state_dict, save_weights
 
 
 @pytest.fixture(autouse=True)
@@ -241,8 +241,8 @@ def test_fine_tune_on_pairs_holds_out_keeps_emas_and_records_the_recipe(data, ca
     held-out pair as a monitor, snapshots every EMA, and final.safetensors (the first EMA) records the recipe."""
     import json
 
+    from model.camera_fit import fit_degradation
     from model.data import load_real_pairs
-    from model.degrade import fit_degradation
 
     config = tmp_path / "fitted.json"
     fitted = fit_degradation({n: (lr.float() / 255, hr.float() / 255) for n, (lr, hr)
@@ -287,7 +287,7 @@ def test_fine_tune_on_pairs_resumes_exactly_with_its_emas(data, camera_pairs, tm
 
 
 def test_ema_update_is_the_moving_average():
-    from model.train import EMA
+    from model.ema import EMA
 
     model = torch.nn.Linear(2, 1)
     with torch.no_grad():
@@ -320,8 +320,8 @@ def test_calibrate_end_to_end_on_tiny_pairs(data, camera_pairs, tmp_path):
     writes weights that load as IMDN_AS and record the recipe; the same command again resumes."""
     import json
 
+    from model.calibrate import CALIBRATION_RECIPE
     from model.cli import main as cli_main
-    from model.train import CALIBRATION_RECIPE
 
     train, _ = data
     out = tmp_path / "my_camera.safetensors"
