@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(4, ge=1, le=256, description="tiles per network call, across requests")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
     content: Content = Field(
-        DEFAULT_CONTENT, description="what model=auto assumes uploads are: 'photo' (IMDN_AS, trained on camera "
-        "blur, noise and JPEG, at every scale up to 4) or 'clean' (x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); "
+        DEFAULT_CONTENT, description="what model=auto assumes uploads are: 'photo' (IMDN_AS at every scale up to 4, "
+        "fine-tuned on real camera pairs) or 'clean' (x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); "
         "a request's content parameter overrides it")
     any_scale: AnyScale = Field(
         DEFAULT_ANY_SCALE, description="non-integer scales up to 4: 'as' (bicubic + IMDN_AS, the paper's way) or "
