@@ -39,6 +39,22 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def exchange(port: int, raw: bytes, idle: float = 3.0) -> tuple[bytes, bool]:
+    """Send raw bytes on a fresh connection; read until the server closes it (-> closed True) or is silent for
+    `idle` seconds (-> False). For requests httpx would refuse to write."""
+    with socket.create_connection(("127.0.0.1", port), timeout=idle) as sock:
+        sock.sendall(raw)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except TimeoutError:
+            return data, False
+        except ConnectionResetError:
+            pass
+        return data, True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

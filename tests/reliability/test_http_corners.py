@@ -6,7 +6,6 @@ would tidy the request up."""
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -14,6 +13,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from tests.live_service import exchange
 from tests.reliability.reliability_support import RealServer, check_error, check_image, encode, noise, raw_http
 
 KEY = "corner-key-7"
@@ -104,28 +104,13 @@ def test_plain_numbers_still_served(server: RealServer, query: str, size: tuple[
 # --- Host -------------------------------------------------------------------------------------------
 
 
-def exchange(port: int, raw: bytes, idle: float = 10.0) -> tuple[bytes, bool]:
-    """Send raw bytes; read until the server closes (-> closed True) or is silent for `idle` seconds."""
-    with socket.create_connection(("127.0.0.1", port), timeout=idle) as sock:
-        sock.sendall(raw)
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except TimeoutError:
-            return data, False
-        except ConnectionResetError:
-            pass
-        return data, True
-
-
 @pytest.mark.parametrize("hosts", [[], ["127.0.0.1", "127.0.0.1"], ["127.0.0.1", "evil.example"]],
                          ids=["none", "two same", "two different"])
 def test_http11_needs_exactly_one_host(server: RealServer, hosts: list[str]) -> None:
     """RFC 9112 3.2: 400 and the connection closed, on both parsers (httptools served these with 200); the
     request behind it on the same connection is never read."""
     head = b"GET /healthz HTTP/1.1\r\n" + b"".join(f"Host: {h}\r\n".encode() for h in hosts) + b"\r\n"
-    data, closed = exchange(server.port, head + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    data, closed = exchange(server.port, head + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", idle=10)
     assert data.startswith(b"HTTP/1.1 400 "), data[:300]
     assert len(re.findall(rb"(?m)^HTTP/1\.1 \d{3}", data)) == 1 and closed, data[:600]
     if b"application/problem+json" in data:  # ours; h11 answers its own plain-text 400 before the app
@@ -135,7 +120,7 @@ def test_http11_needs_exactly_one_host(server: RealServer, hosts: list[str]) -> 
 def test_one_host_is_served_and_http10_needs_none(server: RealServer) -> None:
     for raw in (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
                 b"GET /healthz HTTP/1.0\r\n\r\n"):
-        data, _ = exchange(server.port, raw)
+        data, _ = exchange(server.port, raw, idle=10)
         assert re.match(rb"HTTP/1\.[01] 200 ", data), data[:300]
 
 

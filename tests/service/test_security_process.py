@@ -22,7 +22,7 @@ from PIL import Image, ImageCms
 from pydantic import ValidationError
 
 from service.config import Settings
-from tests.live_service import ServiceProcess, service_env, wait_for
+from tests.live_service import ServiceProcess, exchange, service_env, wait_for
 
 GOOD_ORIGIN = "https://app.example.com"
 EVIL_ORIGIN = "https://evil.example.net"
@@ -275,21 +275,6 @@ def smuggling_cases(marker: bytes) -> dict[str, bytes]:
         "HTTP/1.0 TE+CL keep-alive": b"POST /healthz HTTP/1.0\r\n" + HOST + b"Connection: keep-alive\r\n"
                                      b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n" + chunked_end + hidden,
     }
-
-
-def exchange(port: int, raw: bytes, idle: float = 3.0) -> tuple[bytes, bool]:
-    """Send raw bytes, read until the server closes (-> closed True) or is silent for `idle` seconds."""
-    with socket.create_connection(("127.0.0.1", port), timeout=idle) as sock:
-        sock.sendall(raw)
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except TimeoutError:
-            return data, False
-        except ConnectionResetError:
-            pass
-        return data, True
 
 
 def status_lines(data: bytes) -> list[bytes]:
