@@ -57,7 +57,6 @@ class Upscaler:
                  part_window: tuple[int, int] | None = PART_WINDOW, parts_budget_bytes: int | None = None) -> None:
         self.runner = runner
         self.tiler = Tiler(runner, budget_bytes, max_batch, refine_stats)
-        self.budget_bytes = budget_bytes
         self.max_scale = max_scale
         self.tile_size = tile_size
         self.any_scale = any_scale
@@ -65,6 +64,11 @@ class Upscaler:
         self.content = content
         self.part_window = part_window
         self.parts_budget_bytes = parts_budget_bytes or budget_bytes
+
+    @property
+    def budget_bytes(self) -> int:
+        """Activation memory per network call: the tiler's, the one copy."""
+        return self.tiler.budget_bytes
 
     def plan(self, in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
              height: int | None = None, model: str = DEFAULT_MODEL, content: str | None = None) -> Plan:

@@ -185,8 +185,9 @@ def check_weights(settings: Settings) -> list[ModelInfo]:
     for name, path in model_files(settings).items():
         started = time.perf_counter()
         model = load_model(name, path)
-        scale = {"as": "any (bicubic pre-scaling)"}.get(name, name) if name in settings.models else \
-            "any (bicubic pre-scaling), calibrated to a camera"
+        scale = name if network_of(name) != "as" else "any (bicubic pre-scaling)"
+        if name not in settings.models:
+            scale += ", calibrated to a camera"
         infos.append(ModelInfo(name, scale, count_parameters(model), path.name, file_sha256(path),
                                time.perf_counter() - started))
     return infos
