@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -128,6 +129,22 @@ class ServiceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+ServerT = TypeVar("ServerT", bound="ServiceProcess")
+
+
+@contextlib.contextmanager
+def all_ready(servers: dict[str, ServerT]) -> Iterator[dict[str, ServerT]]:
+    """Servers started side by side (their models load at the same time): wait until each is ready; stop them
+    all after, whatever happened."""
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.live_service import exchange
+from tests.live_service import all_ready, exchange
 from tests.reliability.reliability_support import RealServer, check_error, check_image, encode, noise, raw_http
 
 KEY = "corner-key-7"
@@ -28,13 +28,8 @@ def servers(weights_dir: Path, workdir: Path) -> Iterator[dict[str, RealServer]]
     """The defaults (httptools) and IMDN_HTTP_PARSER=h11, both with an API key, started side by side."""
     started = {parser: RealServer(weights_dir, workdir, IMDN_MODELS="x2", IMDN_API_KEYS=KEY,
                                   IMDN_HTTP_PARSER=parser) for parser in PARSERS}
-    try:
-        for server in started.values():
-            server.wait_ready()
+    with all_ready(started):
         yield started
-    finally:
-        for server in started.values():
-            server.stop()
 
 
 @pytest.fixture(params=PARSERS)

@@ -22,7 +22,7 @@ from PIL import Image, ImageCms
 from pydantic import ValidationError
 
 from service.config import Settings
-from tests.live_service import ServiceProcess, exchange, service_env, wait_for
+from tests.live_service import ServiceProcess, all_ready, exchange, service_env, wait_for
 
 GOOD_ORIGIN = "https://app.example.com"
 EVIL_ORIGIN = "https://evil.example.net"
@@ -41,13 +41,8 @@ def servers(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "h11": ServiceProcess(workdir, service_env(weights_dir, IMDN_HTTP_PARSER="h11", IMDN_SERVER_HEADER="true",
                                                    **common)),
     }
-    try:
-        for server in started.values():
-            server.wait_ready()
+    with all_ready(started):
         yield started
-    finally:
-        for server in started.values():
-            server.stop()
 
 
 @pytest.fixture(scope="module")
