@@ -20,8 +20,10 @@ from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.pool import ModelPool
+from service.results import ResultCache
 from service.routes import RESULT_HEADERS, metrics_endpoint, router
 from service.security import RequestGuard, SecurityHeaders
+from service.sources import SourceFetcher
 from service.state import Admission, ServiceState, build_pool, check_weights, parse_devices
 
 log = logging.getLogger("service")
@@ -164,6 +166,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
     state = ServiceState(settings=settings, metrics=metrics)
+    if settings.source_allow:
+        state.sources = SourceFetcher(settings)
+    if settings.result_cache_mb:
+        state.results = ResultCache(settings.result_cache_mb * 2**20, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -199,6 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.wait([loading])
             if state.pool is not None:
                 state.pool.close()
+            if state.sources is not None:
+                await state.sources.aclose()
 
     app = ServiceApp(
         title="IMDN super-resolution",

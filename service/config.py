@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from model.backends import Backend
 from model.imageio import MAX_FRAMES
 from model.imdn import MODEL_NAMES
+from model.links import MIN_KEY_CHARS
 from model.plan import DEFAULT_ANY_SCALE, DEFAULT_CONTENT, DEFAULT_MAX_SCALE, AnyScale, Content
 
 CommaList = Annotated[list[str], NoDecode]
@@ -98,11 +99,25 @@ class Settings(BaseSettings):
     http_parser: Literal["httptools", "h11"] = Field("httptools", description="HTTP/1.1 parser; httptools "
                                                       "refuses ambiguous framing (CL + TE) itself")
     api_keys: CommaList = Field(default_factory=list, repr=False)
+
+    # Sources by URL, signed GET links and caching (docs/urls.md)
+    source_allow: CommaList = Field(default_factory=list, description="hosts whose images may be fetched by URL: "
+                                    "names, *.example.com, * (any public host), and addresses or networks that "
+                                    "may be fetched although not public (127.0.0.1, 10.0.0.0/8); empty = off")
+    source_connect_timeout_s: float = Field(5.0, gt=0, description="time to connect to a source's server")
+    source_timeout_s: float = Field(20.0, gt=0, description="time for a whole source fetch, redirects included")
+    source_max_redirects: int = Field(3, ge=0, le=10, description="redirects followed, each checked again")
+    url_keys: CommaList = Field(default_factory=list, repr=False, description="HMAC keys for signed GET links; "
+                                "several at once for rotation (the first signs, any verifies)")
+    url_unsigned: Literal["refuse", "allow"] = Field("refuse", description="unsigned GET links: 'allow' only on a "
+                                                     "private network")
+    cache_max_age: int = Field(86400, ge=0, description="Cache-Control max-age of GET results, in seconds")
+    result_cache_mb: int = Field(0, ge=0, description="in-process LRU of encoded results, in MB; 0 = off")
     log_level: str = Field("info")
     log_format: Literal["text", "json"] = Field("text")
     warmup: bool = Field(True, description="run every model once at start-up")
 
-    @field_validator("models", "cameras", "cors_origins", "api_keys", mode="before")
+    @field_validator("models", "cameras", "cors_origins", "api_keys", "source_allow", "url_keys", mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -115,6 +130,25 @@ class Settings(BaseSettings):
         unknown = [m for m in value if m not in MODEL_NAMES]
         if unknown or not value:
             raise ValueError(f"models must be a non-empty subset of {list(MODEL_NAMES)}, got {value}")
+        return value
+
+    @field_validator("url_keys")
+    @classmethod
+    def long_keys(cls, value: list[str]) -> list[str]:
+        if any(len(key) < MIN_KEY_CHARS for key in value):
+            raise ValueError(f"each of IMDN_URL_KEYS must be at least {MIN_KEY_CHARS} characters (one signed link "
+                             "lets anyone test guesses of a short key offline)")
+        return value
+
+    @field_validator("source_allow")
+    @classmethod
+    def source_entries(cls, value: list[str]) -> list[str]:
+        from service.sources import SourcePolicy  # the one parser of the entries
+
+        try:
+            SourcePolicy.from_entries(value)
+        except ValueError as exc:
+            raise ValueError(f"IMDN_SOURCE_ALLOW: {exc}") from exc
         return value
 
     @field_validator("frame_ancestors")

@@ -133,6 +133,10 @@ class Metrics:
                            registry=r, multiprocess_mode="livemin")
         self.cut = Counter("imdn_http_responses_cut", "Responses that started but did not complete",
                            ["reason"], registry=r)  # client_closed, drain, slow_client, error
+        self.result_cache = Counter("imdn_result_cache_lookups", "Result cache lookups (IMDN_RESULT_CACHE_MB)",
+                                    ["result"], registry=r)  # hit, miss
+        self.result_cache_bytes = Gauge("imdn_result_cache_bytes", "Encoded results held in the result cache",
+                                        registry=r, multiprocess_mode="livesum")
         self.rejected = Counter("imdn_rejected_requests", "Requests refused before processing", ["reason"],
                                 registry=r)
 

@@ -41,6 +41,8 @@ class UpscaleParams(BaseModel):
     format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
                                                   "no alpha, so transparency is flattened onto white")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
+    url: str | None = Field(None, max_length=2048, description="the source image's http(s) URL, instead of a body: "
+                            "fetched by the service if its host is in IMDN_SOURCE_ALLOW (docs/urls.md)")
 
     @field_validator("scale", "width", "height", "quality", mode="before")
     @classmethod

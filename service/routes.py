@@ -28,6 +28,7 @@ from service.errors import (
     problem_responses,
 )
 from service.favicon import favicon_ico
+from service.links import LinkParams, LinkSignatureError, check_link
 from service.params import UPSCALE_BODY, UpscaleParams, merge_form_fields, single_values
 from service.processing import (
     ClosingStreamingResponse,
@@ -40,7 +41,9 @@ from service.processing import (
     watched,
     while_in_use,
 )
+from service.results import ResultRecorder, cache_control, early_answer, result_tag
 from service.security import require_api_key
+from service.sources import SourceFailedError, SourceForbiddenError, SourceTimeoutError, fetch_source
 from service.state import ServiceState, StateDep, part_window
 from service.upload import UploadTimeoutError, receive_upload
 
@@ -50,7 +53,7 @@ MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
-                  "X-Frames-Dropped", "X-Alpha-Flattened"]
+                  "X-Frames-Dropped", "X-Alpha-Flattened", "ETag", "X-Cache"]
 
 router = APIRouter()
 
@@ -64,7 +67,8 @@ router = APIRouter()
         "used (header `X-Frames-Dropped`). Response headers say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
         "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "
-        "composited onto white and says so in `X-Alpha-Flattened: white`."
+        "composited onto white and says so in `X-Alpha-Flattened: white`. Instead of a body, `url=` (query or "
+        "form) names a source the service fetches, if its host is allowed (docs/urls.md). `ETag` names the result."
     ),
     response_class=Response,
     responses={
@@ -73,7 +77,7 @@ router = APIRouter()
         **problem_responses(BadRequestError, UnauthorizedError, ForbiddenOriginError, UploadTimeoutError,
                             PayloadTooLargeError,
                             UnsupportedMediaError, UnprocessableImageError, QueueFullError, NotReadyError,
-                            RequestTimeoutError),
+                            RequestTimeoutError, SourceForbiddenError, SourceFailedError, SourceTimeoutError),
     },
     openapi_extra={"requestBody": UPSCALE_BODY},
     dependencies=[Depends(require_api_key)],
@@ -85,13 +89,44 @@ async def superresolve(request: Request, params: Annotated[UpscaleParams, Query(
     return await unless_drain_ends(state, _superresolve(request, params, state))
 
 
+@router.get(
+    "/v1/superresolve",
+    summary="Upscale the image at a URL: a signed link for an <img src> or a CDN",
+    description="The same options as POST, and `url`, in the query, signed with `sig` (HMAC-SHA256 with a key of "
+    "IMDN_URL_KEYS; `imdn-sr sign`, docs/urls.md). `ETag` and `Cache-Control: public` let caches keep the "
+    "result; `If-None-Match` gets 304 before any work.",
+    response_class=Response,
+    responses={
+        200: {"description": "The upscaled image",
+              "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()}},
+        304: {"description": "Not modified: the client's copy (If-None-Match) is this result"},
+        **problem_responses(BadRequestError, UnauthorizedError, LinkSignatureError, PayloadTooLargeError,
+                            UnsupportedMediaError, UnprocessableImageError, QueueFullError, SourceFailedError,
+                            NotReadyError, SourceTimeoutError),
+    },
+)
+async def superresolve_link(request: Request, params: Annotated[LinkParams, Query()], state: StateDep) -> Response:
+    check_link(request, state, single_values(request.query_params.multi_items(), "query parameter"), params.expires)
+    if not state.is_ready() or state.admission is None or state.pool is None:
+        raise NotReadyError("the service is starting or draining; retry shortly", headers={"Retry-After": "5"})
+    return await unless_drain_ends(state, _superresolve(request, params, state))
+
+
 async def _superresolve(request: Request, params: UpscaleParams, state: ServiceState) -> Response:
     settings = state.settings
     admission, pool = state.admission, state.pool
     assert admission is not None and pool is not None
     started = time.perf_counter()
     deadline = time.monotonic() + settings.request_timeout_s
-    data, fields = await receive_upload(request, state)
+    data, fields = (b"", {}) if request.method == "GET" else await receive_upload(request, state)
+    params = merge_form_fields(params, fields)
+    if params.url is not None:
+        if data:
+            raise BadRequestError("send the image either as the body or as url=, not both")
+        data = await fetch_source(request, state, params.url)
+    tag = await result_tag(state, data, params)
+    if (early := early_answer(request, state, tag)) is not None:  # 304 or a cached result: no slot, no network
+        return early
     admission.admit()
     admitted = True
     cancel = threading.Event()
@@ -103,7 +138,6 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
             raise RequestTimeoutError("decoding ran past the request's time limit")
 
     try:
-        params = merge_form_fields(params, fields)
         scale = params.scale if params.scale is not None or params.width or params.height else DEFAULT_SCALE
         # The pool as this request sees it: no more tiles once it is cancelled or past its deadline.
         upscaler = Upscaler(RequestRunner(pool, cancel, deadline), budget_bytes=state.budget_bytes,
@@ -165,7 +199,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         raise
     model_names = plan.label
     request.state.log_extra = {
-        "model": model_names, "in": f"{picture.size[1]}x{picture.size[0]}", "out": f"{out_w}x{out_h}",
+        **getattr(request.state, "log_extra", {}), "model": model_names,
+        "in": f"{picture.size[1]}x{picture.size[0]}", "out": f"{out_w}x{out_h}",
         "format": params.format,
     }
     headers = {
@@ -175,16 +210,24 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         "X-Output-Size": f"{out_w}x{out_h}",
         "Server-Timing": timings.server_timing(),
         "Content-Disposition": f'inline; filename="upscaled.{params.format}"',
-        "Cache-Control": "no-store",
+        "ETag": tag,
+        "Cache-Control": cache_control(request, settings.cache_max_age),
     }
     if picture.frames > 1:
         headers["X-Frames-Dropped"] = str(picture.frames - 1)
     if params.format == "jpeg" and picture.alpha is not None:
         headers["X-Alpha-Flattened"] = "white"  # JPEG has no alpha: encode_whole composites onto white
 
+    media_type = MEDIA_TYPES[params.format]
+    recorder = ResultRecorder(state.results, tag, media_type, headers) if state.results is not None else None
+    if recorder is not None:
+        headers["X-Cache"] = "miss"
+
     async def body() -> object:
         try:
             yield first
+            if recorder is not None:
+                recorder.add(first)
             while True:
                 try:
                     chunk = await unless_drain_ends(state, chunks.__anext__())
@@ -196,6 +239,10 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
                     request.scope["state"]["cut"] = "drain"
                     return
                 yield chunk
+                if recorder is not None:
+                    recorder.add(chunk)
+            if recorder is not None:
+                recorder.complete()
             state.metrics.encode.labels(params.format).observe(timings.encode)
             state.metrics.output_pixels.labels(model_names).inc(out_w * out_h)
             request.state.log_extra.update(inference_s=round(timings.inference, 4), encode_s=round(timings.encode, 4),
@@ -205,7 +252,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
             finish()
             await chunks.aclose()
 
-    return ClosingStreamingResponse(body(), media_type=MEDIA_TYPES[params.format], headers=headers)  # type: ignore[arg-type]
+    return ClosingStreamingResponse(body(), media_type=media_type, headers=headers)  # type: ignore[arg-type]
 
 
 @router.get("/v1/models", summary="Loaded models, devices and weights",

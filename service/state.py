@@ -9,7 +9,7 @@ import time
 from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import torch
@@ -28,6 +28,10 @@ from service.config import Settings
 from service.errors import NotReadyError, QueueFullError
 from service.metrics import Metrics
 from service.pool import Backend, ModelPool
+
+if TYPE_CHECKING:
+    from service.results import ResultCache
+    from service.sources import SourceFetcher
 
 log = logging.getLogger("service")
 
@@ -69,6 +73,8 @@ class ServiceState:
     # Set when the drain deadline passes: requests not yet streaming get 503, streams are cut.
     drain_expired: asyncio.Event | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    sources: SourceFetcher | None = None  # IMDN_SOURCE_ALLOW set: fetching by URL (service/sources.py)
+    results: ResultCache | None = None  # IMDN_RESULT_CACHE_MB > 0 (service/results.py)
 
     @property
     def model_names(self) -> list[str]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -91,6 +93,10 @@ async def read_image(request: Request, limits: UploadLimits) -> tuple[bytes, dic
     body = await read_body(request, limits)
     if content_type.startswith("multipart/form-data"):
         return await _parse_multipart(request, body)
+    if content_type.startswith("application/x-www-form-urlencoded"):  # url=... and options: a source by URL
+        fields = single_values(parse_qsl(body.decode("latin-1"), keep_blank_values=True), "form field")
+        if "url" in fields:
+            return b"", fields
     if not content_type or content_type.startswith(RAW_TYPES):
         return body, {}
     raise UnsupportedMediaError(
@@ -109,6 +115,8 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
         raise BadRequestError(f"malformed multipart form: {exc.message}") from exc
     try:
         image = form.get("image")
+        if image is None and "url" in form:  # a source by URL, options beside it
+            return b"", single_values(((k, v) for k, v in form.multi_items() if isinstance(v, str)), "form field")
         if not isinstance(image, UploadFile):
             names = ", ".join(sorted(set(form.keys()))) or "none"
             raise BadRequestError(f"the form has no file field 'image' (fields: {names})")
@@ -119,12 +127,13 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
         await form.close()
 
 
-async def receive_upload(request: Request, state: ServiceState) -> tuple[bytes, dict[str, str]]:
-    """The body, read before admission: a slow client holds an upload place (IMDN_MAX_UPLOADS), never a
-    processing slot or a queue place."""
-    settings, admission = state.settings, state.admission
+@contextlib.contextmanager
+def upload_place(state: ServiceState) -> Iterator[None]:
+    """One of IMDN_MAX_UPLOADS places, held while a source arrives (a body, or a fetch by URL), before
+    admission: a slow client or origin holds this, never a processing slot or a queue place."""
+    admission = state.admission
     assert admission is not None
-    if state.uploads >= settings.max_uploads:
+    if state.uploads >= state.settings.max_uploads:
         state.metrics.rejected.labels("uploads_full").inc()
         raise QueueFullError(f"{state.uploads} uploads are already arriving; retry shortly",
                              headers={"Retry-After": "2"})
@@ -132,9 +141,16 @@ async def receive_upload(request: Request, state: ServiceState) -> tuple[bytes, 
     state.uploads += 1
     state.metrics.uploads.set(state.uploads)
     try:
-        limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.client_grace_s,
-                              settings.min_client_rate)
-        return await read_image(request, limits)
+        yield
     finally:
         state.uploads -= 1
         state.metrics.uploads.set(state.uploads)
+
+
+async def receive_upload(request: Request, state: ServiceState) -> tuple[bytes, dict[str, str]]:
+    """The body (image bytes, form fields), read in an upload place."""
+    settings = state.settings
+    with upload_place(state):
+        limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.client_grace_s,
+                              settings.min_client_rate)
+        return await read_image(request, limits)
