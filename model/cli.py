@@ -6,6 +6,7 @@
     imdn-sr train --scale 2 --out runs/x2
     imdn-sr calibrate my_pairs/ -o my_camera.safetensors   (fine-tune IMDN_AS on your camera's own pairs)
     imdn-sr remote in.png --url http://127.0.0.1:8000 --scale 2 -o out/   (send to a running service)
+    imdn-sr sign https://img.example.com/cat.jpg --scale 2 --base https://sr.example.com   (a signed <img> link)
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         from model.calibrate import calibrate_main
 
         return calibrate_main(argv[1:])
+    if argv[:1] == ["sign"]:
+        from model.links import sign_main
+
+        return sign_main(argv[1:])
     if argv[:1] == ["remote"]:
         from sr_client.cli import main as remote_main
 
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="train weights (python -m model.train)")
     sub.add_parser("calibrate", help="fine-tune IMDN_AS on your own camera's pairs")
     sub.add_parser("remote", help="send images to a running service")
+    sub.add_parser("sign", help="print a signed GET link to the upscaled image at a URL (for <img src>)")
     up = sub.add_parser("upscale", help="upscale images or folders of images locally")
     up.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     size = up.add_mutually_exclusive_group()

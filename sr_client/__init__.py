@@ -1,5 +1,7 @@
-"""Client for the IMDN super-resolution service: sync, async, whole folders, and a CLI (python -m sr_client)."""
+"""Client for the IMDN super-resolution service: sync, async, whole folders, signed GET links (signed_link), and a
+CLI (python -m sr_client)."""
 
+from model.links import signed_link
 from sr_client.client import (
     DEFAULT_URL,
     AsyncSRClient,
@@ -23,5 +25,6 @@ __all__ = [
     "SRClient",
     "SRError",
     "aupscale_folder",
+    "signed_link",
     "upscale_folder",
 ]
