@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from model.picture import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from model.plan import UpscaleError
@@ -133,6 +134,16 @@ def as_service_error(exc: Exception) -> ServiceError:
     return ServiceError("an unexpected error occurred; it has been logged")
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (GET and POST for /v1/superresolve)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         err = as_service_error(exc)
@@ -151,7 +162,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        return problem(request, exc.status_code, str(exc.detail), str(exc.detail), kind, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first route's methods; a path may have several routes
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return problem(request, exc.status_code, str(exc.detail), str(exc.detail), kind, headers)
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
