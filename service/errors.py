@@ -8,7 +8,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from model.picture import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from model.plan import UpscaleError
@@ -134,14 +133,10 @@ def as_service_error(exc: Exception) -> ServiceError:
     return ServiceError("an unexpected error occurred; it has been logged")
 
 
-def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this request's path (GET and POST for /v1/superresolve)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+def allowed_methods(request: Request, named: str) -> str:
+    """Every method the API document gives this path (GET and POST for /v1/superresolve); else Starlette's."""
+    operations = request.app.openapi().get("paths", {}).get(request.url.path, {})
+    return ", ".join(sorted(m.upper() for m in operations)) or named
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -164,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette names the first route's methods; a path may have several routes
-            headers["Allow"] = ", ".join(allowed_methods(request))
+            headers["Allow"] = allowed_methods(request, headers.get("Allow", ""))
         return problem(request, exc.status_code, str(exc.detail), str(exc.detail), kind, headers)
 
     app.add_exception_handler(RequestValidationError, on_validation_error)

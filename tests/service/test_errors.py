@@ -256,8 +256,11 @@ async def test_unknown_route_404(client: httpx.AsyncClient, assert_problem: Prob
     assert_problem(await client.get("/v2/nothing"), 404)
 
 
-async def test_superresolve_get_405(client: httpx.AsyncClient, assert_problem: Problem) -> None:
-    assert_problem(await client.get(URL), 405)
+async def test_superresolve_put_405_names_both_methods(client: httpx.AsyncClient, assert_problem: Problem) -> None:
+    response = await client.put(URL)
+    assert_problem(response, 405)
+    assert response.headers["allow"] == "GET, POST"  # two routes share the path (GET: signed links)
+    assert_problem(await client.get(URL), 400)  # a GET link without its url
 
 
 # --- 429 ------------------------------------------------------------------------------
