@@ -164,10 +164,13 @@ class SourceFetcher:
         self.max_redirects = settings.source_max_redirects
         self.resolve = resolve
         # No proxies from the environment (they would connect by name), no automatic redirects (each is checked),
-        # no compression (a small gzip body could inflate past the limit before it is counted).
-        self.client = httpx.AsyncClient(trust_env=False, follow_redirects=False, headers={"Accept-Encoding": "identity",
-                                        "Accept": "image/*"}, timeout=httpx.Timeout(self.total_s,
-                                                                                    connect=settings.source_connect_timeout_s))
+        # no compression (a small gzip body could inflate past the limit before it is counted), and no pooled
+        # connections: the pool is keyed by address, and a TLS connection verified for one name must not carry
+        # a request for another name on the same address.
+        timeout = httpx.Timeout(self.total_s, connect=settings.source_connect_timeout_s)
+        self.client = httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout,
+                                        limits=httpx.Limits(max_keepalive_connections=0),
+                                        headers={"Accept-Encoding": "identity", "Accept": "image/*"})
 
     async def aclose(self) -> None:
         await self.client.aclose()
