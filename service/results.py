@@ -127,6 +127,7 @@ def early_answer(request: Request, state: ServiceState, tag: str) -> Response | 
     entry = state.results.get(tag) if state.results is not None else None
     if entry is None:
         return None
-    request.state.log_extra = {"cache": "hit", "model": entry.headers.get("X-Model", "")}
+    request.state.log_extra = {**getattr(request.state, "log_extra", {}), "cache": "hit",
+                               "model": entry.headers.get("X-Model", "")}
     return Response(entry.body, media_type=entry.media_type,
                     headers={**entry.headers, **headers, "X-Cache": "hit"})

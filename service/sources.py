@@ -199,7 +199,7 @@ class SourceFetcher:
 
     async def _addresses(self, url: httpx.URL) -> list[str]:
         """Every address the URL's host resolves to, each allowed; else 403 naming the first refused."""
-        host = url.host.lower().rstrip(".")
+        host = url.raw_host.decode("ascii").lower().rstrip(".")  # IDNA (xn--) form: matched as it is resolved
         if not self.policy.enabled:
             raise SourceForbiddenError("fetching sources by URL is off on this service (IMDN_SOURCE_ALLOW is empty)")
         if not self.policy.host_allowed(host):

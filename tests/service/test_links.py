@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from model.links import signed_link
+from sr_client import signed_link  # the client's link maker, checked by the service
 from tests.origin_server import OriginServer
 
 pytestmark = pytest.mark.anyio
