@@ -103,6 +103,20 @@ async def test_a_name_that_resolves_to_a_private_address_is_refused(origin: Orig
         await fetcher.aclose()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("target", ["http://10.0.0.1/x.png", "http://[::ffff:10.0.0.1]/x.png",
+                                    "http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/"])
+async def test_a_redirect_into_a_private_range_is_refused(origin: OriginServer, target: str) -> None:
+    """Any public host may be fetched ('*'), the origin's loopback address is named; a redirect into a private
+    range passes the host check but not the address check, and nothing is connected to."""
+    fetcher = SourceFetcher(settings(source_allow=["*", "127.0.0.1"]))
+    try:
+        with pytest.raises(SourceForbiddenError, match="not a public address"):
+            await fetcher.fetch(origin.url(f"/redirect?to={target}"))
+    finally:
+        await fetcher.aclose()
+
+
 @pytest.fixture(scope="module")
 async def app_client(origin: OriginServer) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     from tests.service.conftest import serve_in_process
@@ -128,6 +142,9 @@ async def test_upscales_the_image_at_a_url(app_client: tuple[FastAPI, httpx.Asyn
     uploaded = await client.post(f"{URL}?scale=2", content=origin.files["/cat.png"],
                                  headers={"Content-Type": "image/png"})
     assert uploaded.headers["etag"] == by_form.headers["etag"]  # the same bytes, the same result
+    multipart = await client.post(URL, files={"url": (None, origin.url("/cat.png")), "scale": (None, "2")})
+    assert multipart.status_code == 200, multipart.text
+    assert multipart.headers["etag"] == by_form.headers["etag"]
 
 
 @pytest.mark.anyio
