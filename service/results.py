@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -107,9 +108,14 @@ async def result_tag(state: ServiceState, data: bytes, params: UpscaleParams) ->
 
 
 def cache_control(request: Request, max_age: int) -> str:
-    """A GET names its result completely (a signed link): shared caches may keep it. A POST carries a user's
-    upload: nobody keeps it, though its ETag lets the client keep the result itself."""
-    return f"public, max-age={max_age}" if request.method == "GET" else "no-store"
+    """A GET names its result completely (a signed link): shared caches may keep it, though not past the link's
+    `expires`. A POST carries a user's upload: nobody keeps it, though its ETag lets the client keep the result."""
+    if request.method != "GET":
+        return "no-store"
+    expires = request.query_params.get("expires", "")
+    if expires.isdigit():
+        max_age = max(0, min(max_age, int(expires) - int(time.time())))
+    return f"public, max-age={max_age}"
 
 
 def none_match(header: str, tag: str) -> bool:

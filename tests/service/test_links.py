@@ -85,8 +85,10 @@ async def test_signature_refusals(app_client: tuple[FastAPI, httpx.AsyncClient],
         body = assert_problem(await client.get(url), 403)
         assert body["type"].endswith("bad-signature"), what  # type: ignore[union-attr]
     assert "expired" in str(assert_problem(await client.get(cases["expired"]), 403)["detail"])
-    fresh = link(origin, path="/dog.png", expires=int(time.time()) + 60)
-    assert (await client.get(fresh)).status_code == 200
+    fresh = await client.get(link(origin, path="/dog.png", expires=int(time.time()) + 60))
+    assert fresh.status_code == 200
+    max_age = int(fresh.headers["cache-control"].split("max-age=")[1])
+    assert 50 <= max_age <= 60  # no cache keeps it past the link's expiry
 
 
 async def test_if_none_match_is_answered_before_any_work(app_client: tuple[FastAPI, httpx.AsyncClient],
