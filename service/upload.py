@@ -94,7 +94,7 @@ async def read_image(request: Request, limits: UploadLimits) -> tuple[bytes, dic
     if content_type.startswith("multipart/form-data"):
         return await _parse_multipart(request, body)
     if content_type.startswith("application/x-www-form-urlencoded"):  # url=... and options: a source by URL
-        fields = single_values(parse_qsl(body.decode("latin-1"), keep_blank_values=True), "form field")
+        fields = single_values(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True), "form field")
         if "url" in fields:
             return b"", fields
     if not content_type or content_type.startswith(RAW_TYPES):
