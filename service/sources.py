@@ -232,6 +232,8 @@ class SourceFetcher:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if i + 1 < len(addresses):
                     continue  # another address of the same name (an IPv6 one unreachable from here, say)
+                if isinstance(exc, httpx.ConnectTimeout):
+                    raise SourceTimeoutError(f"the source {shown(url)} did not accept a connection in time") from exc
                 raise SourceFailedError(f"cannot connect to the source {shown(url)}: {exc or type(exc).__name__}") \
                     from exc
             except httpx.TimeoutException as exc:

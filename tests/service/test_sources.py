@@ -171,6 +171,16 @@ async def test_origin_failures(app_client: tuple[FastAPI, httpx.AsyncClient], or
 
 
 @pytest.mark.anyio
+async def test_an_origin_that_is_down(app_client: tuple[FastAPI, httpx.AsyncClient],
+                                      assert_problem: Callable[..., dict[str, object]]) -> None:
+    from tests.live_service import free_port
+
+    _, client = app_client
+    body = assert_problem(await post_url(client, f"http://127.0.0.1:{free_port()}/cat.png"), 502)
+    assert "cannot connect" in str(body["detail"])
+
+
+@pytest.mark.anyio
 async def test_hosts_not_allowed(app_client: tuple[FastAPI, httpx.AsyncClient], origin: OriginServer,
                                  assert_problem: Callable[..., dict[str, object]]) -> None:
     _, client = app_client
