@@ -90,6 +90,7 @@ def frames(animation: Animation, check: Callable[[], None] | None = None) -> Ite
                 if (img.height, img.width) != animation.size:
                     raise ImageDecodeError(f"frame {index + 1} is {img.width}x{img.height}, the animation "
                                            f"{animation.size[1]}x{animation.size[0]}: frames must keep one size")
+                img.load()  # WebP sets a frame's duration as it reads the frame
                 duration = int(img.info.get("duration") or 0)
                 # RGBA for every frame: frames of one file come in different modes (a GIF's first is P or L).
                 picture = picture_from_pil(img.convert("RGBA"))

@@ -196,7 +196,8 @@ async def test_superresolve_animated_first_frame(client: httpx.AsyncClient) -> N
     frames = [Image.new("RGB", (20, 12), colour) for colour in ("red", "green", "blue")]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100)
-    response = await client.post(URL, content=buffer.getvalue(), headers={"Content-Type": "image/gif"})
+    response = await client.post(f"{URL}?frames=first", content=buffer.getvalue(),
+                                 headers={"Content-Type": "image/gif"})
     assert response.status_code == 200, response.text
     assert image_size(response) == (40, 24)
     assert response.headers["x-frames-dropped"] == "2"
