@@ -82,7 +82,8 @@ def test_frames_first_keeps_the_first_frame_only(server: RealServer) -> None:
 def test_an_animation_cannot_be_a_jpeg(server: RealServer) -> None:
     problem = check_error(post(server, animated_file("GIF", frames(), DURATIONS), "format=jpeg")[0], {400})
     assert "frames=first" in problem["detail"]
-    check_image(post(server, animated_file("GIF", frames(), DURATIONS), "format=jpeg&frames=first")[0], (48, 32), "jpeg")
+    first = post(server, animated_file("GIF", frames(), DURATIONS), "format=jpeg&frames=first")[0]
+    check_image(first, (48, 32), "jpeg")
 
 
 def test_past_the_animation_pixel_limit_is_413_before_decoding(server: RealServer) -> None:
