@@ -14,7 +14,6 @@ import io
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -22,9 +21,6 @@ from PIL import Image
 from model.imageio import DecodeCancelledError, open_checked, probe
 from model.picture import ImageDecodeError, ImageTooLargeError, Picture, picture_from_pil, valid_icc
 
-Frames = Literal["all", "first"]
-FRAME_CHOICES: tuple[str, ...] = get_args(Frames)
-DEFAULT_FRAMES: Frames = "all"
 ANIMATED_FORMATS = frozenset({"gif", "webp", "png"})
 ANIMATION_OUTPUTS = {"png": "PNG", "webp": "WEBP", "gif": "GIF"}
 # Output pixels over all frames: the upscaled frames are held until the writer has them all (4 bytes a

@@ -2,6 +2,8 @@
 
     imdn-sr upscale photo.jpg scans/ --scale 3.5 -o out/
     imdn-sr upscale in.png --width 1920 -o out/ --format webp
+    imdn-sr upscale in.png --width 1920 --height 1080 --fit contain -o out/
+    imdn-sr upscale phone.jpg --scale 1 -o out/   (restore only: IMDN_AS at the photo's own size)
     imdn-sr evaluate --weights default --data ../shared/data/benchmarks
     imdn-sr train --scale 2 --out runs/x2
     imdn-sr calibrate my_pairs/ -o my_camera.safetensors   (fine-tune IMDN_AS on your camera's own pairs)
@@ -29,9 +31,11 @@ from model.plan import (
     CONTENT_KINDS,
     DEFAULT_ANY_SCALE,
     DEFAULT_CONTENT,
+    DEFAULT_FIT,
     DEFAULT_MAX_SCALE,
     DEFAULT_MODEL,
     DEFAULT_SCALE,
+    FIT_MODES,
     MODEL_CHOICES,
     UpscaleError,
 )
@@ -94,7 +98,7 @@ def upscale_command(args: argparse.Namespace) -> int:
         target = args.out / output_name(path, args)
         try:
             picture = decode(path.read_bytes(), args.max_pixels)
-            plan = upscaler.plan(picture.size, args.scale, args.width, args.height, args.model)
+            plan = upscaler.plan(picture.size, args.scale, args.width, args.height, args.model, fit=args.fit)
             bands = upscaler.picture_bands(picture, plan)
             partial = target.with_suffix(target.suffix + ".part")
             with partial.open("wb") as out:
@@ -149,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("upscale", help="upscale images or folders of images locally")
     up.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     size = up.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, help=f"scale factor > 1 (default {DEFAULT_SCALE:g})")
+    size.add_argument("--scale", type=float, help=f"scale factor (default {DEFAULT_SCALE:g}); 1 restores a photo at "
+                      "its own size (IMDN_AS, no enlarging; --content photo only)")
     size.add_argument("--width", type=int, help="target width (keeps aspect unless --height)")
     up.add_argument("--height", type=int, help="target height")
+    up.add_argument("--fit", choices=FIT_MODES, default=DEFAULT_FIT,
+                    help="with --width and --height: 'fill' exactly (default), 'contain' (largest inside, aspect "
+                         "kept) or 'cover' (fill, aspect kept, centre cropped)")
     up.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     up.add_argument("--model", choices=MODEL_CHOICES, default=DEFAULT_MODEL)
     up.add_argument("--format", choices=["png", "webp", "jpeg"], default="png")

@@ -31,10 +31,13 @@ Content = Literal["photo", "clean"]
 AnyScale = Literal["as", "downscale"]
 # How a width and a height given together are met: exactly (fill), inside (contain), or filled and cropped (cover).
 Fit = Literal["fill", "contain", "cover"]
+# An animated upload: every frame upscaled (model/animation.py), or the first alone.
+Frames = Literal["all", "first"]
 MODEL_CHOICES: tuple[str, ...] = get_args(ModelChoice)
 CONTENT_KINDS: tuple[str, ...] = get_args(Content)
 ANY_SCALE_METHODS: tuple[str, ...] = get_args(AnyScale)
 FIT_MODES: tuple[str, ...] = get_args(Fit)
+FRAME_CHOICES: tuple[str, ...] = get_args(Frames)
 NETWORK_SCALES = {"x2": 2, "x3": 3, "x4": 4, "as": 1}
 # Extra IMDN_AS weights calibrated to one camera (imdn-sr calibrate) are the model "as:NAME".
 CAMERA_PREFIX = "as:"
@@ -50,6 +53,7 @@ DEFAULT_ANY_SCALE: AnyScale = "downscale"
 DEFAULT_SCALE = 2.0
 DEFAULT_MAX_SCALE = 8.0
 DEFAULT_FIT: Fit = "fill"
+DEFAULT_FRAMES: Frames = "all"
 
 
 class UpscaleError(ValueError):

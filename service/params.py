@@ -8,15 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model.animation import DEFAULT_FRAMES, Frames
 from model.plan import (
     DEFAULT_FIT,
+    DEFAULT_FRAMES,
     DEFAULT_MODEL,
     DEFAULT_SCALE,
     MODEL_CHOICE_PATTERN,
     MODEL_CHOICES,
     Content,
     Fit,
+    Frames,
     is_model_choice,
 )
 from service.errors import BadRequestError

@@ -50,3 +50,22 @@ def test_upscale_jpeg_of_transparent_image_says_alpha_was_flattened(weights: Pat
     assert "alpha flattened onto white" in capsys.readouterr().out
     out = np.asarray(Image.open(tmp_path / "out" / "logo_x2.jpeg"))
     assert out.shape == (20, 24, 3) and out.min() >= 245
+
+
+@pytest.mark.parametrize(("options", "size", "name"), [
+    (["--scale", "1"], (12, 10), "a_x1.png"),  # restore only: the photo's own size, IMDN_AS
+    (["--width", "48", "--height", "48", "--fit", "contain"], (48, 40), "a_48x48.png"),
+    (["--width", "48", "--height", "48", "--fit", "cover"], (48, 48), "a_48x48.png"),
+])
+def test_upscale_restore_only_and_fit(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      options: list[str], size: tuple[int, int], name: str) -> None:
+    source = np.random.default_rng(3).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    Image.fromarray(source).save(tmp_path / "a.png")
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--weights", str(weights),
+                 "--device", "cpu", "--backend", "torch", *options])
+    assert code == 0, capsys.readouterr().err
+    out = Image.open(tmp_path / "out" / name)
+    assert out.size == size
+    if options[:2] == ["--scale", "1"]:
+        assert "as)" in capsys.readouterr().out
+        assert np.abs(np.asarray(out, np.int16) - source).max() > 0
