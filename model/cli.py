@@ -3,7 +3,7 @@
     imdn-sr upscale photo.jpg scans/ --scale 3.5 -o out/
     imdn-sr upscale in.png --width 1920 -o out/ --format webp
     imdn-sr upscale in.png --width 1920 --height 1080 --fit contain -o out/
-    imdn-sr upscale phone.jpg --scale 1 -o out/   (restore only: IMDN_AS at the photo's own size)
+    imdn-sr upscale phone.jpg --scale 1 -o out/   (same size: IMDN_AS, no enlarging)
     imdn-sr evaluate --weights default --data ../shared/data/benchmarks
     imdn-sr train --scale 2 --out runs/x2
     imdn-sr calibrate my_pairs/ -o my_camera.safetensors   (fine-tune IMDN_AS on your camera's own pairs)
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("upscale", help="upscale images or folders of images locally")
     up.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     size = up.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, help=f"scale factor (default {DEFAULT_SCALE:g}); 1 restores a photo at "
-                      "its own size (IMDN_AS, no enlarging; --content photo only)")
+    size.add_argument("--scale", type=float, help=f"scale factor (default {DEFAULT_SCALE:g}); 1 runs IMDN_AS on a "
+                      "photo at its own size (no enlarging; --content photo only)")
     size.add_argument("--width", type=int, help="target width (keeps aspect unless --height)")
     up.add_argument("--height", type=int, help="target height")
     up.add_argument("--fit", choices=FIT_MODES, default=DEFAULT_FIT,

@@ -120,7 +120,8 @@ def target_size(in_size: tuple[int, int], scale: float | None, width: int | None
         raise UpscaleError("give a scale or a target width/height")
     if scale is not None:
         if not math.isfinite(scale) or scale < 1:
-            raise UpscaleError(f"scale must be a number of at least 1 (1: restore only, no enlarging), got {scale}")
+            raise UpscaleError(f"scale must be a number of at least 1 (1: the input's own size, IMDN_AS only), "
+                               f"got {scale}")
         if scale > max_scale:
             raise UpscaleError(f"scale {scale} is above the maximum of {max_scale}")
         return max(h, math.floor(h * scale + 0.5)), max(w, math.floor(w * scale + 0.5))
@@ -252,11 +253,11 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
 def _nothing_to_enlarge(model: str, content: str, w: int, h: int) -> str:
     """Why an output at the input's size cannot be made without IMDN_AS."""
     if model == "auto" and content == "clean":
-        return (f"the output would be the input's own size ({w}x{h}): restore-only runs IMDN_AS, which is for "
-                "camera photos (content=photo); a clean image has nothing for x2/x3/x4 to do at scale 1")
+        return (f"the output would be the input's own size ({w}x{h}): at that size only IMDN_AS runs, which is "
+                "for camera photos (content=photo); a clean image has nothing for x2/x3/x4 to do at scale 1")
     return (f"the output would be the input's own size ({w}x{h}): model {model} enlarges by "
-            f"{NETWORK_SCALES[model]}, so it has nothing to do; restore-only needs model=auto with content=photo, "
-            "or model=as")
+            f"{NETWORK_SCALES[model]}, so it has nothing to do; at the input's size use model=auto with "
+            "content=photo, or model=as")
 
 
 def _smallest_loaded_scale(out: tuple[int, int], in_size: tuple[int, int],

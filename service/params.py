@@ -34,8 +34,8 @@ class UpscaleParams(BaseModel):
 
     scale: float | None = Field(None, ge=1, allow_inf_nan=False,
                                 description=f"Scale factor >= 1 (default {DEFAULT_SCALE:g} when no width/height is "
-                                "given); 1 (or the input's own width/height) restores a photo at its size with "
-                                "IMDN_AS, no enlarging (content=photo only)")
+                                "given); 1 (or the input's own width/height) runs IMDN_AS on a photo at its own "
+                                "size, no enlarging (content=photo only)")
     width: int | None = Field(None, ge=1, le=65535, description="Target width in pixels")
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")

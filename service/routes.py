@@ -65,7 +65,7 @@ router = APIRouter()
         "upscaled. PNG output is streamed band by band as it is computed. Animated GIF, WebP and PNG: every "
         "frame is upscaled, durations and loop count kept, and the animation comes back whole as APNG, WebP or GIF "
         "(header `X-Frames`); `frames=first` takes the first frame only (header `X-Frames-Dropped`). `scale=1` "
-        "restores a photo at its own size; `fit` says how a width and height together are met. Response headers "
+        "runs IMDN_AS on a photo at its own size; `fit` says how a width and height together are met. Response headers "
         "say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
         "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "

@@ -22,7 +22,8 @@ def build_parser(prog: str = "python -m sr_client") -> argparse.ArgumentParser:
     parser.add_argument("--url", default=os.environ.get("IMDN_SR_URL", DEFAULT_URL),
                         help="service base URL (default: $IMDN_SR_URL or %(default)s)")
     size = parser.add_argument_group("size", "give --scale, or --width and/or --height (default: --scale 2)")
-    size.add_argument("--scale", type=float, help="scale factor, e.g. 2 or 3.3; 1 restores photos at their own size")
+    size.add_argument("--scale", type=float,
+                      help="scale factor, e.g. 2 or 3.3; 1 runs IMDN_AS on photos at their own size")
     size.add_argument("--width", type=int, help="target width in pixels")
     size.add_argument("--height", type=int, help="target height in pixels (one of the two keeps the aspect ratio)")
     size.add_argument("--fit", choices=FIT_MODES, help="with --width and --height: 'fill' that size (default), "

@@ -272,7 +272,7 @@ class SRClient(_ClientBase):
                 quality: int | None = None, content: str | None = None, fit: str | None = None,
                 frames: str | None = None) -> Result:
         """Upscale bytes or a file. Give scale, or width and/or height (one keeps the aspect ratio);
-        neither means the service default (x2); scale 1 restores a photo at its own size.
+        neither means the service default (x2); scale 1 runs IMDN_AS on a photo at its own size.
         content: 'photo' or 'clean' (None: the service's default). fit, with width and height: 'fill',
         'contain' or 'cover'. frames: 'all' (an animation comes back animated) or 'first'.
         Raises SRError, or httpx.HTTPError when unreachable."""

@@ -72,7 +72,7 @@ def test_target_size_keeps_aspect(size, request_, expected):
 
 
 @pytest.mark.parametrize(("request_", "message"), [
-    ({"scale": 1}, "restore-only runs IMDN_AS, which is for camera photos"),
+    ({"scale": 1}, "only IMDN_AS runs, which is for camera photos"),
     ({"scale": 1, "model": "x2"}, "model x2 enlarges by 2"),
     ({"scale": 0.5}, "at least 1"),
     ({"scale": -2}, "at least 1"),
@@ -87,7 +87,7 @@ def test_target_size_keeps_aspect(size, request_, expected):
     ({"height": -5}, "height must be a positive"),
     ({"width": 49}, "smaller than the input"),
     ({"width": 100, "height": 19}, "smaller than the input"),
-    ({"width": 50, "height": 20}, "input's own size .50x20.: restore-only"),
+    ({"width": 50, "height": 20}, "input's own size .50x20.: at that size only IMDN_AS"),
     ({"width": 50}, "input's own size"),
     ({"width": 49, "height": 30, "fit": "contain"}, "fit=contain in a 49x30 box would shrink"),
     ({"width": 40, "height": 19, "fit": "cover"}, "fit=cover in a 40x19 box would shrink"),

@@ -29,7 +29,7 @@ StartApp = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncC
     [
         ("scale=0", "scale"),
         ("scale=-1", "scale"),
-        ("scale=1&content=clean", "restore-only runs IMDN_AS"),
+        ("scale=1&content=clean", "only IMDN_AS runs"),
         ("scale=0.99", "scale"),
         ("scale=nan", "scale"),
         ("scale=inf", "scale"),

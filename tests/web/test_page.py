@@ -129,7 +129,7 @@ def test_page_upscales_compares_and_zooms(page, artifacts: Path):
 
 
 def test_page_offers_restore_only_and_fit(page):
-    """1× restores at the image's own size; a box with fit=contain keeps the aspect ratio inside it."""
+    """1× runs IMDN_AS at the image's own size; a box with fit=contain keeps the aspect ratio inside it."""
     page.set_input_files("#file", files=[{"name": "tiny.png", "mimeType": "image/png", "buffer": png_bytes(80, 40)}])
     wait_for(page, "document.getElementById('file-info').textContent.includes('80×40')")
     page.click("#preset-1")
