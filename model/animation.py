@@ -83,6 +83,7 @@ def frames(animation: Animation, check: Callable[[], None] | None = None) -> Ite
                     if index == 0:
                         raise
                     return
+                # Before its pixels are decoded: a GIF frame larger than its screen grows Pillow's canvas.
                 if (img.height, img.width) != animation.size:
                     raise ImageDecodeError(f"frame {index + 1} is {img.width}x{img.height}, the animation "
                                            f"{animation.size[1]}x{animation.size[0]}: frames must keep one size")

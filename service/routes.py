@@ -250,6 +250,7 @@ async def list_models(state: StateDep) -> dict[str, object]:
             "max_upload_bytes": state.settings.max_upload_bytes,
             "max_input_pixels": state.settings.max_input_pixels,
             "max_output_pixels": state.settings.max_output_pixels,
+            "max_animation_pixels": state.settings.max_animation_pixels,
         },
         "ready": state.is_ready(),
     }
