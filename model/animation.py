@@ -23,8 +23,9 @@ from model.picture import ImageDecodeError, ImageTooLargeError, Picture, picture
 
 ANIMATED_FORMATS = frozenset({"gif", "webp", "png"})
 ANIMATION_OUTPUTS = {"png": "PNG", "webp": "WEBP", "gif": "GIF"}
-# Output pixels over all frames: the upscaled frames are held until the writer has them all (4 bytes a
-# pixel, RGBA: 128 MB at this default), since APNG, WebP and GIF writers need every frame at once.
+# Output pixels over all frames: the upscaled frames are held until the writer has them all (RGBA, 4.5 bytes a
+# pixel), and the writers copy them: the peak is 10-14 bytes a pixel, ~460 MB at this default
+# (bench/animation_memory.py; APNG highest, WebP lowest).
 MAX_ANIMATION_PIXELS = 32 * 2**20
 # PNG's APNG options: each frame replaces the canvas (whole frames, so no earlier frame may show through).
 APNG_DISPOSE_NONE, APNG_BLEND_SOURCE = 0, 0
@@ -105,11 +106,13 @@ def frames(animation: Animation, check: Callable[[], None] | None = None) -> Ite
 def encode_animation(frames: list[Image.Image], durations: list[int], loop: int | None, fmt: str,
                      quality: int = 90, png_level: int = 1, icc_profile: bytes | None = None) -> bytes:
     """Whole RGBA frames -> an animated PNG (APNG), WebP or GIF with these durations (ms) and loop count.
-    Frames whose alpha is opaque throughout are written as RGB. loop None (play once) stays so in each format."""
+    Frames whose alpha is opaque throughout are written as RGB (`frames` is converted in place, so the caller's
+    list holds one copy). loop None (play once) stays so in each format."""
     if fmt not in ANIMATION_OUTPUTS:
         raise ValueError(f"{fmt} cannot hold an animation; use one of {', '.join(ANIMATION_OUTPUTS)}")
     if all(np.asarray(f.getchannel("A")).min() == 255 for f in frames if f.mode == "RGBA"):
-        frames = [f.convert("RGB") if f.mode == "RGBA" else f for f in frames]
+        for index, frame in enumerate(frames):  # in place: each RGBA frame is freed as its RGB copy is made
+            frames[index] = frame.convert("RGB") if frame.mode == "RGBA" else frame
     options: dict[str, object] = {"save_all": True, "append_images": frames[1:], "duration": durations}
     if fmt == "gif":
         if loop is not None:

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
                             "IFDs) get 422; frames are counted from the file's structure up to this")
     max_animation_pixels: int = Field(MAX_ANIMATION_PIXELS, ge=1, description="an animation's output pixels over "
                                       "all its frames (frames x width x height); more get 413 before decoding. The "
-                                      "frames are held until written: about 4 bytes per pixel")
+                                      "frames are held until written: a peak of 10-14 bytes per pixel")
 
     # Output
     png_compress_level: int = Field(1, ge=0, le=9,
