@@ -294,6 +294,7 @@ async def test_restore_only_of_a_clean_image_says_why_not(client: httpx.AsyncCli
     ("width=200&height=60&fit=contain", (80, 60)),  # the height binds
     ("width=100&height=100&fit=cover", (100, 100)),
     ("width=200&height=60&fit=cover&format=webp", (200, 60)),
+    ("width=200&height=60&fit=contain&format=gif", (80, 60)),  # a still GIF, palette-quantised
 ])
 async def test_fit_sizes(client: httpx.AsyncClient, make_image: Callable[..., bytes], query: str,
                          size: tuple[int, int]) -> None:
