@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -36,7 +36,7 @@ GIF_DISPOSE_BACKGROUND = 2
 class Animation:
     """An animated upload, known from its header: its frames are decoded one at a time by frames()."""
 
-    data: bytes
+    data: bytes = field(repr=False)  # the upload, never printed
     format: str  # "gif", "webp" or "png"
     size: tuple[int, int]  # (height, width) of the canvas: every frame's size
     frames: int
