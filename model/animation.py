@@ -34,7 +34,7 @@ GIF_DISPOSE_BACKGROUND = 2
 
 @dataclass(frozen=True)
 class Animation:
-    """An animated upload, known from its header: its frames are decoded one at a time by frames()."""
+    """An animated upload, known from its header: its frames are decoded one at a time by decoded_frames()."""
 
     data: bytes = field(repr=False)  # the upload, never printed
     format: str  # "gif", "webp" or "png"
@@ -68,7 +68,7 @@ def check_output_pixels(animation: Animation, out_size: tuple[int, int], limit: 
             "frames=first for the first frame only")
 
 
-def frames(animation: Animation, check: Callable[[], None] | None = None) -> Iterator[tuple[Picture, int]]:
+def decoded_frames(animation: Animation, check: Callable[[], None] | None = None) -> Iterator[tuple[Picture, int]]:
     """(Picture, duration in ms) for each frame, whole (disposal and blending applied), decoded one at a time;
     `check` runs before each frame and each block read. Damage or a frame that changes size: ImageDecodeError."""
     img, _ = probe(animation.data, check)  # its limits were checked by open_animation

@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 from starlette.types import Receive, Scope, Send
 
-from model.animation import Animation, encode_animation, frames
+from model.animation import Animation, decoded_frames, encode_animation
 from model.encode import PNGStreamEncoder, encode_whole
 from model.engine import Upscaler
 from model.imageio import Picture
@@ -193,7 +193,7 @@ def animation_chunks(upscaler: Upscaler, animation: Animation, plan: Plan, fmt: 
     between frames once cancelled, and `check` (the request's end or deadline) runs before each frame's reads."""
     images: list[Image.Image] = []
     durations: list[int] = []
-    decoded = frames(animation, check)
+    decoded = decoded_frames(animation, check)
     while True:
         started = time.perf_counter()
         item = next(decoded, None)

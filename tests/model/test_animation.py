@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.animation import Animation, check_output_pixels, encode_animation, frames, open_animation
+from model.animation import Animation, check_output_pixels, decoded_frames, encode_animation, open_animation
 from model.picture import ImageTooLargeError, to_array
 from tests.samples import animated_file, read_animation
 
@@ -48,7 +48,7 @@ def test_frames_come_whole_with_their_durations(fmt: str) -> None:
     source = distinct_frames()
     animation = open_animation(animated_file(fmt, source, DURATIONS))
     assert animation is not None
-    decoded = list(frames(animation))
+    decoded = list(decoded_frames(animation))
     assert [duration for _, duration in decoded] == DURATIONS
     for (picture, _), original in zip(decoded, source, strict=True):
         assert picture.size == (12, 16) and picture.channels == 4
@@ -67,7 +67,7 @@ def test_frames_stop_when_the_request_ends() -> None:
             raise TimeoutError("the request ended")
 
     with pytest.raises(TimeoutError):
-        for _ in frames(animation, check):
+        for _ in decoded_frames(animation, check):
             seen += 1
     assert seen == 1
 
