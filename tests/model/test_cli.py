@@ -69,3 +69,23 @@ def test_upscale_restore_only_and_fit(weights: Path, tmp_path: Path, capsys: pyt
     if options[:2] == ["--scale", "1"]:
         assert "as)" in capsys.readouterr().out
         assert np.abs(np.asarray(out, np.int16) - source).max() > 0
+
+
+def test_upscale_an_animation_keeps_every_frame(weights: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.samples import animated_file, read_animation
+
+    frames = [np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8) for seed in range(3)]
+    (tmp_path / "anim.gif").write_bytes(animated_file("GIF", frames, [100, 200, 300], loop=0))
+    options = ["--weights", str(weights), "--device", "cpu", "--backend", "torch", "--scale", "2"]
+    assert main(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "out"), "--format", "webp",
+                 *options]) == 0
+    assert "3 frames" in capsys.readouterr().out
+    assert read_animation((tmp_path / "out" / "anim_x2.webp").read_bytes()) == ("WEBP", 3, [100, 200, 300], 0,
+                                                                                 (16, 12))
+    assert main(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "first"), "--frames", "first",
+                 *options]) == 0
+    assert read_animation((tmp_path / "first" / "anim_x2.png").read_bytes())[1] == 1
+    assert main(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "jpeg"), "--format", "jpeg",
+                 *options]) == 1
+    assert "jpeg cannot hold an animation" in capsys.readouterr().err
