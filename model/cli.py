@@ -2,6 +2,8 @@
 
     imdn-sr upscale photo.jpg scans/ --scale 3.5 -o out/
     imdn-sr upscale in.png --width 1920 -o out/ --format webp
+    imdn-sr upscale in.png --width 1920 --height 1080 --fit contain -o out/
+    imdn-sr upscale phone.jpg --scale 1 -o out/   (same size: IMDN_AS, no enlarging)
     imdn-sr evaluate --weights default --data ../shared/data/benchmarks
     imdn-sr train --scale 2 --out runs/x2
     imdn-sr calibrate my_pairs/ -o my_camera.safetensors   (fine-tune IMDN_AS on your camera's own pairs)
@@ -17,8 +19,10 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
+from model.animation import ANIMATION_OUTPUTS, Animation, decoded_frames, encode_animation, open_animation
 from model.backends import BACKENDS, OnnxRunner, TorchRunner, load_models, pick_device, uses_onnx
 from model.encode import encode_png_stream, encode_whole
 from model.engine import Upscaler
@@ -30,15 +34,20 @@ from model.plan import (
     CONTENT_KINDS,
     DEFAULT_ANY_SCALE,
     DEFAULT_CONTENT,
+    DEFAULT_FIT,
+    DEFAULT_FRAMES,
     DEFAULT_MAX_SCALE,
     DEFAULT_MODEL,
     DEFAULT_SCALE,
+    FIT_MODES,
+    FRAME_CHOICES,
     MODEL_CHOICES,
+    Plan,
     UpscaleError,
 )
 from model.weights import WeightsError
 
-# The CLI also takes GIFs (their first frame).
+# The CLI also takes GIFs (every frame of an animation, or the first with --frames first).
 CLI_SUFFIXES = IMAGE_SUFFIXES | {".gif"}
 
 
@@ -75,6 +84,21 @@ def output_name(path: Path, args: argparse.Namespace) -> str:
     return f"{path.stem}_{tag}.{args.format}"
 
 
+def upscale_animation(upscaler: Upscaler, animation: Animation, args: argparse.Namespace, target: Path) -> Plan:
+    """Every frame of an animated GIF/WebP/PNG upscaled, written as one animation (APNG, WebP or GIF)."""
+    plan = upscaler.plan(animation.size, args.scale, args.width, args.height, args.model, fit=args.fit)
+    if args.format not in ANIMATION_OUTPUTS:
+        raise UpscaleError(f"{args.format} cannot hold an animation: use --format png (APNG), webp or gif, or "
+                           "--frames first")
+    images, durations = [], []
+    for picture, duration in decoded_frames(animation):
+        images.append(Image.fromarray(upscaler.upscale_picture(picture, plan)))
+        durations.append(duration)
+    target.write_bytes(encode_animation(images, durations, animation.loop, args.format, args.quality,
+                                        args.png_level, animation.icc_profile))
+    return plan
+
+
 def upscale_command(args: argparse.Namespace) -> int:
     files, skipped = expand_inputs(args.inputs)
     for path, reason in skipped.items():
@@ -94,8 +118,17 @@ def upscale_command(args: argparse.Namespace) -> int:
     for path in tqdm(files, desc="upscale", unit="img", disable=len(files) < 2 or not sys.stderr.isatty()):
         target = args.out / output_name(path, args)
         try:
-            picture = decode(path.read_bytes(), args.max_pixels)
-            plan = upscaler.plan(picture.size, args.scale, args.width, args.height, args.model)
+            data = path.read_bytes()
+            animation = open_animation(data, args.max_pixels) if args.frames == "all" else None
+            if animation is not None:
+                partial = target.with_suffix(target.suffix + ".part")
+                plan = upscale_animation(upscaler, animation, args, partial)
+                partial.replace(target)
+                tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {plan.label}, "
+                           f"{animation.frames} frames)")
+                continue
+            picture = decode(data, args.max_pixels)
+            plan = upscaler.plan(picture.size, args.scale, args.width, args.height, args.model, fit=args.fit)
             bands = upscaler.picture_bands(picture, plan)
             partial = target.with_suffix(target.suffix + ".part")
             with partial.open("wb") as out:
@@ -155,12 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("upscale", help="upscale images or folders of images locally")
     up.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     size = up.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, help=f"scale factor > 1 (default {DEFAULT_SCALE:g})")
+    size.add_argument("--scale", type=float, help=f"scale factor (default {DEFAULT_SCALE:g}); 1 runs IMDN_AS on a "
+                      "photo at its own size (no enlarging; --content photo only)")
     size.add_argument("--width", type=int, help="target width (keeps aspect unless --height)")
     up.add_argument("--height", type=int, help="target height")
+    up.add_argument("--fit", choices=FIT_MODES, default=DEFAULT_FIT,
+                    help="with --width and --height: 'fill' exactly (default), 'contain' (largest inside, aspect "
+                         "kept) or 'cover' (fill, aspect kept, centre cropped)")
     up.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     up.add_argument("--model", choices=MODEL_CHOICES, default=DEFAULT_MODEL)
-    up.add_argument("--format", choices=["png", "webp", "jpeg"], default="png")
+    up.add_argument("--format", choices=["png", "webp", "jpeg", "gif"], default="png")
+    up.add_argument("--frames", choices=FRAME_CHOICES, default=DEFAULT_FRAMES,
+                    help="animated GIF/WebP/PNG: 'all' frames, durations and loop kept (out as APNG, WebP or GIF), "
+                         "or the 'first' only")
     up.add_argument("--quality", type=int, default=90)
     up.add_argument("--png-level", type=int, default=1,
                     help="PNG deflate level: 0 stored, 1-3 ISA-L (several times faster than zlib), 4-9 zlib")

@@ -10,6 +10,7 @@ band by band (model/resize.py). Bands of output become the picture's integer row
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from model.picture import Picture, array_to_pil, picture_from_array, picture_fro
 from model.plan import (
     DEFAULT_ANY_SCALE,
     DEFAULT_CONTENT,
+    DEFAULT_FIT,
     DEFAULT_MAX_SCALE,
     DEFAULT_MODEL,
     NETWORK_SCALES,
@@ -71,9 +73,10 @@ class Upscaler:
         return self.tiler.budget_bytes
 
     def plan(self, in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
-             height: int | None = None, model: str = DEFAULT_MODEL, content: str | None = None) -> Plan:
+             height: int | None = None, model: str = DEFAULT_MODEL, content: str | None = None,
+             fit: str = DEFAULT_FIT) -> Plan:
         return plan_upscale(in_size, scale, width, height, model, self.max_scale, self.any_scale, self.available,
-                            content or self.content)
+                            content or self.content, fit)
 
     # --- colour planes -------------------------------------------------------------
 
@@ -125,6 +128,8 @@ class Upscaler:
             return
 
         def read(rows: Span, cols: Span) -> torch.Tensor:
+            if size == (source.shape[1], source.shape[2]):  # restore-only: the input itself, no resize
+                return unit_float(source[:, rows.start : rows.stop, cols.start : cols.stop])
             return resize_unit(source, size, (rows.start, rows.stop, cols.start, cols.stop))
 
         work = NetworkPass(model, 1, size, read, AS_CONTEXT, align=4)
@@ -152,6 +157,11 @@ class Upscaler:
         """Picture -> (rows, W', C) uint8/uint16 bands of the output image, top to bottom."""
         if picture.size != plan.in_size:
             raise UpscaleError(f"plan is for {plan.in_size}, picture is {picture.size}")
+        if plan.crop is not None:  # fit=cover: only the centred part with the box's aspect ratio is enlarged
+            c = plan.crop
+            picture = replace(picture, color=picture.color[:, c.top : c.top + c.height, c.left : c.left + c.width],
+                              alpha=None if picture.alpha is None else
+                              picture.alpha[c.top : c.top + c.height, c.left : c.left + c.width])
         out_h, out_w = plan.out_size
         for top, color in self.color_bands(picture.color, plan):
             # Converted a slice of rows at a time: converting a whole band at once made a float copy of
@@ -179,10 +189,11 @@ class Upscaler:
         return np.concatenate(list(self.picture_bands(picture, plan)), axis=0)
 
     def upscale(self, image: Image.Image | np.ndarray, scale: float | None = None, width: int | None = None,
-                height: int | None = None, model: str = DEFAULT_MODEL) -> Image.Image | np.ndarray:
+                height: int | None = None, model: str = DEFAULT_MODEL,
+                fit: str = DEFAULT_FIT) -> Image.Image | np.ndarray:
         """PIL image or (H,W[,C]) uint8/uint16 array -> the upscaled image of the same kind."""
         picture = picture_from_pil(image) if isinstance(image, Image.Image) else picture_from_array(image)
-        plan = self.plan(picture.size, scale, width, height, model)
+        plan = self.plan(picture.size, scale, width, height, model, fit=fit)
         array = self.upscale_picture(picture, plan)
         if isinstance(image, Image.Image):
             return array_to_pil(array, picture.icc_profile)

@@ -29,9 +29,15 @@ from typing import Literal, get_args
 ModelChoice = Literal["auto", "x2", "x3", "x4", "as"]
 Content = Literal["photo", "clean"]
 AnyScale = Literal["as", "downscale"]
+# How a width and a height given together are met: exactly (fill), inside (contain), or filled and cropped (cover).
+Fit = Literal["fill", "contain", "cover"]
+# An animated upload: every frame upscaled (model/animation.py), or the first alone.
+Frames = Literal["all", "first"]
 MODEL_CHOICES: tuple[str, ...] = get_args(ModelChoice)
 CONTENT_KINDS: tuple[str, ...] = get_args(Content)
 ANY_SCALE_METHODS: tuple[str, ...] = get_args(AnyScale)
+FIT_MODES: tuple[str, ...] = get_args(Fit)
+FRAME_CHOICES: tuple[str, ...] = get_args(Frames)
 NETWORK_SCALES = {"x2": 2, "x3": 3, "x4": 4, "as": 1}
 # Extra IMDN_AS weights calibrated to one camera (imdn-sr calibrate) are the model "as:NAME".
 CAMERA_PREFIX = "as:"
@@ -46,6 +52,8 @@ DEFAULT_CONTENT: Content = "photo"
 DEFAULT_ANY_SCALE: AnyScale = "downscale"
 DEFAULT_SCALE = 2.0
 DEFAULT_MAX_SCALE = 8.0
+DEFAULT_FIT: Fit = "fill"
+DEFAULT_FRAMES: Frames = "all"
 
 
 class UpscaleError(ValueError):
@@ -61,10 +69,31 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Crop:
+    """The part of the input a plan enlarges (fit=cover): rows top..top+height, columns left..left+width."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
 class Plan:
     in_size: tuple[int, int]
     out_size: tuple[int, int]
     stages: tuple[Stage, ...]
+    crop: Crop | None = None  # the stages start from this part of the input (None: all of it)
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """(h, w) the first stage reads: the crop's, else the input's."""
+        return (self.crop.height, self.crop.width) if self.crop else self.in_size
+
+    @property
+    def restore_only(self) -> bool:
+        """Output at the input's own size: IMDN_AS restores (blur, noise, JPEG) without enlarging."""
+        return self.out_size == self.source_size
 
     @property
     def models(self) -> list[str]:
@@ -77,26 +106,25 @@ class Plan:
 
     @property
     def scale(self) -> tuple[float, float]:
-        return self.out_size[0] / self.in_size[0], self.out_size[1] / self.in_size[1]
+        h, w = self.source_size
+        return self.out_size[0] / h, self.out_size[1] / w
 
 
 def target_size(in_size: tuple[int, int], scale: float | None, width: int | None, height: int | None,
                 max_scale: float) -> tuple[int, int]:
-    """Validate the request and return the output (height, width)."""
+    """Validate the request and return the output (height, width); the input's own size is restore-only."""
     h, w = in_size
     if scale is not None and (width is not None or height is not None):
         raise UpscaleError("give either scale or width/height, not both")
     if scale is None and width is None and height is None:
         raise UpscaleError("give a scale or a target width/height")
     if scale is not None:
-        if not math.isfinite(scale) or scale <= 1:
-            raise UpscaleError(f"scale must be a number greater than 1, got {scale}")
+        if not math.isfinite(scale) or scale < 1:
+            raise UpscaleError(f"scale must be a number of at least 1 (1: the input's own size, IMDN_AS only), "
+                               f"got {scale}")
         if scale > max_scale:
             raise UpscaleError(f"scale {scale} is above the maximum of {max_scale}")
-        out = (max(h, math.floor(h * scale + 0.5)), max(w, math.floor(w * scale + 0.5)))
-        if out == (h, w):
-            raise UpscaleError(f"scale {scale} leaves a {w}x{h} image the same size: nothing to upscale")
-        return out
+        return max(h, math.floor(h * scale + 0.5)), max(w, math.floor(w * scale + 0.5))
     for name, value in (("width", width), ("height", height)):
         if value is not None and value < 1:
             raise UpscaleError(f"{name} must be a positive number of pixels, got {value}")
@@ -107,11 +135,37 @@ def target_size(in_size: tuple[int, int], scale: float | None, width: int | None
         kept = " (the aspect ratio kept)" if width is None or height is None else ""
         raise UpscaleError(f"target {out_w}x{out_h}{kept} is smaller than the input {w}x{h}: "
                            "this service only enlarges")
-    if (out_h, out_w) == (h, w):
-        raise UpscaleError(f"target {out_w}x{out_h} is the input size: nothing to upscale")
     if out_h > h * max_scale + 0.5 or out_w > w * max_scale + 0.5:
         raise UpscaleError(f"target {out_w}x{out_h} is more than {max_scale}x the input {w}x{h}")
     return out_h, out_w
+
+
+def fit_box(in_size: tuple[int, int], width: int, height: int, fit: str) -> tuple[tuple[int, int], Crop | None]:
+    """A width x height box and a fit -> (output (h, w), the part of the input to enlarge, None: all of it).
+
+    fill: the box exactly (the aspect ratio bends); contain: the largest size inside the box with the input's
+    aspect ratio (one side meets the box); cover: the box exactly, from the centred part of the input that
+    has the box's aspect ratio (the rest is cropped, so nothing is stretched).
+    """
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
+    if width < 1 or height < 1:
+        raise UpscaleError(f"width and height must be positive numbers of pixels, got {width}x{height}")
+    h, w = in_size
+    if fit == "fill":
+        return (height, width), None
+    factor = min(width / w, height / h) if fit == "contain" else max(width / w, height / h)
+    if factor < 1:
+        raise UpscaleError(f"fit={fit} in a {width}x{height} box would shrink the input {w}x{h}: this service "
+                           "only enlarges")
+    def rounded(side: float, most: int) -> int:
+        return min(most, max(1, math.floor(side + 0.5)))
+
+    if fit == "contain":
+        return (rounded(h * factor, height), rounded(w * factor, width)), None
+    crop_h, crop_w = rounded(height / factor, h), rounded(width / factor, w)
+    crop = Crop((h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w) if (crop_h, crop_w) != (h, w) else None
+    return (height, width), crop
 
 
 def scale_policy(any_scale: str = DEFAULT_ANY_SCALE, content: str = DEFAULT_CONTENT) -> str:
@@ -141,7 +195,7 @@ def is_model_choice(model: str) -> bool:
 def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: int | None = None,
                  height: int | None = None, model: str = DEFAULT_MODEL, max_scale: float = DEFAULT_MAX_SCALE,
                  any_scale: str = DEFAULT_ANY_SCALE, available: Collection[str] | None = None,
-                 content: str = DEFAULT_CONTENT) -> Plan:
+                 content: str = DEFAULT_CONTENT, fit: str = DEFAULT_FIT) -> Plan:
     """Request -> Plan (see the module docstring for the policy).
 
     any_scale: how `auto` reaches a non-integer scale up to 4: "as" (bicubic pre-scaling
@@ -149,6 +203,8 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
     to the target; bench/quality.py compares the two for a set of weights).
     available: the models that can run (default: all); a plan never needs another one.
     content: "photo" sends `auto` up to 4x through IMDN_AS (when loaded), "clean" as above.
+    fit: with both width and height, how the box is met (fit_box); ignored otherwise.
+    An output at the input's own size (scale 1) is restore-only: IMDN_AS with no resize, photos only.
     """
 
     def loaded(name: str) -> bool:
@@ -160,11 +216,18 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
         raise ValueError(f"content must be one of {CONTENT_KINDS}, got {content!r}")
     if not is_model_choice(model):
         raise UpscaleError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES)} or as:CAMERA")
-    h, w = in_size
-    out = target_size(in_size, scale, width, height, max_scale)
+    crop = None
+    if width is not None and height is not None and scale is None:
+        (height, width), crop = fit_box(in_size, width, height, fit)
+    h, w = (crop.height, crop.width) if crop else in_size
+    out = target_size((h, w), scale, width, height, max_scale)
+    if out == (h, w) and network_of(model) != "as" and not (model == "auto" and content == "photo"):
+        raise UpscaleError(_nothing_to_enlarge(model, content, w, h))
     exact = next((k for k in (2, 3, 4) if out == (k * h, k * w)), None)
-    downscale_k = _smallest_loaded_scale(out, in_size, loaded) if any_scale == "downscale" else None
-    if model in ("x2", "x3", "x4"):
+    downscale_k = _smallest_loaded_scale(out, (h, w), loaded) if any_scale == "downscale" else None
+    if out == (h, w):  # restore-only: IMDN_AS at the input's size, no resize
+        stages = [Stage(model if network_of(model) == "as" else "as", out)]
+    elif model in ("x2", "x3", "x4"):
         k = NETWORK_SCALES[model]
         stages = [Stage(model, (k * h, k * w))]
         if stages[0].size != out:
@@ -184,7 +247,17 @@ def plan_upscale(in_size: tuple[int, int], scale: float | None = None, width: in
     missing = [s.model for s in stages if s.model is not None and not loaded(s.model)]
     if missing:
         raise UpscaleError(f"model {missing[0]} is needed for this request but not loaded on this server")
-    return Plan(in_size, out, tuple(stages))
+    return Plan(in_size, out, tuple(stages), crop)
+
+
+def _nothing_to_enlarge(model: str, content: str, w: int, h: int) -> str:
+    """Why an output at the input's size cannot be made without IMDN_AS."""
+    if model == "auto" and content == "clean":
+        return (f"the output would be the input's own size ({w}x{h}): at that size only IMDN_AS runs, which is "
+                "for camera photos (content=photo); a clean image has nothing for x2/x3/x4 to do at scale 1")
+    return (f"the output would be the input's own size ({w}x{h}): model {model} enlarges by "
+            f"{NETWORK_SCALES[model]}, so it has nothing to do; at the input's size use model=auto with "
+            "content=photo, or model=as")
 
 
 def _smallest_loaded_scale(out: tuple[int, int], in_size: tuple[int, int],

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.animation import MAX_ANIMATION_PIXELS
 from model.backends import Backend
 from model.imageio import MAX_FRAMES
 from model.imdn import MODEL_NAMES
@@ -75,7 +76,10 @@ class Settings(BaseSettings):
     max_scale: float = Field(DEFAULT_MAX_SCALE, gt=1, le=16)
     max_jpeg_scans: int = Field(100, ge=1, description="progressive JPEGs with more scans get 422")
     max_frames: int = Field(MAX_FRAMES, ge=1, description="animated or multi-page uploads with more frames (pages, "
-                            "IFDs) get 422; only the first frame is used, the others are counted up to this")
+                            "IFDs) get 422; frames are counted from the file's structure up to this")
+    max_animation_pixels: int = Field(MAX_ANIMATION_PIXELS, ge=1, description="an animation's output pixels over "
+                                      "all its frames (frames x width x height); more get 413 before decoding. The "
+                                      "frames are held until written: a peak of 10-14 bytes per pixel")
 
     # Output
     png_compress_level: int = Field(1, ge=0, le=9,

@@ -125,6 +125,8 @@ class Metrics:
                                multiprocess_mode="livesum")
         self.tiles = Counter("imdn_tiles", "Tiles run through a network", ["model"], registry=r)
         self.output_pixels = Counter("imdn_output_pixels", "Output pixels produced", ["model"], registry=r)
+        self.frames = Counter("imdn_frames", "Frames upscaled (1 per still image; each frame of an animation)",
+                              ["format"], registry=r)
         self.batch_size = Histogram("imdn_batch_size", "Tiles per network call", buckets=(1, 2, 4, 8, 16, 32, 64),
                                     registry=r)
         self.model_load = Gauge("imdn_model_load_seconds", "Time to load and warm each model", ["model"],

@@ -8,7 +8,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model.plan import DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICE_PATTERN, MODEL_CHOICES, Content, is_model_choice
+from model.plan import (
+    DEFAULT_FIT,
+    DEFAULT_FRAMES,
+    DEFAULT_MODEL,
+    DEFAULT_SCALE,
+    MODEL_CHOICE_PATTERN,
+    MODEL_CHOICES,
+    Content,
+    Fit,
+    Frames,
+    is_model_choice,
+)
 from service.errors import BadRequestError
 
 # Numbers as JSON and HTML forms write them: ASCII digits, a sign, a decimal point, an exponent. Python and
@@ -21,12 +32,16 @@ class UpscaleParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scale: float | None = Field(None, gt=1, allow_inf_nan=False,
-                                description=f"Scale factor > 1 (default {DEFAULT_SCALE:g} when no width/height is "
-                                "given)")
+    scale: float | None = Field(None, ge=1, allow_inf_nan=False,
+                                description=f"Scale factor >= 1 (default {DEFAULT_SCALE:g} when no width/height is "
+                                "given); 1 (or the input's own width/height) runs IMDN_AS on a photo at its own "
+                                "size, no enlarging (content=photo only)")
     width: int | None = Field(None, ge=1, le=65535, description="Target width in pixels")
     height: int | None = Field(None, ge=1, le=65535, description="Target height in pixels; "
                                "give one of width/height to keep the aspect ratio")
+    fit: Fit = Field(DEFAULT_FIT, description="With both width and height: 'fill' (exactly that size, the aspect "
+                     "ratio bends), 'contain' (the largest size inside the box, aspect kept), 'cover' (the box, "
+                     "aspect kept, the centre cropped); X-Output-Size says what came out")
     model: str = Field(
         DEFAULT_MODEL, description="auto: by content (below); x2/x3/x4: that network, then bicubic to the target; "
         "as: bicubic + IMDN_AS at any scale; as:CAMERA: the same with IMDN_AS calibrated to a camera (the "
@@ -38,8 +53,12 @@ class UpscaleParams(BaseModel):
         "to 4, fine-tuned on real camera pairs: +0.93 dB over the camera's own image on pairs it never saw, "
         "docs/model-card.md) or 'clean' (already sharp images such as renders and "
         "screenshots: IMDN x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); default: the server's IMDN_CONTENT")
-    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
-                                                  "no alpha, so transparency is flattened onto white")
+    format: Literal["png", "webp", "jpeg", "gif"] = Field(
+        "png", description="Output format; PNG is streamed; JPEG has no alpha, so transparency is flattened onto "
+        "white; an animation comes back as APNG (png), animated WebP or GIF")
+    frames: Frames = Field(DEFAULT_FRAMES, description="Animated GIF, WebP and PNG: 'all' upscales every frame, "
+                           "keeping durations and loop count (IMDN_MAX_ANIMATION_PIXELS bounds frames x output "
+                           "pixels); 'first' upscales the first frame only (X-Frames-Dropped)")
     quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
     url: str | None = Field(None, max_length=2048, description="the source image's http(s) URL, instead of a body: "
                             "fetched by the service if its host is in IMDN_SOURCE_ALLOW (docs/urls.md)")

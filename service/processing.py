@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from PIL import Image
 from starlette.types import Receive, Scope, Send
 
+from model.animation import Animation, decoded_frames, encode_animation
 from model.encode import PNGStreamEncoder, encode_whole
 from model.engine import Upscaler
 from model.imageio import Picture
@@ -180,6 +182,33 @@ def encoded_chunks(upscaler: Upscaler, picture: Picture, plan: Plan, fmt: str, q
     parts = [band for band in waited() if band is not None]
     started = time.perf_counter()
     data = encode_whole(np.concatenate(parts), fmt, quality, picture.icc_profile)
+    timings.encode += time.perf_counter() - started
+    yield data
+
+
+def animation_chunks(upscaler: Upscaler, animation: Animation, plan: Plan, fmt: str, quality: int, png_level: int,
+                     timings: Timings, cancel: threading.Event, check: Callable[[], None]) -> Iterator[bytes]:
+    """An animation -> its upscaled animation's bytes, in one piece (APNG, WebP and GIF writers need every frame).
+    Frames are decoded, upscaled (tiled as a still would be) and converted one at a time; the request stops
+    between frames once cancelled, and `check` (the request's end or deadline) runs before each frame's reads."""
+    images: list[Image.Image] = []
+    durations: list[int] = []
+    decoded = decoded_frames(animation, check)
+    while True:
+        started = time.perf_counter()
+        item = next(decoded, None)
+        timings.decode += time.perf_counter() - started
+        if item is None:
+            break
+        if cancel.is_set():
+            raise RequestCancelledError("client disconnected")
+        picture, duration = item
+        started = time.perf_counter()
+        images.append(Image.fromarray(upscaler.upscale_picture(picture, plan)))
+        durations.append(duration)
+        timings.inference += time.perf_counter() - started
+    started = time.perf_counter()
+    data = encode_animation(images, durations, animation.loop, fmt, quality, png_level, animation.icc_profile)
     timings.encode += time.perf_counter() - started
     yield data
 

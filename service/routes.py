@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model.animation import ANIMATION_OUTPUTS, check_output_pixels, open_animation
 from model.engine import Upscaler
 from model.imageio import DecodeCancelledError, decode, header_size
 from model.plan import DEFAULT_SCALE, Plan, scale_policy
@@ -35,6 +36,7 @@ from service.processing import (
     DrainDeadlineError,
     RequestRunner,
     Timings,
+    animation_chunks,
     encoded_chunks,
     run_in_thread,
     unless_drain_ends,
@@ -48,12 +50,12 @@ from service.state import ServiceState, StateDep, part_window
 from service.upload import UploadTimeoutError, receive_upload
 
 STATIC = Path(__file__).resolve().parent / "static"
-MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
-# The formats' own limits (libwebp: 16383; libjpeg via Pillow: 65500); PNG has none that matters here.
-FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "gif": "image/gif"}
+# The formats' own limits (libwebp: 16383; libjpeg via Pillow: 65500; GIF: 16 bits); PNG has none that matters.
+FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "gif": 65535}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
-                  "X-Frames-Dropped", "X-Alpha-Flattened", "ETag", "X-Cache"]
+                  "X-Frames-Dropped", "X-Frames", "X-Alpha-Flattened", "ETag", "X-Cache"]
 
 router = APIRouter()
 
@@ -63,8 +65,11 @@ router = APIRouter()
     summary="Upscale an image",
     description=(
         "Send an image (multipart field `image`, or the raw body with an `image/*` Content-Type) and get it back "
-        "upscaled. PNG output is streamed band by band as it is computed. Animated images: the first frame is "
-        "used (header `X-Frames-Dropped`). Response headers say what was done: `X-Model`, `X-Scale`, "
+        "upscaled. PNG output is streamed band by band as it is computed. Animated GIF, WebP and PNG: every "
+        "frame is upscaled, durations and loop count kept, and the animation comes back whole as APNG, WebP or GIF "
+        "(header `X-Frames`); `frames=first` takes the first frame only (header `X-Frames-Dropped`). `scale=1` "
+        "runs IMDN_AS on a photo at its own size; `fit` says how a width and height together are met. Response headers "
+        "say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
         "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "
         "composited onto white and says so in `X-Alpha-Flattened: white`. Instead of a body, `url=` (query or "
@@ -147,7 +152,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
                             part_window=part_window(state.devices), parts_budget_bytes=state.parts_budget_bytes)
 
         def checked_plan(size: tuple[int, int]) -> Plan:
-            plan = upscaler.plan(size, scale, params.width, params.height, params.model)
+            plan = upscaler.plan(size, scale, params.width, params.height, params.model, fit=params.fit)
             out_h, out_w = plan.out_size
             side_limit = FORMAT_MAX_SIDE.get(params.format)
             if side_limit is not None and max(out_h, out_w) > side_limit:
@@ -161,15 +166,26 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         timings = Timings()
         decode_start = time.perf_counter()
         # Every limit the header can decide, before any pixel is decoded.
-        plan = checked_plan(await asyncio.to_thread(header_size, data, settings.max_input_pixels,
-                                                    settings.max_jpeg_scans, settings.max_frames))
-        picture = await watched(request, asyncio.to_thread(decode, data, settings.max_input_pixels,
-                                                           settings.max_jpeg_scans, still_wanted, settings.max_frames),
-                                cancel, "while its image was decoded")
+        animation = None if params.frames == "first" else \
+            await asyncio.to_thread(open_animation, data, settings.max_input_pixels, settings.max_frames)
+        picture = None
+        if animation is not None:  # its frames are decoded one at a time as they are upscaled
+            if params.format not in ANIMATION_OUTPUTS:
+                raise BadRequestError(f"{params.format.upper()} cannot hold an animation: ask format=png (APNG), "
+                                      "webp or gif, or frames=first for the first frame alone")
+            plan = checked_plan(animation.size)
+            check_output_pixels(animation, plan.out_size, settings.max_animation_pixels)
+        else:
+            plan = checked_plan(await asyncio.to_thread(header_size, data, settings.max_input_pixels,
+                                                        settings.max_jpeg_scans, settings.max_frames))
+            picture = await watched(request, asyncio.to_thread(decode, data, settings.max_input_pixels,
+                                                               settings.max_jpeg_scans, still_wanted,
+                                                               settings.max_frames),
+                                    cancel, "while its image was decoded")
+            if picture.size != plan.in_size:  # an orientation the header did not show
+                plan = checked_plan(picture.size)
         del data
         timings.decode = time.perf_counter() - decode_start
-        if picture.size != plan.in_size:  # an orientation the header did not show
-            plan = checked_plan(picture.size)
         out_h, out_w = plan.out_size
         queue_start = time.perf_counter()
         await admission.slot(max(0.0, deadline - time.monotonic()))
@@ -180,9 +196,15 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         admission.leave()
         raise
 
-    chunks = run_in_thread(while_in_use(pool, encoded_chunks(upscaler, picture, plan, params.format, params.quality,
-                                                             settings.png_compress_level, timings, cancel,
-                                                             settings.stream_heartbeat_s)), cancel)
+    if animation is not None:
+        work = animation_chunks(upscaler, animation, plan, params.format, params.quality, settings.png_compress_level,
+                                timings, cancel, still_wanted)
+    else:
+        assert picture is not None
+        work = encoded_chunks(upscaler, picture, plan, params.format, params.quality, settings.png_compress_level,
+                              timings, cancel, settings.stream_heartbeat_s)
+    chunks = run_in_thread(while_in_use(pool, work), cancel)
+    frames_made = animation.frames if animation is not None else 1
 
     def finish() -> None:
         nonlocal admitted
@@ -198,24 +220,26 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         await chunks.aclose()
         raise
     model_names = plan.label
+    in_h, in_w = plan.in_size
     request.state.log_extra = {
         **getattr(request.state, "log_extra", {}), "model": model_names,
-        "in": f"{picture.size[1]}x{picture.size[0]}", "out": f"{out_w}x{out_h}",
-        "format": params.format,
+        "in": f"{in_w}x{in_h}", "out": f"{out_w}x{out_h}", "format": params.format, "frames": frames_made,
     }
     headers = {
         "X-Model": model_names,
         "X-Scale": f"{plan.scale[1]:.4g}x{plan.scale[0]:.4g}",
-        "X-Input-Size": f"{picture.size[1]}x{picture.size[0]}",
+        "X-Input-Size": f"{in_w}x{in_h}",
         "X-Output-Size": f"{out_w}x{out_h}",
         "Server-Timing": timings.server_timing(),
         "Content-Disposition": f'inline; filename="upscaled.{params.format}"',
         "ETag": tag,
         "Cache-Control": cache_control(request, settings.cache_max_age),
     }
-    if picture.frames > 1:
+    if animation is not None:
+        headers["X-Frames"] = str(animation.frames)
+    elif picture is not None and picture.frames > 1:
         headers["X-Frames-Dropped"] = str(picture.frames - 1)
-    if params.format == "jpeg" and picture.alpha is not None:
+    if params.format == "jpeg" and picture is not None and picture.alpha is not None:
         headers["X-Alpha-Flattened"] = "white"  # JPEG has no alpha: encode_whole composites onto white
 
     media_type = MEDIA_TYPES[params.format]
@@ -244,7 +268,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
             if recorder is not None:
                 recorder.complete()
             state.metrics.encode.labels(params.format).observe(timings.encode)
-            state.metrics.output_pixels.labels(model_names).inc(out_w * out_h)
+            state.metrics.output_pixels.labels(model_names).inc(out_w * out_h * frames_made)
+            state.metrics.frames.labels(params.format).inc(frames_made)
             request.state.log_extra.update(inference_s=round(timings.inference, 4), encode_s=round(timings.encode, 4),
                                            decode_s=round(timings.decode, 4), queue_s=round(timings.queue, 4),
                                            total_s=round(time.perf_counter() - started, 4))
@@ -271,6 +296,7 @@ async def list_models(state: StateDep) -> dict[str, object]:
             "max_upload_bytes": state.settings.max_upload_bytes,
             "max_input_pixels": state.settings.max_input_pixels,
             "max_output_pixels": state.settings.max_output_pixels,
+            "max_animation_pixels": state.settings.max_animation_pixels,
         },
         "ready": state.is_ready(),
     }

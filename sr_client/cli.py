@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from model.plan import CONTENT_KINDS, DEFAULT_MODEL, is_model_choice
+from model.plan import CONTENT_KINDS, DEFAULT_MODEL, FIT_MODES, FRAME_CHOICES, is_model_choice
 from sr_client.client import DEFAULT_URL, FORMATS, MODELS, RetryPolicy, upscale_folder
 
 
@@ -22,9 +22,12 @@ def build_parser(prog: str = "python -m sr_client") -> argparse.ArgumentParser:
     parser.add_argument("--url", default=os.environ.get("IMDN_SR_URL", DEFAULT_URL),
                         help="service base URL (default: $IMDN_SR_URL or %(default)s)")
     size = parser.add_argument_group("size", "give --scale, or --width and/or --height (default: --scale 2)")
-    size.add_argument("--scale", type=float, help="scale factor > 1, e.g. 2 or 3.3")
+    size.add_argument("--scale", type=float,
+                      help="scale factor, e.g. 2 or 3.3; 1 runs IMDN_AS on photos at their own size")
     size.add_argument("--width", type=int, help="target width in pixels")
     size.add_argument("--height", type=int, help="target height in pixels (one of the two keeps the aspect ratio)")
+    size.add_argument("--fit", choices=FIT_MODES, help="with --width and --height: 'fill' that size (default), "
+                      "'contain' (largest inside, aspect kept) or 'cover' (fill it, aspect kept, centre cropped)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"{', '.join(MODELS)}, or as:CAMERA for a camera the service was calibrated to "
                              f"(default {DEFAULT_MODEL})")
@@ -33,6 +36,8 @@ def build_parser(prog: str = "python -m sr_client") -> argparse.ArgumentParser:
                              "screenshots); default: the service's")
     parser.add_argument("--format", choices=(*FORMATS, "jpg"), default="png", help="output format (default png)")
     parser.add_argument("--quality", type=int, help="WebP/JPEG quality 1-100")
+    parser.add_argument("--frames", choices=FRAME_CHOICES, help="animated GIF/WebP/PNG: 'all' frames (default; "
+                        "out as APNG, WebP or GIF) or the 'first' only")
     parser.add_argument("-o", "--out-dir", help="where to write <stem>_x<scale>.<format> (default: beside each input)")
     parser.add_argument("-j", "--concurrency", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sr_client") -> in
     summary = upscale_folder(
         args.inputs, args.out_dir, url=args.url, concurrency=args.concurrency, scale=args.scale, width=args.width,
         height=args.height, model=args.model, format=args.format, quality=args.quality, content=args.content,
+        fit=args.fit, frames=args.frames,
         api_key=args.api_key,
         overwrite=not args.skip_existing, recursive=args.recursive, progress=not args.quiet,
         retry=RetryPolicy(attempts=args.retries + 1),

@@ -29,14 +29,22 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from model.plan import CONTENT_KINDS, DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICES, is_model_choice
+from model.plan import (
+    CONTENT_KINDS,
+    DEFAULT_MODEL,
+    DEFAULT_SCALE,
+    FIT_MODES,
+    FRAME_CHOICES,
+    MODEL_CHOICES,
+    is_model_choice,
+)
 
 log = logging.getLogger("sr_client")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ENDPOINT = "/v1/superresolve"
 MODELS = MODEL_CHOICES
-FORMATS = ("png", "webp", "jpeg")
+FORMATS = ("png", "webp", "jpeg", "gif")
 RETRY_STATUSES = frozenset({429, 503})
 # What the service can decode; anything else in a folder is skipped, not sent.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -207,19 +215,21 @@ def read_image(source: ImageInput) -> tuple[bytes, str]:
 
 def upscale_params(scale: float | None = None, width: int | None = None, height: int | None = None,
                    model: str = DEFAULT_MODEL, format: str = "png", quality: int | None = None,
-                   content: str | None = None) -> dict[str, str]:
+                   content: str | None = None, fit: str | None = None, frames: str | None = None) -> dict[str, str]:
     """The query string; only cheap sanity checks here, the service validates the rest and says why.
-    content None: the service's own default (IMDN_CONTENT)."""
+    content, fit, frames None: the service's own defaults (IMDN_CONTENT, fill, all)."""
     format = "jpeg" if format == "jpg" else format
     if not is_model_choice(model):
         raise ValueError(f"model must be one of {', '.join(MODELS)} or as:CAMERA, got {model!r}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if content is not None and content not in CONTENT_KINDS:
-        raise ValueError(f"content must be one of {', '.join(CONTENT_KINDS)}, got {content!r}")
     params = {"model": model, "format": format}
-    if content is not None:
-        params["content"] = content
+    for name, choice, choices in (("content", content, CONTENT_KINDS), ("fit", fit, FIT_MODES),
+                                  ("frames", frames, FRAME_CHOICES)):
+        if choice is not None and choice not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {choice!r}")
+        if choice is not None:
+            params[name] = choice
     for name, value in (("scale", scale), ("width", width), ("height", height), ("quality", quality)):
         if value is not None:
             params[name] = f"{value:g}" if isinstance(value, float) else str(value)
@@ -259,11 +269,14 @@ class SRClient(_ClientBase):
 
     def upscale(self, image: ImageInput, scale: float | None = None, width: int | None = None,
                 height: int | None = None, model: str = DEFAULT_MODEL, format: str = "png",
-                quality: int | None = None, content: str | None = None) -> Result:
+                quality: int | None = None, content: str | None = None, fit: str | None = None,
+                frames: str | None = None) -> Result:
         """Upscale bytes or a file. Give scale, or width and/or height (one keeps the aspect ratio);
-        neither means the service default (x2). content: 'photo' or 'clean' (None: the service's default).
+        neither means the service default (x2); scale 1 runs IMDN_AS on a photo at its own size.
+        content: 'photo' or 'clean' (None: the service's default). fit, with width and height: 'fill',
+        'contain' or 'cover'. frames: 'all' (an animation comes back animated) or 'first'.
         Raises SRError, or httpx.HTTPError when unreachable."""
-        params = upscale_params(scale, width, height, model, format, quality, content)
+        params = upscale_params(scale, width, height, model, format, quality, content, fit, frames)
         data, content_type = read_image(image)
         attempt = 0
         while True:
@@ -308,9 +321,10 @@ class AsyncSRClient(_ClientBase):
 
     async def upscale(self, image: ImageInput, scale: float | None = None, width: int | None = None,
                       height: int | None = None, model: str = DEFAULT_MODEL, format: str = "png",
-                      quality: int | None = None, content: str | None = None) -> Result:
+                      quality: int | None = None, content: str | None = None, fit: str | None = None,
+                      frames: str | None = None) -> Result:
         """As ``SRClient.upscale``."""
-        params = upscale_params(scale, width, height, model, format, quality, content)
+        params = upscale_params(scale, width, height, model, format, quality, content, fit, frames)
         data, content_type = await asyncio.to_thread(read_image, image)
         attempt = 0
         while True:
@@ -412,7 +426,7 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
                           url: str = DEFAULT_URL, concurrency: int = 4, scale: float | None = None,
                           width: int | None = None, height: int | None = None, model: str = DEFAULT_MODEL,
                           format: str = "png", quality: int | None = None, content: str | None = None,
-                          api_key: str | None = None,
+                          fit: str | None = None, frames: str | None = None, api_key: str | None = None,
                           overwrite: bool = True, recursive: bool = False, progress: bool = True,
                           retry: RetryPolicy | None = None, client: AsyncSRClient | None = None) -> FolderSummary:
     """Upscale every image among `paths` (files or folders) with at most `concurrency` requests in flight.
@@ -423,7 +437,7 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     format = "jpeg" if format == "jpg" else format
-    upscale_params(scale, width, height, model, format, quality, content)  # fail before any request
+    upscale_params(scale, width, height, model, format, quality, content, fit, frames)  # fail before any request
     if scale is None and width is None and height is None:
         scale = DEFAULT_SCALE
     started = time.perf_counter()
@@ -457,7 +471,8 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
                 summary.existing.append(output)
                 return
             async with gate:
-                result = await client.upscale(source, scale, width, height, model, format, quality, content)
+                result = await client.upscale(source, scale, width, height, model, format, quality, content, fit,
+                                              frames)
             await asyncio.to_thread(_write_atomically, output, result.content)
             summary.written.append(output)
         except (SRError, httpx.HTTPError, OSError) as exc:

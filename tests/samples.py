@@ -60,3 +60,36 @@ def many_frame_gif(count: int) -> bytes:
     head = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
     return head + frame * count + b"\x3b"
+
+
+def animated_file(fmt: str, frames: list[np.ndarray], durations: list[int], loop: int | None = 0) -> bytes:
+    """An animated GIF, WEBP (lossless) or PNG (APNG) of these (H,W,3|4) uint8 frames, as Pillow writes them;
+    loop None: a GIF without a loop extension (played once)."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    options: dict[str, object] = {"save_all": True, "append_images": images[1:], "duration": durations}
+    if loop is not None:
+        options["loop"] = loop
+    if fmt == "WEBP":
+        options["lossless"] = True
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def read_animation(data: bytes) -> tuple[str, int, list[int], int | None, tuple[int, int]]:
+    """(format, frames, durations in ms, loop or None, (width, height)) of an encoded animation, every frame read."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    durations = []
+    for index in range(getattr(img, "n_frames", 1)):
+        img.seek(index)
+        img.load()
+        durations.append(int(img.info.get("duration") or 0))
+    return img.format or "", len(durations), durations, img.info.get("loop"), img.size

@@ -90,6 +90,33 @@ def test_content_is_checked_before_sending():
         client.upscale(png_bytes(4, 4), content="drawing")
 
 
+def test_restore_only_fit_and_frames_reach_the_service(server: ServiceProcess, tmp_path: Path):
+    """scale 1, fit and frames go through the sync client, the async client and the command line."""
+    with SRClient(server.url) as client:
+        restored = client.upscale(png_bytes(20, 14), scale=1)
+        assert (restored.output_size, restored.model, image_size(restored.content)) == ((20, 14), "as", (20, 14))
+        assert client.upscale(png_bytes(20, 10), width=60, height=60, fit="contain").output_size == (60, 30)
+        assert client.upscale(png_bytes(20, 10), width=60, height=60, fit="cover").output_size == (60, 60)
+    frames = [Image.new("RGB", (8, 6), colour) for colour in ("red", "green", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=[50, 100, 150], loop=0)
+
+    async def run(mode: str) -> int:
+        async with AsyncSRClient(server.url) as client:
+            result = await client.upscale(buffer.getvalue(), scale=2, frames=mode, format="webp")
+            with Image.open(io.BytesIO(result.content)) as img:
+                return int(getattr(img, "n_frames", 1))
+
+    assert asyncio.run(run("all")) == 3 and asyncio.run(run("first")) == 1
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes(20, 10))
+    code = cli_main([str(source), "--url", server.url, "--width", "40", "--height", "40", "--fit", "contain", "-o",
+                     str(tmp_path / "out"), "-q"])
+    assert code == 0 and image_size((tmp_path / "out" / "in_40x40.png").read_bytes()) == (40, 20)
+    with pytest.raises(ValueError, match="fit must be one of fill, contain, cover"):
+        SRClient(server.url).upscale(png_bytes(4, 4), width=8, height=8, fit="stretch")
+
+
 def x2_output_pixels(server: ServiceProcess) -> float:
     """Pixels the service has produced with IMDN x2 alone (its Prometheus counter)."""
     with urllib.request.urlopen(f"{server.url}/metrics") as response:

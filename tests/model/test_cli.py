@@ -50,3 +50,42 @@ def test_upscale_jpeg_of_transparent_image_says_alpha_was_flattened(weights: Pat
     assert "alpha flattened onto white" in capsys.readouterr().out
     out = np.asarray(Image.open(tmp_path / "out" / "logo_x2.jpeg"))
     assert out.shape == (20, 24, 3) and out.min() >= 245
+
+
+@pytest.mark.parametrize(("options", "size", "name"), [
+    (["--scale", "1"], (12, 10), "a_x1.png"),  # restore only: the photo's own size, IMDN_AS
+    (["--width", "48", "--height", "48", "--fit", "contain"], (48, 40), "a_48x48.png"),
+    (["--width", "48", "--height", "48", "--fit", "cover"], (48, 48), "a_48x48.png"),
+])
+def test_upscale_restore_only_and_fit(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      options: list[str], size: tuple[int, int], name: str) -> None:
+    source = np.random.default_rng(3).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    Image.fromarray(source).save(tmp_path / "a.png")
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--weights", str(weights),
+                 "--device", "cpu", "--backend", "torch", *options])
+    assert code == 0, capsys.readouterr().err
+    out = Image.open(tmp_path / "out" / name)
+    assert out.size == size
+    if options[:2] == ["--scale", "1"]:
+        assert "as)" in capsys.readouterr().out
+        assert np.abs(np.asarray(out, np.int16) - source).max() > 0
+
+
+def test_upscale_an_animation_keeps_every_frame(weights: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.samples import animated_file, read_animation
+
+    frames = [np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8) for seed in range(3)]
+    (tmp_path / "anim.gif").write_bytes(animated_file("GIF", frames, [100, 200, 300], loop=0))
+    options = ["--weights", str(weights), "--device", "cpu", "--backend", "torch", "--scale", "2"]
+    assert main(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "out"), "--format", "webp",
+                 *options]) == 0
+    assert "3 frames" in capsys.readouterr().out
+    assert read_animation((tmp_path / "out" / "anim_x2.webp").read_bytes()) == ("WEBP", 3, [100, 200, 300], 0,
+                                                                                 (16, 12))
+    assert main(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "first"), "--frames", "first",
+                 *options]) == 0
+    assert read_animation((tmp_path / "first" / "anim_x2.png").read_bytes())[1] == 1
+    assert main(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "jpeg"), "--format", "jpeg",
+                 *options]) == 1
+    assert "jpeg cannot hold an animation" in capsys.readouterr().err

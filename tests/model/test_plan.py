@@ -6,7 +6,17 @@ import math
 
 import pytest
 
-from model.plan import Plan, Stage, UpscaleError, is_model_choice, network_of, plan_upscale, target_size
+from model.plan import (
+    Crop,
+    Plan,
+    Stage,
+    UpscaleError,
+    fit_box,
+    is_model_choice,
+    network_of,
+    plan_upscale,
+    target_size,
+)
 
 # The paper's policy for clean images, which these cases were written for (the defaults are for photos).
 PAPER_POLICY = {"content": "clean", "any_scale": "as"}
@@ -62,12 +72,13 @@ def test_target_size_keeps_aspect(size, request_, expected):
 
 
 @pytest.mark.parametrize(("request_", "message"), [
-    ({"scale": 1}, "greater than 1"),
-    ({"scale": 0.5}, "greater than 1"),
-    ({"scale": -2}, "greater than 1"),
-    ({"scale": 0}, "greater than 1"),
-    ({"scale": math.nan}, "greater than 1"),
-    ({"scale": math.inf}, "greater than 1"),
+    ({"scale": 1}, "only IMDN_AS runs, which is for camera photos"),
+    ({"scale": 1, "model": "x2"}, "model x2 enlarges by 2"),
+    ({"scale": 0.5}, "at least 1"),
+    ({"scale": -2}, "at least 1"),
+    ({"scale": 0}, "at least 1"),
+    ({"scale": math.nan}, "at least 1"),
+    ({"scale": math.inf}, "at least 1"),
     ({"scale": 8.5}, "above the maximum"),
     ({"scale": 2, "width": 100}, "not both"),
     ({"scale": 2, "height": 100}, "not both"),
@@ -76,8 +87,10 @@ def test_target_size_keeps_aspect(size, request_, expected):
     ({"height": -5}, "height must be a positive"),
     ({"width": 49}, "smaller than the input"),
     ({"width": 100, "height": 19}, "smaller than the input"),
-    ({"width": 50, "height": 20}, "nothing to upscale"),
-    ({"width": 50}, "nothing to upscale"),
+    ({"width": 50, "height": 20}, "input's own size .50x20.: at that size only IMDN_AS"),
+    ({"width": 50}, "input's own size"),
+    ({"width": 49, "height": 30, "fit": "contain"}, "fit=contain in a 49x30 box would shrink"),
+    ({"width": 40, "height": 19, "fit": "cover"}, "fit=cover in a 40x19 box would shrink"),
     ({"width": 500}, "more than 8.0x"),
     ({"width": 100, "height": 170}, "more than 8.0x"),
     ({"scale": 2, "model": "x5"}, "unknown model"),
@@ -123,3 +136,38 @@ def test_a_camera_model_runs_the_any_scale_path_with_its_own_weights():
 def test_network_of_names_the_architecture():
     assert [network_of(m) for m in ("x2", "x3", "x4", "as", "as:cam-1")] == ["x2", "x3", "x4", "as", "as"]
     assert is_model_choice("as:cam_2") and not is_model_choice("as:Cam") and not is_model_choice("x5")
+
+
+@pytest.mark.parametrize("request_", [{"scale": 1}, {"width": 50}, {"height": 20}, {"width": 50, "height": 20}])
+def test_restore_only_runs_imdn_as_at_the_input_size(request_):
+    """Output at the input's own size: IMDN_AS with no resize before it, for photos (the default content)."""
+    plan = plan_upscale((20, 50), **request_)
+    assert plan.stages == (Stage("as", (20, 50)),) and plan.restore_only and plan.scale == (1.0, 1.0)
+    assert plan_upscale((20, 50), scale=1, model="as:cam", content="clean").stages == (Stage("as:cam", (20, 50)),)
+    with pytest.raises(UpscaleError, match="model as is needed"):
+        plan_upscale((20, 50), scale=1, available={"x2", "x3", "x4"})
+
+
+@pytest.mark.parametrize(("in_size", "box", "fit", "out", "crop"), [
+    ((20, 50), (100, 100), "fill", (100, 100), None),
+    ((20, 50), (100, 100), "contain", (40, 100), None),  # width binds
+    ((50, 20), (100, 100), "contain", (100, 40), None),  # height binds
+    ((20, 50), (100, 100), "cover", (100, 100), Crop(0, 15, 20, 20)),  # the centred 20x20 square
+    ((50, 20), (30, 60), "cover", (60, 30), Crop(5, 0, 40, 20)),
+    ((20, 50), (150, 60), "cover", (60, 150), None),  # same aspect: nothing to crop
+    ((33, 17), (1000, 100), "contain", (100, 52), None),
+])
+def test_fit_sizes_and_crops(in_size, box, fit, out, crop):
+    width, height = box
+    plan = plan_upscale(in_size, width=width, height=height, fit=fit)
+    assert (plan.out_size, plan.crop) == (out, crop)
+    assert fit_box(in_size, width, height, fit) == (out, crop)
+    if crop is not None:  # the crop has the box's aspect ratio: one scale on both axes
+        assert plan.source_size == (crop.height, crop.width)
+        assert plan.scale[0] == pytest.approx(plan.scale[1], rel=0.03)
+
+
+def test_fit_applies_only_to_a_box():
+    """One side given keeps the aspect ratio anyway: fit changes nothing there."""
+    assert plan_upscale((20, 50), width=100, fit="cover") == plan_upscale((20, 50), width=100)
+    assert plan_upscale((20, 50), scale=2, fit="contain") == plan_upscale((20, 50), scale=2)

@@ -29,7 +29,8 @@ StartApp = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncC
     [
         ("scale=0", "scale"),
         ("scale=-1", "scale"),
-        ("scale=1", "scale"),
+        ("scale=1&content=clean", "only IMDN_AS runs"),
+        ("scale=0.99", "scale"),
         ("scale=nan", "scale"),
         ("scale=inf", "scale"),
         ("scale=abc", "scale"),
@@ -42,11 +43,14 @@ StartApp = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncC
         ("sclae=2", "sclae"),  # unknown query parameter: a typo must not be ignored silently
         ("model=foo", "model"),
         ("content=painting&scale=2.5", "content"),
-        ("format=gif", "format"),
+        ("format=tiff", "format"),
+        ("fit=stretch&width=64&height=64", "fit"),
+        ("frames=some", "frames"),
         ("quality=0&format=jpeg", "quality"),
         ("width=16", "target 16x12 (the aspect ratio kept) is smaller than the input 32x24"),
         ("height=12", "target 16x12 (the aspect ratio kept) is smaller than the input 32x24"),
-        ("width=32&height=24", "nothing to upscale"),
+        ("width=32&height=24&content=clean", "nothing for x2/x3/x4 to do"),
+        ("width=40&height=20&fit=contain", "fit=contain in a 40x20 box would shrink the input 32x24"),
         ("width=32&height=10", "smaller than the input"),
         ("width=300", "more than 8"),  # over max_scale
     ],

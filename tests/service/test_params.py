@@ -40,7 +40,7 @@ def test_other_number_syntax_is_refused(value: str) -> None:
 
 def test_a_bad_form_field_is_a_bad_request() -> None:
     with pytest.raises(BadRequestError, match="scale"):
-        merge_form_fields(UpscaleParams(), {"scale": "1"})
+        merge_form_fields(UpscaleParams(), {"scale": "0.5"})
     with pytest.raises(BadRequestError, match="colour"):
         merge_form_fields(UpscaleParams(), {"colour": "red"})
 

@@ -134,3 +134,52 @@ def test_request_runner_refuses_once_cancelled_or_late() -> None:
 def test_server_timing_header() -> None:
     timings = Timings(decode=0.0012, queue=0, inference=1.5, encode=0.25)
     assert timings.server_timing() == "decode;dur=1.2, queue;dur=0.0, inference;dur=1500.0, encode;dur=250.0"
+
+
+def test_an_animation_stops_between_frames_once_cancelled() -> None:
+    """animation_chunks upscales frame by frame and checks the cancel flag between frames: a request cancelled
+    during its first frame runs no network for the others (each frame here is one x2 call)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from model.animation import open_animation
+    from model.backends import TorchRunner
+    from model.engine import Upscaler
+    from model.imdn import build_model
+    from service.processing import animation_chunks
+
+    torch.manual_seed(0)
+    calls: list[str] = []
+    cancel = threading.Event()
+    torch_runner = TorchRunner({"x2": build_model("x2")})
+
+    class CancelledDuringTheFirstFrame:
+        def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+            calls.append(name)
+            cancel.set()  # the client leaves while the first frame computes
+            return torch_runner(name, batch, cca_contrast)
+
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(5)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    animation = open_animation(buffer.getvalue())
+    assert animation is not None and animation.frames == 5
+    upscaler = Upscaler(CancelledDuringTheFirstFrame(), available=["x2"], content="clean")  # type: ignore[arg-type]
+    plan = upscaler.plan(animation.size, 2)
+    with pytest.raises(RequestCancelledError):
+        next(animation_chunks(upscaler, animation, plan, "png", 90, 1, Timings(), cancel, lambda: None))
+    assert calls == ["x2"]
+    # Not cancelled: every frame runs, one call each, and one animation comes out.
+    calls.clear()
+    cancel = threading.Event()
+
+    def counted(name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append(name)
+        return torch_runner(name, batch, cca_contrast)
+
+    untouched = Upscaler(counted, available=["x2"], content="clean")  # type: ignore[arg-type]
+    data = b"".join(animation_chunks(untouched, animation, plan, "png", 90, 1, Timings(), cancel, lambda: None))
+    assert calls == ["x2"] * 5 and Image.open(io.BytesIO(data)).n_frames == 5

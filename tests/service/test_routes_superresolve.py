@@ -196,7 +196,8 @@ async def test_superresolve_animated_first_frame(client: httpx.AsyncClient) -> N
     frames = [Image.new("RGB", (20, 12), colour) for colour in ("red", "green", "blue")]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100)
-    response = await client.post(URL, content=buffer.getvalue(), headers={"Content-Type": "image/gif"})
+    response = await client.post(f"{URL}?frames=first", content=buffer.getvalue(),
+                                 headers={"Content-Type": "image/gif"})
     assert response.status_code == 200, response.text
     assert image_size(response) == (40, 24)
     assert response.headers["x-frames-dropped"] == "2"
@@ -261,3 +262,60 @@ async def test_superresolve_input_kinds(client: httpx.AsyncClient, make: Callabl
     img.load()
     assert img.size == (2 * in_size[0], 2 * in_size[1])
     assert img.mode == mode
+
+
+@pytest.mark.parametrize("query", ["scale=1", "width=32", "width=32&height=24", "scale=1&model=as&content=clean"])
+async def test_restore_only_keeps_the_size_and_changes_the_pixels(client: httpx.AsyncClient,
+                                                                  make_image: Callable[..., bytes],
+                                                                  query: str) -> None:
+    """Scale 1 (or the input's own width/height) runs IMDN_AS at the input's size: same size, new pixels."""
+    data = make_image(32, 24)
+    response = await upscale_raw(client, data, query)
+    assert response.status_code == 200, response.text
+    assert image_size(response) == (32, 24)
+    assert response.headers["x-output-size"] == "32x24" and response.headers["x-model"] == "as"
+    assert response.headers["x-scale"] == "1x1"
+    before = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.int16)
+    after = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), np.int16)
+    assert np.abs(after - before).max() > 0
+
+
+async def test_restore_only_of_a_clean_image_says_why_not(client: httpx.AsyncClient,
+                                                          make_image: Callable[..., bytes]) -> None:
+    response = await upscale_raw(client, make_image(32, 24), "scale=1&content=clean")
+    assert response.status_code == 400
+    assert "nothing for x2/x3/x4 to do" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("query", "size"), [
+    ("width=100&height=100", (100, 100)),  # fill: the default
+    ("width=100&height=100&fit=fill", (100, 100)),
+    ("width=100&height=100&fit=contain", (100, 75)),  # 32x24 inside 100x100: the width binds
+    ("width=200&height=60&fit=contain", (80, 60)),  # the height binds
+    ("width=100&height=100&fit=cover", (100, 100)),
+    ("width=200&height=60&fit=cover&format=webp", (200, 60)),
+    ("width=200&height=60&fit=contain&format=gif", (80, 60)),  # a still GIF, palette-quantised
+])
+async def test_fit_sizes(client: httpx.AsyncClient, make_image: Callable[..., bytes], query: str,
+                         size: tuple[int, int]) -> None:
+    response = await upscale_raw(client, make_image(32, 24), query)
+    assert response.status_code == 200, response.text
+    assert image_size(response) == size
+    assert response.headers["x-output-size"] == f"{size[0]}x{size[1]}"
+
+
+async def test_fit_cover_crops_the_centre_instead_of_stretching(client: httpx.AsyncClient) -> None:
+    """A 40x20 image whose left and right quarters are black and middle white, covering a 40x40 box: only the
+    centred 20x20 square (all white) is enlarged; fill would stretch the black edges in."""
+    array = np.zeros((20, 40, 3), np.uint8)
+    array[:, 10:30] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    cover = await upscale_raw(client, buffer.getvalue(), "width=40&height=40&fit=cover&model=as")
+    fill = await upscale_raw(client, buffer.getvalue(), "width=40&height=40&model=as")
+    assert cover.status_code == fill.status_code == 200
+    assert cover.headers["x-scale"] == "2x2"
+    cover_px = np.asarray(Image.open(io.BytesIO(cover.content)).convert("L"), np.int16)
+    fill_px = np.asarray(Image.open(io.BytesIO(fill.content)).convert("L"), np.int16)
+    assert cover_px.shape == fill_px.shape == (40, 40)
+    assert fill_px[:, :8].mean() < 64 < 192 < cover_px[:, :8].mean()

@@ -128,6 +128,28 @@ def test_page_upscales_compares_and_zooms(page, artifacts: Path):
     page.screenshot(path=str(artifacts / "page.png"), full_page=True)
 
 
+def test_page_offers_restore_only_and_fit(page):
+    """1× runs IMDN_AS at the image's own size; a box with fit=contain keeps the aspect ratio inside it."""
+    page.set_input_files("#file", files=[{"name": "tiny.png", "mimeType": "image/png", "buffer": png_bytes(80, 40)}])
+    wait_for(page, "document.getElementById('file-info').textContent.includes('80×40')")
+    page.click("#preset-1")
+    assert page.input_value("#scale") == "1"
+    page.click("#submit")
+    page.wait_for_selector("#result-section", state="visible", timeout=WAIT_MS)
+    wait_for(page, "document.getElementById('status').textContent.startsWith('Done')")
+    assert page.evaluate("() => { const r = document.getElementById('result');"
+                         " return [r.naturalWidth, r.naturalHeight]; }") == [80, 40]
+    assert "80×40" in page.inner_text("#info")
+
+    page.check("#mode-size")
+    page.fill("#width", "200")
+    page.fill("#height", "200")
+    page.select_option("#fit", "contain")
+    page.click("#submit")
+    wait_for(page, "document.getElementById('info').textContent.includes('200×100')")
+    assert page.get_attribute("#download", "download") == "tiny_200x100.png"
+
+
 def test_page_shows_problem_detail(page, artifacts: Path):
     page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}])
     page.click("#submit")
