@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from model.metadata import MetadataPolicy
 from model.plan import DEFAULT_MODEL, DEFAULT_SCALE, MODEL_CHOICE_PATTERN, MODEL_CHOICES, Content, is_model_choice
 from service.errors import BadRequestError
 
@@ -38,9 +39,14 @@ class UpscaleParams(BaseModel):
         "to 4, fine-tuned on real camera pairs: +0.93 dB over the camera's own image on pairs it never saw, "
         "docs/model-card.md) or 'clean' (already sharp images such as renders and "
         "screenshots: IMDN x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); default: the server's IMDN_CONTENT")
-    format: Literal["png", "webp", "jpeg"] = Field("png", description="Output format; PNG is streamed; JPEG has "
-                                                  "no alpha, so transparency is flattened onto white")
-    quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
+    format: Literal["png", "webp", "jpeg", "avif"] = Field("png", description="Output format; PNG is streamed "
+                                                          "(and keeps 16 bits); JPEG has no alpha, so "
+                                                          "transparency is flattened onto white")
+    quality: int = Field(90, ge=1, le=100, description="WebP/JPEG/AVIF quality")
+    metadata: MetadataPolicy | None = Field(
+        None, description="EXIF, XMP and IPTC of the upload in the output: 'keep', 'nogps' (all but location), "
+        "'strip' (only the ICC profile, always kept); orientation is reset and pixel sizes updated "
+        "(docs/metadata.md); default: the server's IMDN_METADATA")
 
     @field_validator("scale", "width", "height", "quality", mode="before")
     @classmethod

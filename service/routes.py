@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.engine import Upscaler
 from model.imageio import DecodeCancelledError, decode, header_size
+from model.metadata import metadata_for_output
 from model.plan import DEFAULT_SCALE, Plan, scale_policy
 from service.errors import (
     BadRequestError,
@@ -45,12 +46,13 @@ from service.state import ServiceState, StateDep, part_window
 from service.upload import UploadTimeoutError, receive_upload
 
 STATIC = Path(__file__).resolve().parent / "static"
-MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
-# The formats' own limits (libwebp: 16383; libjpeg via Pillow: 65500); PNG has none that matters here.
-FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "avif": "image/avif"}
+# The formats' own limits (libwebp: 16383; libjpeg via Pillow: 65500; libavif's decoders refuse wider than
+# 32768 by default); PNG has none that matters here.
+FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "avif": 32768}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
-                  "X-Frames-Dropped", "X-Alpha-Flattened"]
+                  "X-Frames-Dropped", "X-Alpha-Flattened", "X-Metadata", "X-Metadata-Dropped"]
 
 router = APIRouter()
 
@@ -64,7 +66,9 @@ router = APIRouter()
         "used (header `X-Frames-Dropped`). Response headers say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
         "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "
-        "composited onto white and says so in `X-Alpha-Flattened: white`."
+        "composited onto white and says so in `X-Alpha-Flattened: white`. Inputs: PNG, JPEG, WebP, GIF, BMP, "
+        "TIFF, HEIC/HEIF, AVIF. `X-Metadata` names the metadata blocks written (exif, xmp, iptc, or none; "
+        "the ICC profile always goes), `X-Metadata-Dropped` what was left out and why."
     ),
     response_class=Response,
     responses={
@@ -137,6 +141,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         if picture.size != plan.in_size:  # an orientation the header did not show
             plan = checked_plan(picture.size)
         out_h, out_w = plan.out_size
+        metadata = metadata_for_output(picture.metadata, params.metadata or settings.metadata, out_w, out_h,
+                                       params.format)
         queue_start = time.perf_counter()
         await admission.slot(max(0.0, deadline - time.monotonic()))
         timings.queue = time.perf_counter() - queue_start
@@ -148,7 +154,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
 
     chunks = run_in_thread(while_in_use(pool, encoded_chunks(upscaler, picture, plan, params.format, params.quality,
                                                              settings.png_compress_level, timings, cancel,
-                                                             settings.stream_heartbeat_s)), cancel)
+                                                             settings.stream_heartbeat_s, metadata)), cancel)
 
     def finish() -> None:
         nonlocal admitted
@@ -181,6 +187,10 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         headers["X-Frames-Dropped"] = str(picture.frames - 1)
     if params.format == "jpeg" and picture.alpha is not None:
         headers["X-Alpha-Flattened"] = "white"  # JPEG has no alpha: encode_whole composites onto white
+    headers["X-Metadata"] = ", ".join(metadata.blocks) or "none"
+    if metadata.dropped:
+        headers["X-Metadata-Dropped"] = "; ".join(metadata.dropped)
+        request.state.log_extra["metadata_dropped"] = headers["X-Metadata-Dropped"]
 
     async def body() -> object:
         try:

@@ -36,10 +36,12 @@ log = logging.getLogger("sr_client")
 DEFAULT_URL = "http://127.0.0.1:8000"
 ENDPOINT = "/v1/superresolve"
 MODELS = MODEL_CHOICES
-FORMATS = ("png", "webp", "jpeg")
+FORMATS = ("png", "webp", "jpeg", "avif")
+METADATA = ("keep", "nogps", "strip")  # EXIF/XMP/IPTC in the output; the ICC profile always goes
 RETRY_STATUSES = frozenset({429, 503})
 # What the service can decode; anything else in a folder is skipped, not sent.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
+                            ".avif"})
 # The service may take minutes on a CPU before its first byte (PNG streams after the first band).
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 
@@ -207,9 +209,9 @@ def read_image(source: ImageInput) -> tuple[bytes, str]:
 
 def upscale_params(scale: float | None = None, width: int | None = None, height: int | None = None,
                    model: str = DEFAULT_MODEL, format: str = "png", quality: int | None = None,
-                   content: str | None = None) -> dict[str, str]:
+                   content: str | None = None, metadata: str | None = None) -> dict[str, str]:
     """The query string; only cheap sanity checks here, the service validates the rest and says why.
-    content None: the service's own default (IMDN_CONTENT)."""
+    content, metadata None: the service's own defaults (IMDN_CONTENT, IMDN_METADATA)."""
     format = "jpeg" if format == "jpg" else format
     if not is_model_choice(model):
         raise ValueError(f"model must be one of {', '.join(MODELS)} or as:CAMERA, got {model!r}")
@@ -217,9 +219,13 @@ def upscale_params(scale: float | None = None, width: int | None = None, height:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if content is not None and content not in CONTENT_KINDS:
         raise ValueError(f"content must be one of {', '.join(CONTENT_KINDS)}, got {content!r}")
+    if metadata is not None and metadata not in METADATA:
+        raise ValueError(f"metadata must be one of {', '.join(METADATA)}, got {metadata!r}")
     params = {"model": model, "format": format}
     if content is not None:
         params["content"] = content
+    if metadata is not None:
+        params["metadata"] = metadata
     for name, value in (("scale", scale), ("width", width), ("height", height), ("quality", quality)):
         if value is not None:
             params[name] = f"{value:g}" if isinstance(value, float) else str(value)
@@ -259,11 +265,11 @@ class SRClient(_ClientBase):
 
     def upscale(self, image: ImageInput, scale: float | None = None, width: int | None = None,
                 height: int | None = None, model: str = DEFAULT_MODEL, format: str = "png",
-                quality: int | None = None, content: str | None = None) -> Result:
+                quality: int | None = None, content: str | None = None, *, metadata: str | None = None) -> Result:
         """Upscale bytes or a file. Give scale, or width and/or height (one keeps the aspect ratio);
-        neither means the service default (x2). content: 'photo' or 'clean' (None: the service's default).
-        Raises SRError, or httpx.HTTPError when unreachable."""
-        params = upscale_params(scale, width, height, model, format, quality, content)
+        neither means the service default (x2). content: 'photo' or 'clean'; metadata: 'keep', 'nogps' or
+        'strip' (None: the service's defaults). Raises SRError, or httpx.HTTPError when unreachable."""
+        params = upscale_params(scale, width, height, model, format, quality, content, metadata)
         data, content_type = read_image(image)
         attempt = 0
         while True:
@@ -308,9 +314,10 @@ class AsyncSRClient(_ClientBase):
 
     async def upscale(self, image: ImageInput, scale: float | None = None, width: int | None = None,
                       height: int | None = None, model: str = DEFAULT_MODEL, format: str = "png",
-                      quality: int | None = None, content: str | None = None) -> Result:
+                      quality: int | None = None, content: str | None = None, *,
+                      metadata: str | None = None) -> Result:
         """As ``SRClient.upscale``."""
-        params = upscale_params(scale, width, height, model, format, quality, content)
+        params = upscale_params(scale, width, height, model, format, quality, content, metadata)
         data, content_type = await asyncio.to_thread(read_image, image)
         attempt = 0
         while True:
@@ -412,7 +419,7 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
                           url: str = DEFAULT_URL, concurrency: int = 4, scale: float | None = None,
                           width: int | None = None, height: int | None = None, model: str = DEFAULT_MODEL,
                           format: str = "png", quality: int | None = None, content: str | None = None,
-                          api_key: str | None = None,
+                          api_key: str | None = None, metadata: str | None = None,
                           overwrite: bool = True, recursive: bool = False, progress: bool = True,
                           retry: RetryPolicy | None = None, client: AsyncSRClient | None = None) -> FolderSummary:
     """Upscale every image among `paths` (files or folders) with at most `concurrency` requests in flight.
@@ -423,7 +430,7 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     format = "jpeg" if format == "jpg" else format
-    upscale_params(scale, width, height, model, format, quality, content)  # fail before any request
+    upscale_params(scale, width, height, model, format, quality, content, metadata)  # fail before any request
     if scale is None and width is None and height is None:
         scale = DEFAULT_SCALE
     started = time.perf_counter()
@@ -457,7 +464,8 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
                 summary.existing.append(output)
                 return
             async with gate:
-                result = await client.upscale(source, scale, width, height, model, format, quality, content)
+                result = await client.upscale(source, scale, width, height, model, format, quality, content,
+                                              metadata=metadata)
             await asyncio.to_thread(_write_atomically, output, result.content)
             summary.written.append(output)
         except (SRError, httpx.HTTPError, OSError) as exc:
