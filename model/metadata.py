@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -148,7 +149,11 @@ def _rewrite_exif(block: bytes, policy: MetadataPolicy, width: int, height: int)
     """The EXIF block for the output; None when no tag is left. Its thumbnail (IFD1, a picture of the input)
     is not carried."""
     exif = Image.Exif()
-    exif.load(block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns of damage it skips; the block is dropped below instead
+        exif.load(block)
+    if not len(exif):
+        raise ValueError("no tag could be read")
     if policy == "nogps" and GPS_IFD in exif:
         del exif[GPS_IFD]
     if ORIENTATION in exif:
@@ -180,6 +185,7 @@ def metadata_for_output(meta: Metadata | None, policy: MetadataPolicy, width: in
         except Exception as exc:  # noqa: BLE001 - a damaged EXIF block is left out, the image still goes
             out.exif = None
             out.dropped.append(f"exif (unreadable: {type(exc).__name__})")
+            log.info("dropped an unreadable EXIF block: %s", exc)
     if out.xmp:
         out.xmp = _bounded(out, "xmp", _rewrite_xmp(out.xmp, policy, width, height))
     return out
