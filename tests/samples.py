@@ -123,6 +123,8 @@ def heic(array: np.ndarray, **options: object) -> bytes:
     import pillow_heif
     from PIL import Image
 
+    import model.heif  # noqa: F401 - registers the HEIF plugin with Pillow, as the service does
+
     buffer = io.BytesIO()
     if array.dtype == np.uint16:
         mode = {3: "RGB;16", 4: "RGBA;16"}[array.shape[2]]

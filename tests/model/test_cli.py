@@ -35,7 +35,7 @@ def test_upscale_names_every_skipped_file_and_why(weights: Path, tmp_path: Path,
     code = main(["upscale", str(src), "-o", str(out), "--weights", str(weights), "--device", "cpu"])
     assert code == 0
     err = capsys.readouterr().err
-    assert f"skipped: {src / 'notes.txt'}: not an image file name (takes .bmp, .gif, .jpeg" in err
+    assert f"skipped: {src / 'notes.txt'}: not an image file name (takes .avif, .bmp, .gif, .heic, .heif, .jpeg" in err
     assert f"skipped: {src / 'old'}: a folder (only the images directly inside a given folder are read)" in err
     assert "1 written, 2 skipped, 0 failed" in err
     assert [p.name for p in out.iterdir()] == ["a_x2.png"]
