@@ -193,12 +193,15 @@ async def test_openapi_documents_superresolve(client: httpx.AsyncClient) -> None
     spec = response.json()
     post = spec["paths"][URL]["post"]
     query = {p["name"] for p in post["parameters"] if p["in"] == "query"}
-    assert {"scale", "width", "height", "model", "format", "quality"} <= query
+    assert {"scale", "width", "height", "model", "format", "quality", "metadata"} <= query
+    by_name = {p["name"]: p for p in post["parameters"]}
+    assert "avif" in by_name["format"]["schema"]["enum"]
+    assert {"keep", "nogps", "strip"} <= set(by_name["metadata"]["schema"]["anyOf"][0]["enum"])
     content = post["requestBody"]["content"]
     assert "multipart/form-data" in content
     assert "image" in content["multipart/form-data"]["schema"]["properties"]
     assert "image/*" in content
-    assert {"image/png", "image/webp", "image/jpeg"} <= set(post["responses"]["200"]["content"])
+    assert {"image/png", "image/webp", "image/jpeg", "image/avif"} <= set(post["responses"]["200"]["content"])
     for status in ("400", "401", "408", "413", "415", "422", "429", "503", "504"):
         assert status in post["responses"], f"{status} not documented"
         described = post["responses"][status]["content"]
