@@ -3,12 +3,13 @@ damaged and hostile files refused as the other formats' are."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import numpy as np
 import pytest
 
-from model.heif import MAX_BOXES, claimed_sizes, decode_heif_deep, largest_claim
+from model.heif import MAX_BOXES, av1_frame_limits, claimed_sizes, decode_heif_deep, item_extents, largest_claim
 from model.imageio import decode, header_size, is_heif_family
 from model.picture import ImageDecodeError, ImageTooLargeError, to_array
 from tests.samples import avif, heic, smooth_image, with_claimed_size
@@ -110,3 +111,48 @@ def test_a_huge_claim_is_refused_before_any_decoder() -> None:
             header_size(huge, max_pixels=16_800_000)
         with pytest.raises(ImageTooLargeError):
             decode(huge, max_pixels=16_800_000)
+
+
+def flat_avif(width: int, height: int) -> bytes:
+    """A flat AVIF: a few hundred bytes, however many pixels (a decompression bomb's raw material)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (9, 9, 9)).save(buffer, "AVIF", speed=10, quality=10)
+    return buffer.getvalue()
+
+
+def test_av1_sequence_headers_are_read() -> None:
+    assert av1_frame_limits(avif(smooth_image(40, 60))) == [(60, 40)]
+    rgba = np.dstack([smooth_image(40, 60), smooth_image(40, 60)[:, :, 0]])
+    assert av1_frame_limits(avif(rgba)) == [(60, 40), (60, 40)]  # colour and alpha items
+    assert av1_frame_limits(heic(smooth_image(40, 60))) == []  # HEVC: libheif checks its own sizes
+
+
+def test_an_avif_whose_boxes_understate_its_frame_is_refused() -> None:
+    """libavif decodes the AV1 frame whatever `ispe` says (a 548-byte file claiming 16x16 held 1500x1000):
+    the sequence header's maximum frame size is held to the limit too."""
+    data = with_claimed_size(flat_avif(1500, 1000), 16, 16)
+    assert claimed_sizes(data) == [(16, 16)]
+    with pytest.raises(ImageTooLargeError, match="1500x1000"):
+        decode(data, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("damage", ["iloc-cut", "iloc-count", "obu-size"])
+def test_damaged_items_are_walked_safely(damage: str) -> None:
+    data = bytearray(avif(smooth_image(16, 16)))
+    at = data.find(b"iloc")
+    if damage == "iloc-cut":
+        data[at + 10 :] = b"\xff" * (len(data) - at - 10)
+    elif damage == "iloc-count":
+        data[at + 10 : at + 12] = b"\xff\xff"
+    else:
+        offset, _ = item_extents(bytes(data))[0]
+        data[offset + 1 : offset + 9] = b"\xff" * 8  # a size that never ends
+    item_extents(bytes(data))
+    av1_frame_limits(bytes(data))  # no exception: the decoder reports the damage, if it matters
+    # A picture or the documented errors, whatever libavif makes of it; never anything else.
+    with contextlib.suppress(ImageDecodeError, ImageTooLargeError):
+        assert decode(bytes(data), max_pixels=1_000_000).size == (16, 16)
