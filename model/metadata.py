@@ -126,7 +126,10 @@ def _xmp_property(name: bytes) -> re.Pattern[bytes]:
 XMP_ORIENTATION = _xmp_property(rb"tiff:Orientation")
 XMP_WIDTHS = [_xmp_property(rb"exif:PixelXDimension"), _xmp_property(rb"tiff:ImageWidth")]
 XMP_HEIGHTS = [_xmp_property(rb"exif:PixelYDimension"), _xmp_property(rb"tiff:ImageLength")]
-XMP_GPS = re.compile(rb'\sexif:GPS\w+\s*=\s*"[^"]*"|<(exif:GPS\w+)\b[^>]*?(/>|>.*?</\1>)', re.DOTALL)
+# XMP's GPS properties are all simple values (text, rationals, coordinates). Every pattern here stops at the
+# next quote or tag, so a hostile packet costs linear time (a lazy `.*?` to a closing tag was quadratic: 6 s
+# for 64 KB of unclosed <exif:GPSa>).
+XMP_GPS = re.compile(rb'\sexif:GPS\w+\s*=\s*"[^"]*"|<(exif:GPS\w+)(?:\s[^<>]*)?(?:/>|>[^<]*</\1>)')
 
 
 def _set_xmp(pattern: re.Pattern[bytes], xmp: bytes, value: int) -> bytes:
@@ -217,8 +220,8 @@ def _jpeg_iptc_segment(iptc: bytes) -> bytes:
 def save_options(meta: Metadata, fmt: str) -> dict[str, bytes]:
     """Pillow save() arguments that write the blocks into a JPEG, WebP or AVIF (IPTC: JPEG only)."""
     options = {}
-    if meta.exif:
-        options["exif"] = meta.exif
+    if meta.exif:  # WebP's EXIF chunk holds the bare TIFF structure, as PNG's eXIf does
+        options["exif"] = meta.exif.removeprefix(EXIF_HEADER) if fmt == "webp" else meta.exif
     if meta.xmp:
         options["xmp"] = meta.xmp
     if meta.iptc and fmt == "jpeg":

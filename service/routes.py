@@ -141,8 +141,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         if picture.size != plan.in_size:  # an orientation the header did not show
             plan = checked_plan(picture.size)
         out_h, out_w = plan.out_size
-        metadata = metadata_for_output(picture.metadata, params.metadata or settings.metadata, out_w, out_h,
-                                       params.format)
+        metadata = await asyncio.to_thread(metadata_for_output, picture.metadata,  # parses EXIF: off the loop
+                                           params.metadata or settings.metadata, out_w, out_h, params.format)
         queue_start = time.perf_counter()
         await admission.slot(max(0.0, deadline - time.monotonic()))
         timings.queue = time.perf_counter() - queue_start

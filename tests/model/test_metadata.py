@@ -148,3 +148,20 @@ def test_no_metadata_writes_nothing() -> None:
     assert b"eXIf" not in data and b"iTXt" not in data
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), to_array(
         decode(data).color, None, False, 8))
+
+
+def test_a_hostile_xmp_costs_linear_time() -> None:
+    """64 KB of unclosed GPS elements or attributes: a lazy match to each closing tag took 6 s (quadratic)."""
+    import time
+
+    for packet in (b"<exif:GPSa>" * 5800, b"<exif:GPSa " * 5800, b' exif:GPSa="' * 5000):
+        started = time.perf_counter()
+        metadata_for_output(Metadata(xmp=packet[:MAX_BLOCK_BYTES]), "nogps", 8, 8, "png")
+        assert time.perf_counter() - started < 1.0  # ~0.02 s; generous for a shared machine
+
+
+def test_webp_exif_chunk_holds_the_bare_tiff_structure() -> None:
+    meta = metadata_for_output(decode(photo_jpeg()).metadata, "keep", 32, 48, "webp")
+    data = encode_whole(smooth_image(48, 32), "webp", 80, None, meta)
+    at = data.find(b"EXIF")
+    assert at > 0 and data[at + 8 : at + 12] in (b"II*\x00", b"MM\x00*")
