@@ -177,7 +177,7 @@ def metadata_for_output(meta: Metadata | None, policy: MetadataPolicy, width: in
     """What goes into a (width x height) output in `fmt` under `policy`: filtered, rewritten, re-bounded.
     Never raises: an EXIF block that does not parse is dropped and noted, as is IPTC outside JPEG."""
     if meta is None or policy == "strip":
-        return Metadata(dropped=list(meta.dropped) if meta else [])
+        return Metadata()  # nothing asked for, so nothing was left out
     out = replace(meta, dropped=list(meta.dropped))
     if out.iptc and fmt != "jpeg":
         out.iptc = None
