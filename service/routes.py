@@ -229,6 +229,7 @@ async def list_models(state: StateDep) -> dict[str, object]:
         "max_scale": state.settings.max_scale,
         "content": state.settings.content,
         "any_scale": state.settings.any_scale,
+        "metadata": state.settings.metadata,
         "scale_policy": scale_policy(state.settings.any_scale, state.settings.content),
         "limits": {
             "max_upload_bytes": state.settings.max_upload_bytes,

@@ -98,6 +98,10 @@ def test_metadata_nogps_per_output_format(server: ServiceProcess, fmt: str) -> N
     assert b"GPS" not in img.info["xmp"] and b"A. Photographer" in img.info["xmp"]
 
 
+def test_the_server_says_its_metadata_default(server: ServiceProcess) -> None:
+    assert httpx.get(server.url + "/v1/models", timeout=10).json()["metadata"] == "strip"
+
+
 @pytest.mark.parametrize("query", ["metadata=strip", ""], ids=["asked", "server-default"])
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp", "avif"])
 def test_metadata_strip_keeps_only_the_colour_profile(server: ServiceProcess, fmt: str, query: str) -> None:

@@ -220,6 +220,7 @@ def test_page_reloads_models_once_a_key_is_entered(browser, tmp_path_factory: py
 def test_page_takes_a_heic_and_returns_avif_with_metadata(page):
     """A phone's HEIC chosen as a file (the picker offers .heic/.avif: browsers do not all call them image/*),
     AVIF and "keep all" metadata asked: the AVIF comes back and the page says which metadata went with it."""
+    wait_for(page, "document.querySelector('#metadata option').textContent === 'server default (nogps)'")
     accept = page.get_attribute("#file", "accept")
     assert {".heic", ".heif", ".avif"} <= set(accept.split(","))
     photo = heic(smooth_image(20, 30), exif=photo_exif(1, 30, 20))
