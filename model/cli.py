@@ -27,6 +27,7 @@ from model.backends import BACKENDS, OnnxRunner, TorchRunner, load_models, pick_
 from model.encode import encode_png_stream, encode_whole
 from model.engine import Upscaler
 from model.imageio import IMAGE_SUFFIXES, decode
+from model.metadata import DEFAULT_METADATA, METADATA_POLICIES, metadata_for_output
 from model.parts import part_window_for
 from model.picture import ImageDecodeError, ImageTooLargeError
 from model.plan import (
@@ -130,20 +131,24 @@ def upscale_command(args: argparse.Namespace) -> int:
             picture = decode(data, args.max_pixels)
             plan = upscaler.plan(picture.size, args.scale, args.width, args.height, args.model, fit=args.fit)
             bands = upscaler.picture_bands(picture, plan)
+            metadata = metadata_for_output(picture.metadata, args.metadata, plan.out_size[1], plan.out_size[0],
+                                           args.format)
             partial = target.with_suffix(target.suffix + ".part")
             with partial.open("wb") as out:
                 if args.format == "png":  # streamed: memory stays at one band even for huge outputs
                     for chunk in encode_png_stream(bands, plan.out_size[1], plan.out_size[0], picture.channels,
-                                                   picture.bits, args.png_level, picture.icc_profile):
+                                                   picture.bits, args.png_level, picture.icc_profile,
+                                                   metadata=metadata):
                         out.write(chunk)
                 else:
                     import numpy as np
 
                     out.write(encode_whole(np.concatenate(list(bands)), args.format, args.quality,
-                                           picture.icc_profile))
+                                           picture.icc_profile, metadata))
             partial.replace(target)
             flattened = ", alpha flattened onto white" if args.format == "jpeg" and picture.alpha is not None else ""
-            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {plan.label}{flattened})")
+            dropped = f", metadata left out: {'; '.join(metadata.dropped)}" if metadata.dropped else ""
+            tqdm.write(f"{path} -> {target} ({plan.out_size[1]}x{plan.out_size[0]}, {plan.label}{flattened}{dropped})")
         except (ImageDecodeError, ImageTooLargeError, UpscaleError, OSError) as exc:
             failures += 1
             print(f"error: {path}: {exc}", file=sys.stderr)
@@ -197,11 +202,14 @@ def main(argv: list[str] | None = None) -> int:
                          "kept) or 'cover' (fill, aspect kept, centre cropped)")
     up.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     up.add_argument("--model", choices=MODEL_CHOICES, default=DEFAULT_MODEL)
-    up.add_argument("--format", choices=["png", "webp", "jpeg", "gif"], default="png")
+    up.add_argument("--format", choices=["png", "webp", "jpeg", "avif", "gif"], default="png")
     up.add_argument("--frames", choices=FRAME_CHOICES, default=DEFAULT_FRAMES,
                     help="animated GIF/WebP/PNG: 'all' frames, durations and loop kept (out as APNG, WebP or GIF), "
                          "or the 'first' only")
-    up.add_argument("--quality", type=int, default=90)
+    up.add_argument("--quality", type=int, default=90, help="WebP/JPEG/AVIF quality")
+    up.add_argument("--metadata", choices=METADATA_POLICIES, default=DEFAULT_METADATA,
+                    help="EXIF/XMP/IPTC in the outputs: keep, nogps (all but location), strip (ICC profile only); "
+                         "docs/metadata.md")
     up.add_argument("--png-level", type=int, default=1,
                     help="PNG deflate level: 0 stored, 1-3 ISA-L (several times faster than zlib), 4-9 zlib")
     up.add_argument("--weights", default="default", help="'default', 'official:DIR' or a folder")

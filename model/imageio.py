@@ -1,8 +1,8 @@
 """Image decoding: uploaded bytes -> ``Picture``, within pixel, scan and time limits checked before the
 pixels are decoded (colour modes: model/picture.py; encoders: model/encode.py).
 
-CMYK/YCCK JPEGs become RGB, 16-bit colour PNGs keep all 16 bits, EXIF orientation is applied;
-metadata other than the ICC profile is dropped.
+CMYK/YCCK JPEGs become RGB, 16-bit colour PNGs and 10/12-bit HEICs keep 16 bits, EXIF orientation is applied;
+EXIF, XMP and IPTC are read into the picture's `metadata` (model/metadata.py decides what goes out).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model.heif import decode_heif_deep, largest_claim
+from model.metadata import read_metadata
 from model.picture import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -27,7 +29,7 @@ from model.picture import (
 )
 
 # File suffixes of still-image formats the project reads from folders (benchmarks, training, CLI).
-IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif"})
 
 log = logging.getLogger("model.imageio")
 
@@ -37,7 +39,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 Image.MAX_IMAGE_PIXELS = None
 
 
-INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+# ISO-BMFF brands of still HEIF and AVIF images and their sequences (ftyp's major or compatible brands).
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"})
 # Progressive JPEGs decode scan by scan, each a pass over the whole image: encoders write about 10
 # (libjpeg) to a few dozen (mozjpeg); a crafted file repeats one thousands of times (8-43 s of CPU).
 MAX_JPEG_SCANS = 100
@@ -61,6 +65,15 @@ class _CheckedBytesIO(io.BytesIO):
         return super().read(size)
 
 
+def is_heif_family(data: bytes) -> bool:
+    """Whether the bytes start as a HEIF or AVIF file (an ftyp box naming one of their brands)."""
+    if data[4:8] != b"ftyp":
+        return False
+    (size,) = struct.unpack(">I", data[:4])
+    brands = data[8:min(size, 256)]
+    return any(brands[i : i + 4] in HEIF_BRANDS for i in range(0, len(brands) - 3, 4))
+
+
 def probe(data: bytes, check: Callable[[], None] | None = None) -> tuple[Image.Image, str]:
     """Open the image header without decoding pixels -> (lazy image, format name)."""
     if not data:
@@ -68,7 +81,10 @@ def probe(data: bytes, check: Callable[[], None] | None = None) -> tuple[Image.I
     try:
         img = Image.open(_CheckedBytesIO(data, check), formats=INPUT_FORMATS)
     except UnidentifiedImageError as exc:
-        raise UnsupportedImageError("not a recognised image format: send a PNG, JPEG, WebP, GIF, BMP or TIFF") from exc
+        if is_heif_family(data):  # libheif and libavif refuse a damaged file as a foreign one
+            raise ImageDecodeError("the HEIF/AVIF file is truncated or corrupt: its boxes cannot be read") from exc
+        raise UnsupportedImageError("not a recognised image format: send a PNG, JPEG, WebP, GIF, BMP, TIFF, HEIC "
+                                    "or AVIF") from exc
     except DecodeCancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to read a known format's header is damage
@@ -210,6 +226,9 @@ def open_checked(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int
     """probe() plus every limit that the header and the file's structure can decide before any pixel
     is decoded: a size, the pixel limit, the scan limit of progressive JPEGs, the frame limit.
     -> (lazy image, format name, frames)."""
+    claim = largest_claim(data)  # before libheif or libavif, whose own limits would refuse a huge one as damage
+    if claim is not None:
+        _check_pixels(*claim, max_pixels)
     img, fmt = probe(data, check)
     width, height = img.size
     if width < 1 or height < 1:
@@ -244,8 +263,8 @@ def header_size(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int 
 PNG16_PASSES = {2: ("RGB", ("RGB;16B", "RGB;16L")), 4: ("RGBA", ("RGBA",)), 6: ("RGBA", ("RGBA;16B", "RGBA;16L"))}
 
 
-def _decode_png16_color(data: bytes) -> tuple[np.ndarray, int] | None:
-    """(H,W,C) uint16 and the EXIF orientation for a non-interlaced 16-bit colour or gray+alpha PNG, else None.
+def _decode_png16_color(data: bytes) -> tuple[np.ndarray, bytes | None] | None:
+    """(H,W,C) uint16 and the eXIf chunk for a non-interlaced 16-bit colour or gray+alpha PNG, else None.
 
     Pillow reduces these to 8 bits per channel; this keeps all 16.
     """
@@ -254,15 +273,13 @@ def _decode_png16_color(data: bytes) -> tuple[np.ndarray, int] | None:
     width, height, depth, color_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
     if depth != 16 or color_type not in PNG16_PASSES or interlace:
         return None
-    idat, pos, orientation = [], 8, 1
+    idat, pos, exif = [], 8, None
     while pos + 8 <= len(data):
         (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
         if kind == b"IDAT":
             idat.append(data[pos + 8 : pos + 8 + length])
         elif kind == b"eXIf":  # read here: Pillow's getexif() would decode the whole image to find it
-            exif = Image.Exif()
-            exif.load(data[pos + 8 : pos + 8 + length])
-            orientation = exif.get(EXIF_ORIENTATION, 1)
+            exif = data[pos + 8 : pos + 8 + length]
         elif kind == b"IEND":
             break
         pos += 12 + length
@@ -275,9 +292,9 @@ def _decode_png16_color(data: bytes) -> tuple[np.ndarray, int] | None:
     except ValueError as exc:
         raise ImageDecodeError(f"the png image is truncated or corrupt ({exc})") from exc
     if len(passes) == 1:  # gray+alpha read as RGBA: the bytes of G and A, big-endian
-        return passes[0].view(">u2").reshape(height, width, 2).astype(np.uint16), orientation
+        return passes[0].view(">u2").reshape(height, width, 2).astype(np.uint16), exif
     high, low = passes
-    return (high.astype(np.uint16) << 8) | low, orientation
+    return (high.astype(np.uint16) << 8) | low, exif
 
 
 EXIF_ORIENTATION = 0x0112
@@ -291,6 +308,11 @@ def oriented(array: np.ndarray, orientation: int) -> np.ndarray:
     if mirror:
         array = array[:, ::-1]
     return np.ascontiguousarray(np.rot90(array, quarter_turns))
+
+
+def _with_metadata(picture: Picture, img: Image.Image, frames: int) -> Picture:
+    picture.metadata, picture.frames = read_metadata(img), frames
+    return picture
 
 
 def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
@@ -308,17 +330,26 @@ def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | Non
             warnings.simplefilter("ignore")
             sixteen = _decode_png16_color(data) if fmt == "png" else None
             if sixteen is not None:
-                picture = picture_from_array(oriented(*sixteen), img.info.get("icc_profile"))
-                picture.frames = frames
-                return picture
+                array, exif = sixteen
+                if exif is not None:
+                    img.info["exif"] = exif
+                    orientation = Image.Exif()
+                    orientation.load(exif)
+                    array = oriented(array, orientation.get(EXIF_ORIENTATION, 1))
+                return _with_metadata(picture_from_array(array, img.info.get("icc_profile")), img, frames)
+            if fmt == "heif" and int(img.info.get("bit_depth") or 8) > 8:  # libheif applies the orientation
+                deep = decode_heif_deep(data)
+                return _with_metadata(picture_from_array(deep, img.info.get("icc_profile")), img, frames)
             img.seek(0)
             _check_pixels(*img.size, max_pixels)  # a GIF frame larger than its screen grows the canvas
             img.load()
+            metadata = read_metadata(img)  # as the file holds it, before the orientation is applied
             icc = img.info.get("icc_profile")
             img = ImageOps.exif_transpose(img) or img
             if icc and not img.info.get("icc_profile"):
                 img.info["icc_profile"] = icc
             picture = picture_from_pil(img)
+            picture.metadata = metadata
     except (ImageDecodeError, ImageTooLargeError, DecodeCancelledError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a decoder or a conversion raises, the file is at fault

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageCms
 
+from model.metadata import Metadata
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +51,7 @@ class Picture:
     bits: int = 8
     icc_profile: bytes | None = None
     frames: int = 1
+    metadata: Metadata | None = None  # EXIF, XMP, IPTC as uploaded (model/metadata.py)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from model.backends import Backend
 from model.imageio import MAX_FRAMES
 from model.imdn import MODEL_NAMES
 from model.links import MIN_KEY_CHARS
+from model.metadata import DEFAULT_METADATA, MetadataPolicy
 from model.plan import DEFAULT_ANY_SCALE, DEFAULT_CONTENT, DEFAULT_MAX_SCALE, AnyScale, Content
 
 CommaList = Annotated[list[str], NoDecode]
@@ -88,6 +89,9 @@ class Settings(BaseSettings):
     stream_heartbeat_s: float = Field(5.0, gt=0, le=55, description="a streamed PNG's first bytes leave after at "
                                       "most this long, then no gap this long passes: a few bytes that change no "
                                       "pixel while the next band computes")
+
+    metadata: MetadataPolicy = Field(DEFAULT_METADATA, description="EXIF/XMP/IPTC in outputs unless a request's "
+                                     "metadata says: keep, nogps (all but location), strip (ICC profile only)")
 
     # HTTP
     # Above common load-balancer idle timeouts (60 s on AWS ALB and ingress-nginx upstreams): the balancer,

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from model.metadata import MetadataPolicy
 from model.plan import (
     DEFAULT_FIT,
     DEFAULT_FRAMES,
@@ -53,13 +54,17 @@ class UpscaleParams(BaseModel):
         "to 4, fine-tuned on real camera pairs: +0.93 dB over the camera's own image on pairs it never saw, "
         "docs/model-card.md) or 'clean' (already sharp images such as renders and "
         "screenshots: IMDN x2/x3/x4 for exact scales, else IMDN_ANY_SCALE); default: the server's IMDN_CONTENT")
-    format: Literal["png", "webp", "jpeg", "gif"] = Field(
-        "png", description="Output format; PNG is streamed; JPEG has no alpha, so transparency is flattened onto "
-        "white; an animation comes back as APNG (png), animated WebP or GIF")
+    format: Literal["png", "webp", "jpeg", "avif", "gif"] = Field(
+        "png", description="Output format; PNG is streamed (and keeps 16 bits); JPEG has no alpha, so transparency "
+        "is flattened onto white; an animation comes back as APNG (png), animated WebP or GIF")
     frames: Frames = Field(DEFAULT_FRAMES, description="Animated GIF, WebP and PNG: 'all' upscales every frame, "
                            "keeping durations and loop count (IMDN_MAX_ANIMATION_PIXELS bounds frames x output "
                            "pixels); 'first' upscales the first frame only (X-Frames-Dropped)")
-    quality: int = Field(90, ge=1, le=100, description="WebP/JPEG quality")
+    quality: int = Field(90, ge=1, le=100, description="WebP/JPEG/AVIF quality")
+    metadata: MetadataPolicy | None = Field(
+        None, description="EXIF, XMP and IPTC of the upload in the output: 'keep', 'nogps' (all but location), "
+        "'strip' (only the ICC profile, always kept); orientation is reset and pixel sizes updated "
+        "(docs/metadata.md); default: the server's IMDN_METADATA")
     url: str | None = Field(None, max_length=2048, description="the source image's http(s) URL, instead of a body: "
                             "fetched by the service if its host is in IMDN_SOURCE_ALLOW (docs/urls.md)")
 

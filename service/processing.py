@@ -29,6 +29,7 @@ from model.animation import Animation, decoded_frames, encode_animation
 from model.encode import PNGStreamEncoder, encode_whole
 from model.engine import Upscaler
 from model.imageio import Picture
+from model.metadata import Metadata
 from model.plan import Plan
 from model.runner import Runner
 from service.errors import ClientDisconnectedError, NotReadyError, RequestCancelledError, RequestTimeoutError
@@ -142,8 +143,10 @@ def while_in_use(pool: ModelPool, chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def encoded_chunks(upscaler: Upscaler, picture: Picture, plan: Plan, fmt: str, quality: int, png_level: int,
-                   timings: Timings, cancel: threading.Event, heartbeat_s: float) -> Iterator[bytes]:
-    """Picture -> encoded bytes in pieces; PNG streams band by band, WebP/JPEG come whole.
+                   timings: Timings, cancel: threading.Event, heartbeat_s: float,
+                   metadata: Metadata | None = None) -> Iterator[bytes]:
+    """Picture -> encoded bytes in pieces; PNG streams band by band, WebP/JPEG/AVIF come whole; `metadata` is
+    what model/metadata.py let through for this output.
 
     A PNG's first bytes (its header and a keep-alive) leave after at most `heartbeat_s` without a band, and
     then a keep-alive whenever `heartbeat_s` pass without one: a load balancer's idle timeout never sees a
@@ -163,7 +166,8 @@ def encoded_chunks(upscaler: Upscaler, picture: Picture, plan: Plan, fmt: str, q
         timings.inference += time.perf_counter() - started
 
     if fmt == "png":
-        encoder = PNGStreamEncoder(out_w, out_h, picture.channels, picture.bits, png_level, picture.icc_profile)
+        encoder = PNGStreamEncoder(out_w, out_h, picture.channels, picture.bits, png_level, picture.icc_profile,
+                                   metadata=metadata)
         pending = encoder.header()
         last_sent = time.monotonic()
         for band in waited():
@@ -181,7 +185,7 @@ def encoded_chunks(upscaler: Upscaler, picture: Picture, plan: Plan, fmt: str, q
         return
     parts = [band for band in waited() if band is not None]
     started = time.perf_counter()
-    data = encode_whole(np.concatenate(parts), fmt, quality, picture.icc_profile)
+    data = encode_whole(np.concatenate(parts), fmt, quality, picture.icc_profile, metadata)
     timings.encode += time.perf_counter() - started
     yield data
 

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from model.animation import ANIMATION_OUTPUTS, check_output_pixels, open_animation
 from model.engine import Upscaler
 from model.imageio import DecodeCancelledError, decode, header_size
+from model.metadata import metadata_for_output
 from model.plan import DEFAULT_SCALE, Plan, scale_policy
 from service.errors import (
     BadRequestError,
@@ -50,12 +51,15 @@ from service.state import ServiceState, StateDep, part_window
 from service.upload import UploadTimeoutError, receive_upload
 
 STATIC = Path(__file__).resolve().parent / "static"
-MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "gif": "image/gif"}
-# The formats' own limits (libwebp: 16383; libjpeg via Pillow: 65500; GIF: 16 bits); PNG has none that matters.
-FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "gif": 65535}
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "avif": "image/avif",
+               "gif": "image/gif"}
+# The formats' own limits (libwebp: 16383; libjpeg via Pillow: 65500; libavif's decoders refuse wider than
+# 32768 by default; GIF: 16 bits); PNG has none that matters here.
+FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "avif": 32768, "gif": 65535}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
-                  "X-Frames-Dropped", "X-Frames", "X-Alpha-Flattened", "ETag", "X-Cache"]
+                  "X-Frames-Dropped", "X-Frames", "X-Alpha-Flattened", "X-Metadata", "X-Metadata-Dropped", "ETag",
+                  "X-Cache"]
 
 router = APIRouter()
 
@@ -72,8 +76,11 @@ router = APIRouter()
         "say what was done: `X-Model`, `X-Scale`, "
         "`X-Input-Size`, `X-Output-Size` (WxH), `X-Request-ID`, and `Server-Timing` (decode, queue, inference, "
         "encode; for a streamed PNG, up to its first band). JPEG output of an image with transparency is "
-        "composited onto white and says so in `X-Alpha-Flattened: white`. Instead of a body, `url=` (query or "
-        "form) names a source the service fetches, if its host is allowed (docs/urls.md). `ETag` names the result."
+        "composited onto white and says so in `X-Alpha-Flattened: white`. Inputs: PNG, JPEG, WebP, GIF, BMP, "
+        "TIFF, HEIC/HEIF, AVIF. `X-Metadata` names the metadata blocks written (exif, xmp, iptc, or none; "
+        "the ICC profile always goes), `X-Metadata-Dropped` what was left out and why. Instead of a body, `url=` "
+        "(query or form) names a source the service fetches, if its host is allowed (docs/urls.md). `ETag` names "
+        "the result."
     ),
     response_class=Response,
     responses={
@@ -187,6 +194,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         del data
         timings.decode = time.perf_counter() - decode_start
         out_h, out_w = plan.out_size
+        metadata = None if picture is None else await asyncio.to_thread(  # parses EXIF: off the loop
+            metadata_for_output, picture.metadata, params.metadata or settings.metadata, out_w, out_h, params.format)
         queue_start = time.perf_counter()
         await admission.slot(max(0.0, deadline - time.monotonic()))
         timings.queue = time.perf_counter() - queue_start
@@ -202,7 +211,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
     else:
         assert picture is not None
         work = encoded_chunks(upscaler, picture, plan, params.format, params.quality, settings.png_compress_level,
-                              timings, cancel, settings.stream_heartbeat_s)
+                              timings, cancel, settings.stream_heartbeat_s, metadata)
     chunks = run_in_thread(while_in_use(pool, work), cancel)
     frames_made = animation.frames if animation is not None else 1
 
@@ -241,6 +250,11 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         headers["X-Frames-Dropped"] = str(picture.frames - 1)
     if params.format == "jpeg" and picture is not None and picture.alpha is not None:
         headers["X-Alpha-Flattened"] = "white"  # JPEG has no alpha: encode_whole composites onto white
+    # Animations are written without metadata (their writers take frames, not blocks).
+    headers["X-Metadata"] = ", ".join(metadata.blocks) if metadata is not None and metadata.blocks else "none"
+    if metadata is not None and metadata.dropped:
+        headers["X-Metadata-Dropped"] = "; ".join(metadata.dropped)
+        request.state.log_extra["metadata_dropped"] = headers["X-Metadata-Dropped"]
 
     media_type = MEDIA_TYPES[params.format]
     recorder = ResultRecorder(state.results, tag, media_type, headers) if state.results is not None else None
@@ -291,6 +305,7 @@ async def list_models(state: StateDep) -> dict[str, object]:
         "max_scale": state.settings.max_scale,
         "content": state.settings.content,
         "any_scale": state.settings.any_scale,
+        "metadata": state.settings.metadata,
         "scale_policy": scale_policy(state.settings.any_scale, state.settings.content),
         "limits": {
             "max_upload_bytes": state.settings.max_upload_bytes,

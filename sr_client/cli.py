@@ -13,7 +13,7 @@ import os
 import sys
 
 from model.plan import CONTENT_KINDS, DEFAULT_MODEL, FIT_MODES, FRAME_CHOICES, is_model_choice
-from sr_client.client import DEFAULT_URL, FORMATS, MODELS, RetryPolicy, upscale_folder
+from sr_client.client import DEFAULT_URL, FORMATS, METADATA, MODELS, RetryPolicy, upscale_folder
 
 
 def build_parser(prog: str = "python -m sr_client") -> argparse.ArgumentParser:
@@ -35,9 +35,12 @@ def build_parser(prog: str = "python -m sr_client") -> argparse.ArgumentParser:
                         help="what the images are, for --model auto: 'photo' (camera photos) or 'clean' (renders, "
                              "screenshots); default: the service's")
     parser.add_argument("--format", choices=(*FORMATS, "jpg"), default="png", help="output format (default png)")
-    parser.add_argument("--quality", type=int, help="WebP/JPEG quality 1-100")
+    parser.add_argument("--quality", type=int, help="WebP/JPEG/AVIF quality 1-100")
     parser.add_argument("--frames", choices=FRAME_CHOICES, help="animated GIF/WebP/PNG: 'all' frames (default; "
                         "out as APNG, WebP or GIF) or the 'first' only")
+    parser.add_argument("--metadata", choices=METADATA,
+                        help="EXIF/XMP/IPTC in the outputs: keep, nogps (all but location), strip (only the ICC "
+                             "profile); default: the service's")
     parser.add_argument("-o", "--out-dir", help="where to write <stem>_x<scale>.<format> (default: beside each input)")
     parser.add_argument("-j", "--concurrency", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sr_client") -> in
         args.inputs, args.out_dir, url=args.url, concurrency=args.concurrency, scale=args.scale, width=args.width,
         height=args.height, model=args.model, format=args.format, quality=args.quality, content=args.content,
         fit=args.fit, frames=args.frames,
-        api_key=args.api_key,
+        api_key=args.api_key, metadata=args.metadata,
         overwrite=not args.skip_existing, recursive=args.recursive, progress=not args.quiet,
         retry=RetryPolicy(attempts=args.retries + 1),
     )

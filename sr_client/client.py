@@ -44,10 +44,12 @@ log = logging.getLogger("sr_client")
 DEFAULT_URL = "http://127.0.0.1:8000"
 ENDPOINT = "/v1/superresolve"
 MODELS = MODEL_CHOICES
-FORMATS = ("png", "webp", "jpeg", "gif")
+FORMATS = ("png", "webp", "jpeg", "avif", "gif")
+METADATA = ("keep", "nogps", "strip")  # EXIF/XMP/IPTC in the output; the ICC profile always goes
 RETRY_STATUSES = frozenset({429, 503})
 # What the service can decode; anything else in a folder is skipped, not sent.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
+                            ".avif"})
 # The service may take minutes on a CPU before its first byte (PNG streams after the first band).
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 
@@ -215,9 +217,10 @@ def read_image(source: ImageInput) -> tuple[bytes, str]:
 
 def upscale_params(scale: float | None = None, width: int | None = None, height: int | None = None,
                    model: str = DEFAULT_MODEL, format: str = "png", quality: int | None = None,
-                   content: str | None = None, fit: str | None = None, frames: str | None = None) -> dict[str, str]:
+                   content: str | None = None, fit: str | None = None, frames: str | None = None,
+                   metadata: str | None = None) -> dict[str, str]:
     """The query string; only cheap sanity checks here, the service validates the rest and says why.
-    content, fit, frames None: the service's own defaults (IMDN_CONTENT, fill, all)."""
+    content, fit, frames, metadata None: the service's own defaults (IMDN_CONTENT, fill, all, IMDN_METADATA)."""
     format = "jpeg" if format == "jpg" else format
     if not is_model_choice(model):
         raise ValueError(f"model must be one of {', '.join(MODELS)} or as:CAMERA, got {model!r}")
@@ -225,7 +228,7 @@ def upscale_params(scale: float | None = None, width: int | None = None, height:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     params = {"model": model, "format": format}
     for name, choice, choices in (("content", content, CONTENT_KINDS), ("fit", fit, FIT_MODES),
-                                  ("frames", frames, FRAME_CHOICES)):
+                                  ("frames", frames, FRAME_CHOICES), ("metadata", metadata, METADATA)):
         if choice is not None and choice not in choices:
             raise ValueError(f"{name} must be one of {', '.join(choices)}, got {choice!r}")
         if choice is not None:
@@ -270,13 +273,13 @@ class SRClient(_ClientBase):
     def upscale(self, image: ImageInput, scale: float | None = None, width: int | None = None,
                 height: int | None = None, model: str = DEFAULT_MODEL, format: str = "png",
                 quality: int | None = None, content: str | None = None, fit: str | None = None,
-                frames: str | None = None) -> Result:
+                frames: str | None = None, *, metadata: str | None = None) -> Result:
         """Upscale bytes or a file. Give scale, or width and/or height (one keeps the aspect ratio);
         neither means the service default (x2); scale 1 runs IMDN_AS on a photo at its own size.
         content: 'photo' or 'clean' (None: the service's default). fit, with width and height: 'fill',
-        'contain' or 'cover'. frames: 'all' (an animation comes back animated) or 'first'.
-        Raises SRError, or httpx.HTTPError when unreachable."""
-        params = upscale_params(scale, width, height, model, format, quality, content, fit, frames)
+        'contain' or 'cover'. frames: 'all' (an animation comes back animated) or 'first'. metadata: 'keep',
+        'nogps' or 'strip' (None: the service's default). Raises SRError, or httpx.HTTPError when unreachable."""
+        params = upscale_params(scale, width, height, model, format, quality, content, fit, frames, metadata)
         data, content_type = read_image(image)
         attempt = 0
         while True:
@@ -322,9 +325,9 @@ class AsyncSRClient(_ClientBase):
     async def upscale(self, image: ImageInput, scale: float | None = None, width: int | None = None,
                       height: int | None = None, model: str = DEFAULT_MODEL, format: str = "png",
                       quality: int | None = None, content: str | None = None, fit: str | None = None,
-                      frames: str | None = None) -> Result:
+                      frames: str | None = None, *, metadata: str | None = None) -> Result:
         """As ``SRClient.upscale``."""
-        params = upscale_params(scale, width, height, model, format, quality, content, fit, frames)
+        params = upscale_params(scale, width, height, model, format, quality, content, fit, frames, metadata)
         data, content_type = await asyncio.to_thread(read_image, image)
         attempt = 0
         while True:
@@ -427,6 +430,7 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
                           width: int | None = None, height: int | None = None, model: str = DEFAULT_MODEL,
                           format: str = "png", quality: int | None = None, content: str | None = None,
                           fit: str | None = None, frames: str | None = None, api_key: str | None = None,
+                          metadata: str | None = None,
                           overwrite: bool = True, recursive: bool = False, progress: bool = True,
                           retry: RetryPolicy | None = None, client: AsyncSRClient | None = None) -> FolderSummary:
     """Upscale every image among `paths` (files or folders) with at most `concurrency` requests in flight.
@@ -437,7 +441,8 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     format = "jpeg" if format == "jpg" else format
-    upscale_params(scale, width, height, model, format, quality, content, fit, frames)  # fail before any request
+    # fails before any request is sent
+    upscale_params(scale, width, height, model, format, quality, content, fit, frames, metadata)
     if scale is None and width is None and height is None:
         scale = DEFAULT_SCALE
     started = time.perf_counter()
@@ -472,7 +477,7 @@ async def aupscale_folder(paths: Iterable[str | os.PathLike[str]], out_dir: str 
                 return
             async with gate:
                 result = await client.upscale(source, scale, width, height, model, format, quality, content, fit,
-                                              frames)
+                                              frames, metadata=metadata)
             await asyncio.to_thread(_write_atomically, output, result.content)
             summary.written.append(output)
         except (SRError, httpx.HTTPError, OSError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,98 @@ def read_animation(data: bytes) -> tuple[str, int, list[int], int | None, tuple[
         img.load()
         durations.append(int(img.info.get("duration") or 0))
     return img.format or "", len(durations), durations, img.info.get("loop"), img.size
+
+
+# --- photos as phones and cameras write them: metadata, HEIC, AVIF --------------------------------------
+
+# XMP as cameras and editors write it: properties as attributes and as elements, location included.
+PHOTO_XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+             b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/" '
+             b'xmlns:dc="http://purl.org/dc/elements/1.1/" tiff:Orientation="6" exif:PixelXDimension="24" '
+             b'exif:GPSLatitude="52,22.5N"><exif:PixelYDimension>16</exif:PixelYDimension>'
+             b'<exif:GPSLongitude>4,53.2E</exif:GPSLongitude><dc:creator>A. Photographer</dc:creator>'
+             b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+# IPTC-IIM: record 2 version, then 2:116 copyright notice.
+PHOTO_IPTC = b"\x1c\x02\x00\x00\x02\x00\x04" + b"\x1c\x02\x74\x00\x0d(c) A. Person"
+
+
+def photo_exif(orientation: int = 6, width: int = 24, height: int = 16, padding: int = 0) -> bytes:
+    """An EXIF block as a camera writes it: make, copyright, orientation, pixel dimensions, date and GPS
+    (52.37 N, 4.89 E); `padding` bytes of maker note make it as large as asked."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x8298] = "TestCam", "Model 1", "(c) A. Person"
+    exif[0x0112] = orientation
+    sub = exif.get_ifd(0x8769)
+    sub[0xA002], sub[0xA003], sub[0x9003] = width, height, "2024:05:01 12:00:00"
+    if padding:
+        sub[0x927C] = b"\x00" * padding  # MakerNote
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (52.0, 22.0, 12.0), "E", (4.0, 53.0, 24.0)
+    return exif.tobytes()
+
+
+@functools.cache
+def srgb_profile() -> bytes:
+    """A real sRGB ICC profile, made by LittleCMS (once: it holds its time of creation)."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def photo_jpeg(height: int = 16, width: int = 24, orientation: int = 6) -> bytes:
+    """A JPEG stored width x height with EXIF (orientation, GPS), XMP, IPTC (APP13) and an ICC profile."""
+    import io
+
+    from PIL import Image
+
+    from model.metadata import Metadata, save_options
+
+    options = save_options(Metadata(photo_exif(orientation, width, height), PHOTO_XMP, PHOTO_IPTC), "jpeg")
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_image(height, width)).save(buffer, "JPEG", quality=92, icc_profile=srgb_profile(),
+                                                      **options)
+    return buffer.getvalue()
+
+
+def heic(array: np.ndarray, **options: object) -> bytes:
+    """(H,W,C) uint8 -> HEIC written by pillow-heif (libheif, x265); uint16 -> a 10-bit HEIC."""
+    import io
+
+    import pillow_heif
+    from PIL import Image
+
+    import model.heif  # noqa: F401 - registers the HEIF plugin with Pillow, as the service does
+
+    buffer = io.BytesIO()
+    if array.dtype == np.uint16:
+        mode = {3: "RGB;16", 4: "RGBA;16"}[array.shape[2]]
+        deep = pillow_heif.from_bytes(mode=mode, size=(array.shape[1], array.shape[0]), data=array.tobytes())
+        deep.save(buffer, format="HEIF", quality=-1, **options)
+    else:
+        Image.fromarray(array).save(buffer, format="HEIF", quality=90, **options)
+    return buffer.getvalue()
+
+
+def avif(array: np.ndarray, **options: object) -> bytes:
+    """(H,W,C) uint8 -> AVIF written by Pillow (libavif)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="AVIF", quality=90, **options)
+    return buffer.getvalue()
+
+
+def with_claimed_size(data: bytes, width: int, height: int) -> bytes:
+    """A HEIF/AVIF whose every `ispe` property claims width x height (the coded data stays as it was)."""
+    import struct
+
+    out = bytearray(data)
+    at = out.find(b"ispe")
+    while at >= 0:
+        struct.pack_into(">II", out, at + 8, width, height)  # after the type, version and flags
+        at = out.find(b"ispe", at + 4)
+    return bytes(out)

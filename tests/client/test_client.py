@@ -19,6 +19,7 @@ from sr_client.cli import main as cli_main
 from sr_client.client import parse_retry_after, parse_server_timing
 from tests.client.live_server import live_server, png_bytes
 from tests.live_service import ServiceProcess
+from tests.samples import heic, photo_exif, smooth_image
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -134,6 +135,39 @@ def test_cli_sends_content(server: ServiceProcess, tmp_path: Path):
     assert x2_output_pixels(server) - before == 24 * 20  # clean content at x2: IMDN x2 made it
 
 
+def test_metadata_and_avif_reach_the_service(server: ServiceProcess, tmp_path: Path):
+    """A phone's HEIC with EXIF (GPS included) in, AVIF out: sync, async and the CLI each pass `metadata`."""
+    source = tmp_path / "phone.heic"
+    source.write_bytes(heic(smooth_image(10, 12), exif=photo_exif(1, 12, 10)))
+
+    def exif_of(data: bytes) -> Image.Exif:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.getexif()
+
+    with SRClient(server.url) as client:
+        kept = client.upscale(source, scale=2, format="avif", metadata="keep")
+        stripped = client.upscale(source, scale=2, format="avif", metadata="strip")
+    assert kept.media_type == "image/avif" and image_size(kept.content) == (24, 20)
+    assert exif_of(kept.content).get_ifd(0x8825)  # GPS kept when asked
+    assert not exif_of(stripped.content)
+
+    async def nogps() -> bytes:
+        async with AsyncSRClient(server.url) as client:
+            return (await client.upscale(source, scale=2, format="avif", metadata="nogps")).content
+
+    exif = exif_of(asyncio.run(nogps()))
+    assert exif[0x010F] == "TestCam" and not exif.get_ifd(0x8825)
+    code = cli_main([str(source), "--url", server.url, "--scale", "2", "--format", "avif", "--metadata", "strip",
+                     "-o", str(tmp_path / "out"), "-q"])
+    assert code == 0 and not exif_of((tmp_path / "out" / "phone_x2.avif").read_bytes())
+
+
+def test_metadata_is_checked_before_sending():
+    with SRClient("http://sr.test", transport=httpx.MockTransport(lambda r: httpx.Response(500))) as client, \
+            pytest.raises(ValueError, match="metadata must be one of keep, nogps, strip"):
+        client.upscale(png_bytes(4, 4), metadata="some")
+
+
 def test_upscale_async_concurrent(server: ServiceProcess):
     async def run() -> list:
         async with AsyncSRClient(server.url) as client:
@@ -239,7 +273,7 @@ def test_cli_names_every_skipped_file_and_why(server: ServiceProcess, tmp_path: 
     code = cli_main([str(src), "--url", server.url, "-o", str(tmp_path / "out"), "-q"])
     assert code == 0
     err = capsys.readouterr().err
-    assert f"skipped: {src / 'readme.txt'}: not an image file name (sends .bmp, .gif, .jpeg" in err
+    assert f"skipped: {src / 'readme.txt'}: not an image file name (sends .avif, .bmp, .gif, .heic, .heif, .jpeg" in err
     assert f"skipped: {src / 'nested'}: a folder (-r descends into sub-folders)" in err
     assert f"skipped: {src / '.DS_Store'}: a hidden file" in err
     assert "5 written, 3 skipped, 0 failed" in err

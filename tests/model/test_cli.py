@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.cli import main
-from tests.samples import random_weights
+from tests.samples import heic, photo_jpeg, random_weights, smooth_image
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_upscale_names_every_skipped_file_and_why(weights: Path, tmp_path: Path,
     code = main(["upscale", str(src), "-o", str(out), "--weights", str(weights), "--device", "cpu"])
     assert code == 0
     err = capsys.readouterr().err
-    assert f"skipped: {src / 'notes.txt'}: not an image file name (takes .bmp, .gif, .jpeg" in err
+    assert f"skipped: {src / 'notes.txt'}: not an image file name (takes .avif, .bmp, .gif, .heic, .heif, .jpeg" in err
     assert f"skipped: {src / 'old'}: a folder (only the images directly inside a given folder are read)" in err
     assert "1 written, 2 skipped, 0 failed" in err
     assert [p.name for p in out.iterdir()] == ["a_x2.png"]
@@ -89,3 +89,20 @@ def test_upscale_an_animation_keeps_every_frame(weights: Path, tmp_path: Path,
     assert main(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "jpeg"), "--format", "jpeg",
                  *options]) == 1
     assert "jpeg cannot hold an animation" in capsys.readouterr().err
+def test_upscale_heic_and_photo_metadata(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A phone's HEIC and a camera's JPEG from a folder, AVIF out with everything but location: orientation
+    applied once and reset, sizes the output's."""
+    src = tmp_path / "phone"
+    src.mkdir()
+    (src / "IMG_1.heic").write_bytes(heic(smooth_image(10, 12)))
+    (src / "DSC_2.jpg").write_bytes(photo_jpeg())  # stored 24x16, orientation 6
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--scale", "2", "--weights", str(weights), "--device", "cpu",
+                 "--format", "avif", "--metadata", "nogps"]) == 0
+    with Image.open(out / "IMG_1_x2.avif") as img:
+        assert img.size == (24, 20)
+    with Image.open(out / "DSC_2_x2.avif") as img:
+        exif = img.getexif()
+        assert img.size == (32, 48) and exif[0x010F] == "TestCam" and exif.get(0x0112) == 1
+        assert exif.get_ifd(0x8769)[0xA002] == 32 and not exif.get_ifd(0x8825)
+    assert "metadata left out: iptc (AVIF has no place for it)" in capsys.readouterr().out  # tqdm.write

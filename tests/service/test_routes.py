@@ -193,7 +193,7 @@ async def test_openapi_documents_superresolve(client: httpx.AsyncClient) -> None
     spec = response.json()
     post = spec["paths"][URL]["post"]
     query = {p["name"] for p in post["parameters"] if p["in"] == "query"}
-    assert {"scale", "width", "height", "model", "format", "quality", "fit", "frames"} <= query
+    assert {"scale", "width", "height", "model", "format", "quality", "fit", "frames", "metadata"} <= query
     schemas = {p["name"]: p["schema"] for p in post["parameters"]}
 
     def choices(schema: dict) -> set[str]:  # an enum, directly or as the non-null branch of anyOf
@@ -201,13 +201,15 @@ async def test_openapi_documents_superresolve(client: httpx.AsyncClient) -> None
 
     assert choices(schemas["fit"]) == {"fill", "contain", "cover"} and schemas["fit"]["default"] == "fill"
     assert choices(schemas["frames"]) == {"all", "first"} and schemas["frames"]["default"] == "all"
-    assert "gif" in choices(schemas["format"])
+    assert {"gif", "avif"} <= choices(schemas["format"])
+    assert choices(schemas["metadata"]) == {"keep", "nogps", "strip"}
     assert next(s["minimum"] for s in schemas["scale"]["anyOf"] if "minimum" in s) == 1
     content = post["requestBody"]["content"]
     assert "multipart/form-data" in content
     assert "image" in content["multipart/form-data"]["schema"]["properties"]
     assert "image/*" in content
-    assert {"image/png", "image/webp", "image/jpeg", "image/gif"} <= set(post["responses"]["200"]["content"])
+    assert {"image/png", "image/webp", "image/jpeg", "image/avif", "image/gif"} <= set(
+        post["responses"]["200"]["content"])
     for status in ("400", "401", "408", "413", "415", "422", "429", "503", "504"):
         assert status in post["responses"], f"{status} not documented"
         described = post["responses"][status]["content"]

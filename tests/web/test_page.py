@@ -12,7 +12,7 @@ import pytest
 
 from tests.client.live_server import live_server, png_bytes
 from tests.live_service import ServiceProcess
-from tests.samples import random_weights
+from tests.samples import heic, photo_exif, random_weights, smooth_image
 from tests.web.browser import WAIT_MS, wait_for
 
 # Records every text #status shows, so the test can check the upload -> processing -> done sequence.
@@ -237,3 +237,21 @@ def test_page_reloads_models_once_a_key_is_entered(browser, tmp_path_factory: py
             assert not errors and page.evaluate("window.cspViolations") == [], errors
         finally:
             context.close()
+
+
+def test_page_takes_a_heic_and_returns_avif_with_metadata(page):
+    """A phone's HEIC chosen as a file (the picker offers .heic/.avif: browsers do not all call them image/*),
+    AVIF and "keep all" metadata asked: the AVIF comes back and the page says which metadata went with it."""
+    wait_for(page, "document.querySelector('#metadata option').textContent === 'server default (nogps)'")
+    accept = page.get_attribute("#file", "accept")
+    assert {".heic", ".heif", ".avif"} <= set(accept.split(","))
+    photo = heic(smooth_image(20, 30), exif=photo_exif(1, 30, 20))
+    page.set_input_files("#file", files=[{"name": "IMG_0001.HEIC", "mimeType": "image/heic", "buffer": photo}])
+    page.select_option("#format", "avif")
+    page.select_option("#metadata", "keep")
+    page.click("#submit")
+    page.wait_for_selector("#result-section", state="visible", timeout=WAIT_MS)
+    assert page.evaluate("document.getElementById('result').naturalWidth") == 60  # Chromium drew the AVIF
+    info = page.inner_text("#info")
+    assert "image/avif" in info and "exif" in info
+    assert page.get_attribute("#download", "download") == "IMG_0001_x2.avif"
