@@ -96,6 +96,7 @@ def resolved_options(state: ServiceState, params: UpscaleParams) -> dict[str, ob
     if options["scale"] is None and not params.width and not params.height:
         options["scale"] = DEFAULT_SCALE
     options["content"] = params.content or settings.content
+    options["metadata"] = params.metadata or settings.metadata
     options.update(any_scale=settings.any_scale, refine_stats=settings.refine_stats, tile_size=settings.tile_size,
                    budget=state.budget_bytes, backend=state.backend, png_level=settings.png_compress_level)
     return options
