@@ -15,6 +15,7 @@ from fastapi import FastAPI, Response
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.admission import Admission, derived_memory_limit
 from service.apidocs import install_docs
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
@@ -22,7 +23,7 @@ from service.metrics import Metrics
 from service.pool import ModelPool
 from service.routes import RESULT_HEADERS, metrics_endpoint, router
 from service.security import RequestGuard, SecurityHeaders
-from service.state import Admission, ServiceState, build_pool, check_weights, parse_devices
+from service.state import ServiceState, build_pool, check_weights, parse_devices
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
@@ -185,6 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     app.state.on_fatal()
                 return
             state.pool = task.result()
+            assert state.admission is not None
+            state.admission.memory_limit = derived_memory_limit(settings, state.activation_bytes)
             # Logged before the flag goes up: with IMDN_WORKERS, /readyz turns 200 after every worker's line.
             log.info("ready: models %s on %s (%s) in %.1f s", ",".join(state.model_names), ",".join(state.devices),
                      state.backend, time.perf_counter() - started)
@@ -199,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.wait([loading])
             if state.pool is not None:
                 state.pool.close()
+            if state.admission is not None:
+                state.admission.close()
 
     app = ServiceApp(
         title="IMDN super-resolution",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -13,8 +12,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.engine import Upscaler
-from model.imageio import DecodeCancelledError, decode, header_size
+from model.imageio import DecodeCancelledError, decode, header_layout
+from model.memory import request_bytes
 from model.plan import DEFAULT_SCALE, Plan, scale_policy
+from service.admission import client_of
 from service.errors import (
     BadRequestError,
     ForbiddenOriginError,
@@ -92,8 +93,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
     started = time.perf_counter()
     deadline = time.monotonic() + settings.request_timeout_s
     data, fields = await receive_upload(request, state)
-    admission.admit()
-    admitted = True
+    ticket = admission.admit(client_of(request, bool(settings.api_keys)))
     cancel = threading.Event()
 
     def still_wanted() -> None:  # called by the decoder before each block it reads
@@ -125,25 +125,28 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
             return plan
 
         timings = Timings()
+        # Every limit the header can decide, and the memory the request will need, before any pixel is decoded.
+        layout = await admission.read_header(header_layout, data, settings.max_input_pixels, settings.max_jpeg_scans,
+                                             settings.max_frames)
+        plan = checked_plan((layout.height, layout.width))
+        need = request_bytes(plan, layout, len(data), params.format, state.budget_bytes, state.parts_budget_bytes)
+        queue_start = time.perf_counter()
+        await watched(request, admission.wait_turn(ticket, need, max(0.0, deadline - time.monotonic())), cancel,
+                      "while queued")
+        timings.queue = time.perf_counter() - queue_start
+        state.metrics.queue_wait.observe(timings.queue)
         decode_start = time.perf_counter()
-        # Every limit the header can decide, before any pixel is decoded.
-        plan = checked_plan(await asyncio.to_thread(header_size, data, settings.max_input_pixels,
-                                                    settings.max_jpeg_scans, settings.max_frames))
-        picture = await watched(request, asyncio.to_thread(decode, data, settings.max_input_pixels,
-                                                           settings.max_jpeg_scans, still_wanted, settings.max_frames),
+        picture = await watched(request, admission.decode(decode, data, settings.max_input_pixels,
+                                                          settings.max_jpeg_scans, still_wanted, settings.max_frames),
                                 cancel, "while its image was decoded")
         del data
         timings.decode = time.perf_counter() - decode_start
         if picture.size != plan.in_size:  # an orientation the header did not show
             plan = checked_plan(picture.size)
         out_h, out_w = plan.out_size
-        queue_start = time.perf_counter()
-        await admission.slot(max(0.0, deadline - time.monotonic()))
-        timings.queue = time.perf_counter() - queue_start
-        state.metrics.queue_wait.observe(timings.queue)
     except BaseException:
         cancel.set()
-        admission.leave()
+        admission.leave(ticket)
         raise
 
     chunks = run_in_thread(while_in_use(pool, encoded_chunks(upscaler, picture, plan, params.format, params.quality,
@@ -151,11 +154,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
                                                              settings.stream_heartbeat_s)), cancel)
 
     def finish() -> None:
-        nonlocal admitted
-        if admitted:
-            admitted = False
-            admission.release_slot()
-            admission.leave()
+        admission.leave(ticket)  # once: a second call does nothing
 
     try:
         first = await watched(request, chunks.__anext__(), cancel, "before the first byte")

@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from service.admission import client_of
 from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
@@ -128,7 +129,7 @@ async def receive_upload(request: Request, state: ServiceState) -> tuple[bytes, 
         state.metrics.rejected.labels("uploads_full").inc()
         raise QueueFullError(f"{state.uploads} uploads are already arriving; retry shortly",
                              headers={"Retry-After": "2"})
-    admission.check()  # a full queue refuses before the body is sent, not after
+    admission.check(client_of(request, bool(settings.api_keys)))  # a full queue refuses before the body is sent
     state.uploads += 1
     state.metrics.uploads.set(state.uploads)
     try:
