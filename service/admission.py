@@ -136,10 +136,11 @@ class Admission:
     def _displaceable(self, client: str) -> Ticket | None:
         """The newest queued request of the client holding the most places, if it holds more than its share
         and `client` less than its own: a place for `client` when all are taken."""
-        if self.held[client] >= self.share(client):
+        share = self.share(client)  # with `client` counted among those sharing
+        if self.held[client] >= share:
             return None
         greedy = max((c for c, queue in self.queues.items() if queue), key=lambda c: self.held[c], default=None)
-        if greedy is None or self.held[greedy] <= self.share(greedy):
+        if greedy is None or self.held[greedy] <= share:
             return None
         return self.queues[greedy][-1]
 
