@@ -40,6 +40,7 @@ NO_LIMIT = 2**60
 SHARE_KEPT_BACK = 0.10
 # The least a derived budget may be: below it no ordinary image would be served; the log says why.
 MIN_LIMIT = 256 * MB
+UNSET = 2**62  # no budget yet: the pool is not warm, so no request is served
 HEADER_THREADS = 2  # header parsing is bounded work (frames and scans counted up to their limits)
 
 
@@ -113,7 +114,7 @@ class Admission:
     concurrency: int
     queue_size: int
     metrics: Metrics
-    memory_limit: int = 2**62  # set once the pool is warm (derived_memory_limit)
+    memory_limit: int = UNSET  # set once the pool is warm (derived_memory_limit)
     admitted: int = 0  # places taken: queued, decoding, running
     waiting: int = 0
     running: int = 0
@@ -123,8 +124,13 @@ class Admission:
 
     def __post_init__(self) -> None:
         self.capacity = self.concurrency + self.queue_size
+        self.set_memory_limit(self.memory_limit)
         self.decoder = ThreadPoolExecutor(self.concurrency, thread_name_prefix="decode")
         self.header_reader = ThreadPoolExecutor(HEADER_THREADS, thread_name_prefix="header")
+
+    def set_memory_limit(self, limit: int) -> None:
+        self.memory_limit = limit
+        self.metrics.memory_limit.set(0 if limit == UNSET else limit)
 
     # --- places ------------------------------------------------------------------------
 
@@ -179,6 +185,7 @@ class Admission:
         if ticket.granted:
             self.running -= 1
             self.reserved -= ticket.need
+            self.metrics.memory_reserved.set(self.reserved)
         self.admitted -= 1
         self.held[ticket.client] -= 1
         if self.held[ticket.client] <= 0:
@@ -241,6 +248,7 @@ class Admission:
             ticket.granted = True
             self.running += 1
             self.reserved += ticket.need
+            self.metrics.memory_reserved.set(self.reserved)
             assert ticket.future is not None
             if not ticket.future.done():
                 ticket.future.set_result(None)

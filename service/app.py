@@ -187,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return
             state.pool = task.result()
             assert state.admission is not None
-            state.admission.memory_limit = derived_memory_limit(settings, state.activation_bytes)
+            state.admission.set_memory_limit(derived_memory_limit(settings, state.activation_bytes))
             # Logged before the flag goes up: with IMDN_WORKERS, /readyz turns 200 after every worker's line.
             log.info("ready: models %s on %s (%s) in %.1f s", ",".join(state.model_names), ",".join(state.devices),
                      state.backend, time.perf_counter() - started)

@@ -65,6 +65,11 @@ def status_kb(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
 # --- memory ------------------------------------------------------------------------------
 
 BURST_LIMIT_MB = 1400  # one 4096x4096 16-bit RGBA at 1.01 fits (~1.2 GB estimated), two do not
@@ -110,6 +115,28 @@ def test_memory_burst_waits_undecoded_within_the_budget(burst_server: RealServer
     wait_for(lambda: gauges(server) == {"imdn_queue_depth": 0, "imdn_requests_in_flight": 0}, 20,
              "the burst to leave once its clients closed")
     assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+
+
+def test_memory_burst_with_two_workers_stays_within_each_budget(weights_dir: Path, workdir: Path,
+                                                                big_png16: bytes) -> None:
+    """IMDN_WORKERS=2: each worker admits by its own budget; neither passes it by more than 0.5 GB."""
+    with RealServer(weights_dir, workdir, IMDN_MODELS="as", IMDN_MEMORY_LIMIT_MB=str(BURST_LIMIT_MB),
+                    IMDN_QUEUE_SIZE=str(BURST_QUEUE), IMDN_WORKERS="2") as server:
+        server.wait_ready()
+        workers = [pid for pid in children(server.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+                   and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2, workers
+        sockets = [post_open(server, big_png16, "scale=1.01") for _ in range(10)]
+        try:
+            wait_for(lambda: gauges(server)["imdn_requests_in_flight"] >= 6, 20, "the burst admitted")
+            time.sleep(8)  # decodes of ~670 MB each, and their parts starting
+            peaks_mb = [status_kb(pid, "VmHWM") / 1024 for pid in workers]
+        finally:
+            for sock in sockets:
+                sock.close()
+        print(f"burst, two workers: peaks {peaks_mb} MB")
+        assert max(peaks_mb) < BURST_LIMIT_MB + 512, peaks_mb
+        wait_for(lambda: gauges(server)["imdn_requests_in_flight"] == 0, 20, "the burst to leave")
 
 
 def test_an_image_larger_than_the_whole_budget_is_413(burst_server: RealServer, big_png16: bytes) -> None:
