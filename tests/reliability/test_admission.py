@@ -129,7 +129,7 @@ def test_memory_burst_with_two_workers_stays_within_each_budget(weights_dir: Pat
         sockets = [post_open(server, big_png16, "scale=1.01") for _ in range(10)]
         try:
             wait_for(lambda: gauges(server)["imdn_requests_in_flight"] >= 6, 20, "the burst admitted")
-            time.sleep(8)  # decodes of ~670 MB each, and their parts starting
+            time.sleep(5)  # decodes of ~670 MB each, and their parts starting
             peaks_mb = [status_kb(pid, "VmHWM") / 1024 for pid in workers]
         finally:
             for sock in sockets:
@@ -221,5 +221,6 @@ def test_a_polite_client_is_served_among_greedy_loops(weights_dir: Path, workdir
             for loop in loops:
                 loop.join(30)
         served = statuses.count(200)
+        print(f"fairness: polite served {served}/{len(statuses)}, greedy served {greedy_served[0]}")
         assert served >= 0.8 * len(statuses), f"polite client: {statuses}; greedy served {greedy_served[0]}"
         assert greedy_served[0] > served, "the greedy loops were starved instead"
