@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
+import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +26,7 @@ from typing import TypeVar
 from fastapi import Request
 
 from service.config import Settings
-from service.errors import NotReadyError, PayloadTooLargeError, QueueFullError
+from service.errors import NotReadyError, PayloadTooLargeError, QueueFullError, RateLimitedError
 from service.metrics import Metrics
 from service.security import offered_key
 
@@ -42,6 +44,7 @@ SHARE_KEPT_BACK = 0.10
 MIN_LIMIT = 256 * MB
 UNSET = 2**62  # no budget yet: the pool is not warm, so no request is served
 HEADER_THREADS = 2  # header parsing is bounded work (frames and scans counted up to their limits)
+MAX_BUCKETS = 10_000  # clients remembered by the rate limit before the idle ones are forgotten
 
 
 def cgroup_memory_limit() -> int | None:
@@ -121,6 +124,7 @@ class Admission:
     reserved: int = 0
     held: Counter[str] = field(default_factory=Counter)  # places per client
     queues: OrderedDict[str, deque[Ticket]] = field(default_factory=OrderedDict)  # in turn order
+    pixel_rate: PixelRateLimit | None = None  # IMDN_RATE_LIMIT_PIXELS
 
     def __post_init__(self) -> None:
         self.capacity = self.concurrency + self.queue_size
@@ -192,6 +196,16 @@ class Admission:
             del self.held[ticket.client]
         self.metrics.in_flight.set(self.admitted)
         self._dispatch()
+
+    def spend_pixels(self, ticket: Ticket, pixels: int) -> dict[str, str]:
+        """Charge the request's output pixels to its client's rate limit, if there is one -> its headers."""
+        if self.pixel_rate is None:
+            return {}
+        try:
+            return self.pixel_rate.spend(ticket.client, pixels)
+        except RateLimitedError:
+            self.metrics.rejected.labels("rate_limit").inc()
+            raise
 
     # --- the queue ---------------------------------------------------------------------
 
@@ -267,3 +281,43 @@ class Admission:
     def close(self) -> None:
         self.decoder.shutdown(wait=False, cancel_futures=True)
         self.header_reader.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(eq=False)
+class PixelRateLimit:
+    """IMDN_RATE_LIMIT_PIXELS: a bucket per client of `rate` output pixels a second, holding up to `window_s`
+    seconds of them. A request takes its output's pixels from its client's bucket, or gets 429 with the wait
+    in Retry-After; one larger than the whole bucket goes when the bucket is full (and leaves it owing).
+    Responses carry the IETF draft's RateLimit-Policy and RateLimit headers."""
+
+    rate: float
+    window_s: float
+    clock: Callable[[], float] = time.monotonic
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # client -> (pixels left, when)
+
+    @property
+    def capacity(self) -> float:
+        return self.rate * self.window_s
+
+    def _left(self, client: str, now: float) -> float:
+        left, then = self.buckets.get(client, (self.capacity, now))
+        return min(self.capacity, left + (now - then) * self.rate)
+
+    def headers(self, left: float) -> dict[str, str]:
+        to_full = max(0, math.ceil((self.capacity - left) / self.rate))
+        return {"RateLimit-Policy": f'"pixels";q={int(self.capacity)};w={math.ceil(self.window_s)}',
+                "RateLimit": f'"pixels";r={max(0, int(left))};t={to_full}'}
+
+    def spend(self, client: str, pixels: int) -> dict[str, str]:
+        """Take `pixels` from the client's bucket -> the RateLimit headers; or raise 429 with them."""
+        now = self.clock()
+        left = self._left(client, now)
+        if left < min(pixels, self.capacity):
+            wait = math.ceil((min(pixels, self.capacity) - left) / self.rate)
+            raise RateLimitedError(f"this client's rate limit is {self.rate:,.0f} output pixels a second "
+                                   f"(IMDN_RATE_LIMIT_PIXELS); this image needs {pixels:,}: retry in {wait} s",
+                                   headers={"Retry-After": str(max(1, wait)), **self.headers(left)})
+        if len(self.buckets) > MAX_BUCKETS:  # forget the clients whose buckets have filled up again
+            self.buckets = {c: b for c, b in self.buckets.items() if self._left(c, now) < self.capacity}
+        self.buckets[client] = (left - pixels, now)
+        return self.headers(left - pixels)

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Response
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.admission import Admission, derived_memory_limit
+from service.admission import Admission, PixelRateLimit, derived_memory_limit
 from service.apidocs import install_docs
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
@@ -171,7 +171,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_gpus(parse_devices(settings.device))
         state.loop = asyncio.get_running_loop()
         state.drain_expired = asyncio.Event()
-        state.admission = Admission(settings.concurrency, settings.queue_size, metrics)
+        rate = PixelRateLimit(settings.rate_limit_pixels, settings.rate_limit_window_s) \
+            if settings.rate_limit_pixels else None
+        state.admission = Admission(settings.concurrency, settings.queue_size, metrics, pixel_rate=rate)
         started = time.perf_counter()
         # Bad weights stop start-up here, before the port opens (uvicorn exits non-zero).
         state.models = await asyncio.to_thread(check_weights, settings)

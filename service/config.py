@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     memory_limit_mb: int = Field(0, ge=0, description="memory for requests in each worker, estimated per request "
                                  "from its header; 0 = the container's limit / IMDN_WORKERS less the baseline "
                                  "(docs/configuration.md)")
+    rate_limit_pixels: int = Field(0, ge=0, description="output pixels a second per client (API key, else "
+                                   "address); 0 = none")
+    rate_limit_window_s: float = Field(60.0, gt=0, description="a client may spend this many seconds of its rate "
+                                       "at once")
     trusted_proxies: CommaList = Field(default_factory=list, description="addresses or CIDRs of proxies whose "
                                        "X-Forwarded-For names the client (fairness between clients)")
     request_timeout_s: float = Field(300.0, gt=0)

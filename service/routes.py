@@ -51,7 +51,7 @@ MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
-                  "X-Frames-Dropped", "X-Alpha-Flattened"]
+                  "X-Frames-Dropped", "X-Alpha-Flattened", "RateLimit", "RateLimit-Policy"]
 
 router = APIRouter()
 
@@ -129,6 +129,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         layout = await admission.read_header(header_layout, data, settings.max_input_pixels, settings.max_jpeg_scans,
                                              settings.max_frames)
         plan = checked_plan((layout.height, layout.width))
+        rate_headers = admission.spend_pixels(ticket, plan.out_size[0] * plan.out_size[1])
         need = request_bytes(plan, layout, len(data), params.format, state.budget_bytes, state.parts_budget_bytes)
         queue_start = time.perf_counter()
         await watched(request, admission.wait_turn(ticket, need, max(0.0, deadline - time.monotonic())), cancel,
@@ -175,6 +176,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         "Server-Timing": timings.server_timing(),
         "Content-Disposition": f'inline; filename="upscaled.{params.format}"',
         "Cache-Control": "no-store",
+        **rate_headers,
     }
     if picture.frames > 1:
         headers["X-Frames-Dropped"] = str(picture.frames - 1)

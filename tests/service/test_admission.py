@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from service import admission as admission_module
-from service.admission import Admission, Ticket, cgroup_memory_limit, derived_memory_limit
+from service.admission import Admission, PixelRateLimit, Ticket, cgroup_memory_limit, derived_memory_limit
 from service.config import Settings
-from service.errors import NotReadyError, PayloadTooLargeError, QueueFullError
+from service.errors import NotReadyError, PayloadTooLargeError, QueueFullError, RateLimitedError
 from service.metrics import Metrics
 
 MB = 2**20
@@ -106,3 +106,19 @@ def test_the_limit_comes_from_the_cgroup_per_worker_less_the_baseline(tmp_path: 
     assert derived_memory_limit(settings, 640 * MB) == int(4096 * MB * 0.9) - 1140 * MB
     assert derived_memory_limit(Settings(_env_file=None, workers=8), 640 * MB) == 256 * MB  # type: ignore[call-arg]
     assert derived_memory_limit(Settings(_env_file=None, memory_limit_mb=300), 0) == 300 * MB  # type: ignore[call-arg]
+
+
+def test_the_pixel_rate_limit_refills_and_tells_when() -> None:
+    now = [0.0]
+    limit = PixelRateLimit(rate=100, window_s=10, clock=lambda: now[0])  # 1000 pixels at once
+    assert limit.spend("a", 600) == {"RateLimit-Policy": '"pixels";q=1000;w=10', "RateLimit": '"pixels";r=400;t=6'}
+    with pytest.raises(RateLimitedError) as refused:
+        limit.spend("a", 600)
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "2"
+    assert limit.spend("b", 600)["RateLimit"] == '"pixels";r=400;t=6'  # another client's bucket
+    now[0] = 2.0
+    assert limit.spend("a", 600)["RateLimit"] == '"pixels";r=0;t=10'
+    now[0] = 20.0
+    limit.spend("a", 5000)  # larger than the bucket: goes when it is full, and leaves it owing
+    with pytest.raises(RateLimitedError):
+        limit.spend("a", 1)
