@@ -79,7 +79,7 @@ BURST_QUEUE = 4
 @pytest.fixture(scope="module")
 def burst_server(weights_dir: Path, workdir: Path) -> Iterator[RealServer]:
     with RealServer(weights_dir, workdir, IMDN_MODELS="as", IMDN_MEMORY_LIMIT_MB=str(BURST_LIMIT_MB),
-                    IMDN_QUEUE_SIZE=str(BURST_QUEUE)) as server:
+                    IMDN_QUEUE_SIZE=str(BURST_QUEUE), IMDN_WARMUP="false") as server:
         server.wait_ready()
         yield server
 
@@ -121,15 +121,18 @@ def test_memory_burst_with_two_workers_stays_within_each_budget(weights_dir: Pat
                                                                 big_png16: bytes) -> None:
     """IMDN_WORKERS=2: each worker admits by its own budget; neither passes it by more than 0.5 GB."""
     with RealServer(weights_dir, workdir, IMDN_MODELS="as", IMDN_MEMORY_LIMIT_MB=str(BURST_LIMIT_MB),
-                    IMDN_QUEUE_SIZE=str(BURST_QUEUE), IMDN_WORKERS="2") as server:
+                    IMDN_QUEUE_SIZE=str(BURST_QUEUE), IMDN_WORKERS="2", IMDN_WARMUP="false") as server:
         server.wait_ready()
         workers = [pid for pid in children(server.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
                    and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(workers) == 2, workers
+        rest_kb = [status_kb(pid, "VmRSS") for pid in workers]
         sockets = [post_open(server, big_png16, "scale=1.01") for _ in range(10)]
         try:
             wait_for(lambda: gauges(server)["imdn_requests_in_flight"] >= 6, 20, "the burst admitted")
-            time.sleep(5)  # decodes of ~670 MB each, and their parts starting
+            wait_for(lambda: any(status_kb(pid, "VmRSS") - rest > 300 * 1024
+                                 for pid, rest in zip(workers, rest_kb, strict=True)), 20, "a decode")
+            time.sleep(2)  # the decodes of ~670 MB each, and their parts starting
             peaks_mb = [status_kb(pid, "VmHWM") / 1024 for pid in workers]
         finally:
             for sock in sockets:
