@@ -7,9 +7,17 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
 
 from service import admission as admission_module
-from service.admission import Admission, PixelRateLimit, Ticket, cgroup_memory_limit, derived_memory_limit
+from service.admission import (
+    Admission,
+    PixelRateLimit,
+    Ticket,
+    cgroup_memory_limit,
+    client_of,
+    derived_memory_limit,
+)
 from service.config import Settings
 from service.errors import NotReadyError, PayloadTooLargeError, QueueFullError, RateLimitedError
 from service.metrics import Metrics
@@ -122,3 +130,16 @@ def test_the_pixel_rate_limit_refills_and_tells_when() -> None:
     limit.spend("a", 5000)  # larger than the bucket: goes when it is full, and leaves it owing
     with pytest.raises(RateLimitedError):
         limit.spend("a", 1)
+
+
+def test_clients_are_told_apart_by_key_digest_else_address() -> None:
+    def request(address: str, **headers: str) -> Request:
+        raw = [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]
+        return Request({"type": "http", "headers": raw, "client": (address, 5000)})
+
+    keyed = client_of(request("10.0.0.1", x_api_key="secret-one"), keyed=True)
+    assert keyed == client_of(request("10.0.0.2", authorization="Bearer secret-one"), keyed=True)
+    assert "secret" not in keyed and keyed != client_of(request("10.0.0.1", x_api_key="secret-two"), keyed=True)
+    # Without keys, the address uvicorn gives (X-Forwarded-For only from IMDN_TRUSTED_PROXIES): the header alone
+    # changes nothing.
+    assert client_of(request("10.0.0.1", x_forwarded_for="198.51.100.7"), keyed=False) == "addr:10.0.0.1"
