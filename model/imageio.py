@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model.heif import decode_heif_deep, largest_claim
+from model.memory import ImageLayout, layout_from_mode
 from model.metadata import read_metadata
 from model.picture import (
     ImageDecodeError,
@@ -247,14 +248,25 @@ def header_size(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int 
     """(height, width) as the picture will be seen (EXIF orientation applied), from the header alone;
     raises what decode() would raise for the limits. A PNG whose eXIf chunk follows its pixels is
     measured unrotated (reading that chunk means decoding)."""
+    layout = header_layout(data, max_pixels, max_jpeg_scans, max_frames)
+    return layout.height, layout.width
+
+
+def header_layout(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
+                  max_frames: int | None = None) -> ImageLayout:
+    """header_size's size with the samples the picture will have (channels, bits): what its memory is
+    estimated from (model/memory.py) before anything is decoded."""
     img, fmt, _ = open_checked(data, max_pixels, max_jpeg_scans, max_frames=max_frames)
     width, height = img.size
+    sixteen = fmt == "png" and len(data) > 24 and data[24] == 16  # IHDR's bit depth; Pillow shows 8-bit modes
     exif_in_header = fmt != "png" or "exif" in img.info
     try:
         orientation = img.getexif().get(EXIF_ORIENTATION, 1) if exif_in_header else 1
     except Exception:  # noqa: BLE001 - unreadable EXIF: decode() reports the damage, if it matters
         orientation = 1
-    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return layout_from_mode(height, width, img.mode, "transparency" in img.info, sixteen)
 
 
 # Pillow reads 16-bit colour PNGs at 8 bits per channel, but its C inflate-and-unfilter can hand over either

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Response
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.admission import Admission, PixelRateLimit, derived_memory_limit
 from service.apidocs import install_docs
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
@@ -24,7 +25,7 @@ from service.results import ResultCache
 from service.routes import RESULT_HEADERS, metrics_endpoint, router
 from service.security import RequestGuard, SecurityHeaders
 from service.sources import SourceFetcher
-from service.state import Admission, ServiceState, build_pool, check_weights, parse_devices
+from service.state import ServiceState, build_pool, check_weights, parse_devices
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
@@ -176,7 +177,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_gpus(parse_devices(settings.device))
         state.loop = asyncio.get_running_loop()
         state.drain_expired = asyncio.Event()
-        state.admission = Admission(settings.concurrency, settings.queue_size, metrics)
+        rate = PixelRateLimit(settings.rate_limit_pixels, settings.rate_limit_window_s) \
+            if settings.rate_limit_pixels else None
+        state.admission = Admission(settings.concurrency, settings.queue_size, metrics, pixel_rate=rate)
         started = time.perf_counter()
         # Bad weights stop start-up here, before the port opens (uvicorn exits non-zero).
         state.models = await asyncio.to_thread(check_weights, settings)
@@ -191,6 +194,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     app.state.on_fatal()
                 return
             state.pool = task.result()
+            assert state.admission is not None
+            state.admission.set_memory_limit(derived_memory_limit(settings, state.activation_bytes))
             # Logged before the flag goes up: with IMDN_WORKERS, /readyz turns 200 after every worker's line.
             log.info("ready: models %s on %s (%s) in %.1f s", ",".join(state.model_names), ",".join(state.devices),
                      state.backend, time.perf_counter() - started)
@@ -207,6 +212,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 state.pool.close()
             if state.sources is not None:
                 await state.sources.aclose()
+            if state.admission is not None:
+                state.admission.close()
 
     app = ServiceApp(
         title="IMDN super-resolution",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -56,6 +57,15 @@ class Settings(BaseSettings):
     # Admission
     max_concurrent: int = Field(0, ge=0, description="requests processed at once; 0 = 2 per replica")
     queue_size: int = Field(8, ge=0, description="requests waiting beyond those; more get 429")
+    memory_limit_mb: int = Field(0, ge=0, description="memory for requests in each worker, estimated per request "
+                                 "from its header; 0 = the container's limit / IMDN_WORKERS less the baseline "
+                                 "(docs/configuration.md)")
+    rate_limit_pixels: int = Field(0, ge=0, description="output pixels a second per client (API key, else "
+                                   "address); 0 = none")
+    rate_limit_window_s: float = Field(60.0, gt=0, description="a client may spend this many seconds of its rate "
+                                       "at once")
+    trusted_proxies: CommaList = Field(default_factory=list, description="addresses or CIDRs of proxies whose "
+                                       "X-Forwarded-For names the client (fairness between clients)")
     request_timeout_s: float = Field(300.0, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0, description="after SIGTERM, how long in-flight requests may run; "
                                    "then those not yet streaming get 503 + Retry-After and streams are cut")
@@ -125,7 +135,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text")
     warmup: bool = Field(True, description="run every model once at start-up")
 
-    @field_validator("models", "cameras", "cors_origins", "api_keys", "source_allow", "url_keys", mode="before")
+    @field_validator("models", "cameras", "cors_origins", "api_keys", "source_allow", "url_keys", "trusted_proxies",
+                     mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -158,6 +169,13 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"IMDN_SOURCE_ALLOW: {exc}") from exc
         return value
+    @field_validator("trusted_proxies")
+    @classmethod
+    def networks(cls, value: list[str]) -> list[str]:
+        try:
+            return [str(ipaddress.ip_network(item, strict=False)) for item in value]
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies must be IP addresses or CIDRs, got {value}: {exc}") from exc
 
     @field_validator("frame_ancestors")
     @classmethod

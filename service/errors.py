@@ -58,6 +58,10 @@ class QueueFullError(ServiceError):
     status, kind, title = 429, "queue-full", "Too many requests queued"
 
 
+class RateLimitedError(QueueFullError):
+    kind, title = "rate-limited", "Rate limit reached"
+
+
 class NotReadyError(ServiceError):
     status, kind, title = 503, "not-ready", "Service not ready"
 

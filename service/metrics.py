@@ -123,6 +123,11 @@ class Metrics:
                              registry=r, multiprocess_mode="livesum")
         self.in_flight = Gauge("imdn_requests_in_flight", "Upscale requests admitted and not finished", registry=r,
                                multiprocess_mode="livesum")
+        self.memory_reserved = Gauge("imdn_memory_reserved_bytes", "Estimated peak memory of the requests running "
+                                     "(model/memory.py), within imdn_memory_limit_bytes", registry=r,
+                                     multiprocess_mode="livesum")
+        self.memory_limit = Gauge("imdn_memory_limit_bytes", "Memory for requests (IMDN_MEMORY_LIMIT_MB or derived)",
+                                  registry=r, multiprocess_mode="livesum")
         self.tiles = Counter("imdn_tiles", "Tiles run through a network", ["model"], registry=r)
         self.output_pixels = Counter("imdn_output_pixels", "Output pixels produced", ["model"], registry=r)
         self.frames = Counter("imdn_frames", "Frames upscaled (1 per still image; each frame of an animation)",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -14,9 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.animation import ANIMATION_OUTPUTS, check_output_pixels, open_animation
 from model.engine import Upscaler
-from model.imageio import DecodeCancelledError, decode, header_size
+from model.imageio import DecodeCancelledError, decode, header_layout
+from model.memory import animation_bytes, request_bytes
 from model.metadata import metadata_for_output
 from model.plan import DEFAULT_SCALE, Plan, scale_policy
+from service.admission import client_of
 from service.errors import (
     BadRequestError,
     ForbiddenOriginError,
@@ -59,7 +60,7 @@ FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500, "avif": 32768, "gif": 65535}
 # Headers a browser page on another origin may read (CORS exposes none by default).
 RESULT_HEADERS = ["X-Request-ID", "X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "Server-Timing",
                   "X-Frames-Dropped", "X-Frames", "X-Alpha-Flattened", "X-Metadata", "X-Metadata-Dropped", "ETag",
-                  "X-Cache"]
+                  "X-Cache", "RateLimit", "RateLimit-Policy"]
 
 router = APIRouter()
 
@@ -139,8 +140,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
     tag = await result_tag(state, data, params)
     if (early := early_answer(request, state, tag)) is not None:  # 304 or a cached result: no slot, no network
         return early
-    admission.admit()
-    admitted = True
+    ticket = admission.admit(client_of(request, bool(settings.api_keys)))
     cancel = threading.Event()
 
     def still_wanted() -> None:  # called by the decoder before each block it reads
@@ -171,38 +171,45 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
             return plan
 
         timings = Timings()
-        decode_start = time.perf_counter()
-        # Every limit the header can decide, before any pixel is decoded.
+        # Every limit the header can decide, and the memory the request will need, before any pixel is decoded.
+        layout = await admission.read_header(header_layout, data, settings.max_input_pixels, settings.max_jpeg_scans,
+                                             settings.max_frames)
         animation = None if params.frames == "first" else \
-            await asyncio.to_thread(open_animation, data, settings.max_input_pixels, settings.max_frames)
-        picture = None
+            await admission.read_header(open_animation, data, settings.max_input_pixels, settings.max_frames)
+        plan = checked_plan((layout.height, layout.width))
+        frames = 1
         if animation is not None:  # its frames are decoded one at a time as they are upscaled
             if params.format not in ANIMATION_OUTPUTS:
                 raise BadRequestError(f"{params.format.upper()} cannot hold an animation: ask format=png (APNG), "
                                       "webp or gif, or frames=first for the first frame alone")
-            plan = checked_plan(animation.size)
             check_output_pixels(animation, plan.out_size, settings.max_animation_pixels)
-        else:
-            plan = checked_plan(await asyncio.to_thread(header_size, data, settings.max_input_pixels,
-                                                        settings.max_jpeg_scans, settings.max_frames))
-            picture = await watched(request, asyncio.to_thread(decode, data, settings.max_input_pixels,
-                                                               settings.max_jpeg_scans, still_wanted,
-                                                               settings.max_frames),
+            frames = animation.frames
+        rate_headers = admission.spend_pixels(ticket, frames * plan.out_size[0] * plan.out_size[1])
+        need = request_bytes(plan, layout, len(data), params.format, state.budget_bytes, state.parts_budget_bytes)
+        if animation is not None:
+            need += animation_bytes(plan, frames)
+        queue_start = time.perf_counter()
+        await watched(request, admission.wait_turn(ticket, need, max(0.0, deadline - time.monotonic())), cancel,
+                      "while queued")
+        timings.queue = time.perf_counter() - queue_start
+        state.metrics.queue_wait.observe(timings.queue)
+        decode_start = time.perf_counter()
+        picture = None
+        if animation is None:
+            picture = await watched(request, admission.decode(decode, data, settings.max_input_pixels,
+                                                              settings.max_jpeg_scans, still_wanted,
+                                                              settings.max_frames),
                                     cancel, "while its image was decoded")
             if picture.size != plan.in_size:  # an orientation the header did not show
                 plan = checked_plan(picture.size)
         del data
         timings.decode = time.perf_counter() - decode_start
         out_h, out_w = plan.out_size
-        metadata = None if picture is None else await asyncio.to_thread(  # parses EXIF: off the loop
+        metadata = None if picture is None else await admission.read_header(  # parses EXIF: off the loop
             metadata_for_output, picture.metadata, params.metadata or settings.metadata, out_w, out_h, params.format)
-        queue_start = time.perf_counter()
-        await admission.slot(max(0.0, deadline - time.monotonic()))
-        timings.queue = time.perf_counter() - queue_start
-        state.metrics.queue_wait.observe(timings.queue)
     except BaseException:
         cancel.set()
-        admission.leave()
+        admission.leave(ticket)
         raise
 
     if animation is not None:
@@ -216,11 +223,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
     frames_made = animation.frames if animation is not None else 1
 
     def finish() -> None:
-        nonlocal admitted
-        if admitted:
-            admitted = False
-            admission.release_slot()
-            admission.leave()
+        admission.leave(ticket)  # once: a second call does nothing
 
     try:
         first = await watched(request, chunks.__anext__(), cancel, "before the first byte")
@@ -243,6 +246,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         "Content-Disposition": f'inline; filename="upscaled.{params.format}"',
         "ETag": tag,
         "Cache-Control": cache_control(request, settings.cache_max_age),
+        **rate_headers,
     }
     if animation is not None:
         headers["X-Frames"] = str(animation.frames)

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -41,15 +42,21 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 OWS = " \t"
 
 
+def offered_key(headers: Mapping[str, str]) -> str:
+    """The API key a request carries: X-API-Key, else an Authorization Bearer token ('' if neither)."""
+    offered = headers.get("x-api-key", "").strip(OWS)
+    scheme, _, token = headers.get("authorization", "").strip(OWS).partition(" ")
+    if not offered and scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110 11.1)
+        offered = token.strip(OWS)
+    return offered
+
+
 def require_api_key(request: Request, state: StateDep) -> None:
     """A route dependency: with IMDN_API_KEYS set, a request must carry one of them (X-API-Key or Bearer)."""
     keys = state.settings.api_keys
     if not keys:
         return
-    offered = request.headers.get("x-api-key", "").strip(OWS)
-    scheme, _, token = request.headers.get("authorization", "").strip(OWS).partition(" ")
-    if not offered and scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110 11.1)
-        offered = token.strip(OWS)
+    offered = offered_key(request.headers)
     # Compare against every key, each in constant time: timing reveals nothing about any key.
     matched = False
     for key in keys:

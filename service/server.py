@@ -76,7 +76,11 @@ def serve(settings: Settings, host: str, port: int, sock: socket.socket | None =
                             timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s + DRAIN_BACKSTOP_S),
                             timeout_keep_alive=settings.keepalive_s,
                             log_level=settings.log_level.lower(), http=settings.http_parser,
-                            server_header=settings.server_header)
+                            server_header=settings.server_header,
+                            # X-Forwarded-For names the client (fairness) only from IMDN_TRUSTED_PROXIES;
+                            # uvicorn's default trusts loopback.
+                            proxy_headers=bool(settings.trusted_proxies),
+                            forwarded_allow_ips=settings.trusted_proxies or None)
     config.load()
     config.http_protocol_class = with_header_timeout(config.http_protocol_class, settings.header_timeout_s)
     server = DrainingServer(config, state)

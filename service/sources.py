@@ -285,5 +285,5 @@ async def fetch_source(request: Request, state: ServiceState, url: str) -> bytes
         raise SourceForbiddenError("fetching sources by URL is off on this service (IMDN_SOURCE_ALLOW is empty)")
     with contextlib.suppress(httpx.InvalidURL):
         request.state.log_extra = {"source": shown(httpx.URL(url))}
-    with upload_place(state):
+    with upload_place(request, state):
         return await watched(request, state.sources.fetch(url), threading.Event(), "while its source was fetched")

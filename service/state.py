@@ -25,11 +25,11 @@ from model.tiled import tile_core
 from model.tiling import AS_CONTEXT, IMDN_CONTEXT
 from model.weights import camera_weights, file_sha256, load_model, resolve_weights
 from service.config import Settings
-from service.errors import NotReadyError, QueueFullError
 from service.metrics import Metrics
 from service.pool import Backend, ModelPool
 
 if TYPE_CHECKING:
+    from service.admission import Admission
     from service.results import ResultCache
     from service.sources import SourceFetcher
 
@@ -62,6 +62,7 @@ class ServiceState:
     backend: str = ""
     budget_bytes: int = 0
     parts_budget_bytes: int = 0  # what IMDN_AS's parts plan within (parts_budget)
+    activation_bytes: int = 0  # host memory the replicas may take for tiles, whatever the requests
     ready: bool = False
     draining: bool = False
     startup_error: str | None = None
@@ -222,6 +223,9 @@ def build_pool(settings: Settings, metrics: Metrics, state: ServiceState) -> Mod
     state.devices = [str(d) for d in devices]
     state.budget_bytes = memory_budget(settings, devices[0])
     state.parts_budget_bytes = parts_budget(state.budget_bytes, [backend for _, backend in backends])
+    # ONNX Runtime's capped arena per CPU replica; PyTorch's tiles within the budget; a GPU's are on the GPU.
+    state.activation_bytes = sum(arena_limit(state.budget_bytes) if isinstance(b, OnnxRunner) else state.budget_bytes
+                                 for (name, b) in backends if name.startswith("cpu"))
     pool = ModelPool(backends, settings.max_batch, settings.max_wait_ms / 1000, metrics.observe_batch)
     if settings.warmup:
         warm(pool, settings, state)
@@ -265,50 +269,3 @@ def warm(pool: ModelPool, settings: Settings, state: ServiceState) -> None:
                 warm_any_scale_parts(replica.backend, info.name)
         info.load_seconds += time.perf_counter() - started
         log.info("model %s loaded and warm in %.2f s", info.name, info.load_seconds)
-
-
-class Admission:
-    """Bounded admission: `concurrency` requests run, `queue_size` wait, the rest get 429 at once."""
-
-    def __init__(self, concurrency: int, queue_size: int, metrics: Metrics) -> None:
-        self.concurrency = concurrency
-        self.capacity = concurrency + queue_size
-        self.admitted = 0
-        self.waiting = 0
-        self.slots = asyncio.Semaphore(concurrency)
-        self.metrics = metrics
-
-    def check(self) -> None:
-        """Refuse a request before its body is read if it would be refused once it has arrived."""
-        if self.admitted >= self.capacity:
-            self.metrics.rejected.labels("queue_full").inc()
-            # A rough hint: a slot frees up about every few seconds under load.
-            raise QueueFullError(f"{self.admitted} requests are already queued or running; retry shortly",
-                                 headers={"Retry-After": "2"})
-
-    def admit(self) -> None:
-        """Count a request in (its body has arrived), or refuse it."""
-        self.check()
-        self.admitted += 1
-        self.metrics.in_flight.set(self.admitted)
-
-    def leave(self) -> None:
-        self.admitted -= 1
-        self.metrics.in_flight.set(self.admitted)
-
-    async def slot(self, timeout: float) -> None:
-        """Wait for a processing slot; 503 if none frees up in time."""
-        self.waiting += 1
-        self.metrics.queue_depth.set(self.waiting)
-        try:
-            await asyncio.wait_for(self.slots.acquire(), timeout)
-        except TimeoutError as exc:
-            self.metrics.rejected.labels("queue_timeout").inc()
-            raise NotReadyError("no processing slot became free in time; retry later",
-                                headers={"Retry-After": "5"}) from exc
-        finally:
-            self.waiting -= 1
-            self.metrics.queue_depth.set(self.waiting)
-
-    def release_slot(self) -> None:
-        self.slots.release()

@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from service.admission import client_of
 from service.errors import (
     BadRequestError,
     ClientDisconnectedError,
@@ -128,7 +129,7 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
 
 
 @contextlib.contextmanager
-def upload_place(state: ServiceState) -> Iterator[None]:
+def upload_place(request: Request, state: ServiceState) -> Iterator[None]:
     """One of IMDN_MAX_UPLOADS places, held while a source arrives (a body, or a fetch by URL), before
     admission: a slow client or origin holds this, never a processing slot or a queue place."""
     admission = state.admission
@@ -137,7 +138,7 @@ def upload_place(state: ServiceState) -> Iterator[None]:
         state.metrics.rejected.labels("uploads_full").inc()
         raise QueueFullError(f"{state.uploads} uploads are already arriving; retry shortly",
                              headers={"Retry-After": "2"})
-    admission.check()  # a full queue refuses before the body is sent, not after
+    admission.check(client_of(request, bool(state.settings.api_keys)))  # a full queue refuses before the body is sent
     state.uploads += 1
     state.metrics.uploads.set(state.uploads)
     try:
@@ -150,7 +151,7 @@ def upload_place(state: ServiceState) -> Iterator[None]:
 async def receive_upload(request: Request, state: ServiceState) -> tuple[bytes, dict[str, str]]:
     """The body (image bytes, form fields), read in an upload place."""
     settings = state.settings
-    with upload_place(state):
+    with upload_place(request, state):
         limits = UploadLimits(settings.max_upload_bytes, settings.request_timeout_s, settings.client_grace_s,
                               settings.min_client_rate)
         return await read_image(request, limits)

@@ -310,7 +310,7 @@ async def test_superresolve_queue_waits_then_429(start_app: StartApp, make_image
         running = asyncio.create_task(client.post(URL, content=make_image(128, 320), headers=PNG))
         # Wait until it holds the slot: while it is still taking the slot, `waiting` is 1 for a moment,
         # and a scrape just after that moment would find no one waiting.
-        await wait_until(lambda: admission.slots.locked())
+        await wait_until(lambda: admission.running == admission.concurrency)
         waiting = asyncio.create_task(client.post(URL, content=make_image(16, 16), headers=PNG))
         await wait_until(lambda: admission.waiting == 1)
         samples = parse_metrics((await client.get("/metrics")).text)
