@@ -18,6 +18,7 @@ from model.plan import DEFAULT_SCALE, Plan, scale_policy
 from service.errors import (
     BadRequestError,
     ForbiddenOriginError,
+    InsufficientStorageError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
@@ -73,7 +74,7 @@ router = APIRouter()
         **problem_responses(BadRequestError, UnauthorizedError, ForbiddenOriginError, UploadTimeoutError,
                             PayloadTooLargeError,
                             UnsupportedMediaError, UnprocessableImageError, QueueFullError, NotReadyError,
-                            RequestTimeoutError),
+                            InsufficientStorageError, RequestTimeoutError),
     },
     openapi_extra={"requestBody": UPSCALE_BODY},
     dependencies=[Depends(require_api_key)],

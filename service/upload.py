@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -99,12 +100,20 @@ async def read_image(request: Request, limits: UploadLimits) -> tuple[bytes, dic
     )
 
 
+class InMemoryMultiPartParser(MultiPartParser):
+    """Starlette's parser with every file part kept in memory. The body is already here, within
+    IMDN_MAX_UPLOAD_BYTES; Starlette spools parts over 1 MB to TMPDIR, where a full disk (a Kubernetes
+    emptyDir of 1 GiB, 32 uploads of 32 MB at once) made a multipart upload fail with 500."""
+
+    spool_max_size = sys.maxsize  # SpooledTemporaryFile rolls over to disk past this: never
+
+
 async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[str, str]]:
     async def replay() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:
-        form = await MultiPartParser(request.headers, replay(), max_files=1, max_fields=16).parse()
+        form = await InMemoryMultiPartParser(request.headers, replay(), max_files=1, max_fields=16).parse()
     except MultiPartException as exc:
         raise BadRequestError(f"malformed multipart form: {exc.message}") from exc
     try:
