@@ -56,6 +56,16 @@ async def read_body(request: Request, limits: UploadLimits) -> bytes:
     started = loop.time()
     data = bytearray()
     chunks = request.stream().__aiter__()
+
+    async def next_chunk() -> bytes | None:
+        # The stream's end as a value, not as StopAsyncIteration through wait_for: that exception's traceback
+        # and wait_for's future made a cycle holding this frame, and `data` (the whole upload), until the cycle
+        # collector ran, after every request.
+        try:
+            return await chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+
     while True:
         elapsed = loop.time() - started
         # The next bytes must come before the total deadline and before the average rate falls below
@@ -67,10 +77,9 @@ async def read_body(request: Request, limits: UploadLimits) -> bytes:
             too_slow = by_rate < wait
             wait = min(wait, by_rate)
         try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.0))
-        except StopAsyncIteration:
-            return bytes(data)
+            chunk = await asyncio.wait_for(next_chunk(), max(wait, 0.0))
         except TimeoutError as exc:
+            exc.__traceback__ = None  # the same cycle as above: this frame, and `data`, would wait for the collector
             if too_slow:
                 raise UploadTimeoutError(
                     f"the upload is too slow: {len(data):,} bytes in {loop.time() - started:.1f} s; after the "
@@ -79,8 +88,11 @@ async def read_body(request: Request, limits: UploadLimits) -> bytes:
             raise UploadTimeoutError(f"the upload did not arrive within {limits.timeout:g} s",
                                      headers=CLOSE) from exc
         except ClientDisconnect as exc:
+            exc.__traceback__ = None
             raise ClientDisconnectedError(f"the client closed the connection during the upload, after "
                                           f"{len(data):,} bytes") from exc
+        if chunk is None:
+            return bytes(data)
         data += chunk
         if len(data) > limit:
             raise PayloadTooLargeError(f"the upload is over the limit of {limit:,} bytes", headers=CLOSE)
