@@ -55,6 +55,10 @@ class UnprocessableImageError(ServiceError):
     status, kind, title = 422, "unprocessable-image", "Image could not be decoded"
 
 
+class HeadersTooLargeError(ServiceError):
+    status, kind, title = 431, "headers-too-large", "Request header fields too large"
+
+
 class QueueFullError(ServiceError):
     status, kind, title = 429, "queue-full", "Too many requests queued"
 
