@@ -131,7 +131,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         plan = checked_plan(await asyncio.to_thread(header_size, data, settings.max_input_pixels,
                                                     settings.max_jpeg_scans, settings.max_frames))
         picture = await watched(request, asyncio.to_thread(decode, data, settings.max_input_pixels,
-                                                           settings.max_jpeg_scans, still_wanted, settings.max_frames),
+                                                           settings.max_jpeg_scans, still_wanted, settings.max_frames,
+                                                           settings.decode_timeout_s),
                                 cancel, "while its image was decoded")
         del data
         timings.decode = time.perf_counter() - decode_start
