@@ -42,6 +42,7 @@ def with_header_limits(base: type[asyncio.Protocol], timeout: float, max_bytes: 
             self._idle = False  # between a response and the next request's first byte
             self._awaiting = False  # a request's headers have begun and are not complete
             self._header_bytes = 0  # bytes received since they began (the chunk ending them may hold body too)
+            self._refused = False
             self._await_headers()
 
         def _await_headers(self) -> None:
@@ -66,26 +67,25 @@ def with_header_limits(base: type[asyncio.Protocol], timeout: float, max_bytes: 
         def _refuse_headers(self) -> None:
             log.warning("refused a request whose headers are over %d bytes (431)", max_bytes)
             self._header_wait += 1
-            self._awaiting = False
+            self._awaiting, self._refused = False, True
             self.transport.write(headers_too_large(max_bytes))
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            if self.transport.is_closing():
-                return
+            if self._refused:
+                return  # answered 431 and closing: nothing more is parsed
             if self._idle and data:
                 self._idle = False
                 self._await_headers()
             if self._awaiting:
-                if self._header_bytes > max_bytes:  # the parser never sees more than one chunk past the limit
-                    self._refuse_headers()
-                    return
                 self._header_bytes += len(data)
             super().data_received(data)
             if self.cycle is not self._awaited_cycle:
                 self._header_wait += 1  # headers complete: this wait is over
                 self._awaiting = False
             elif self._awaiting and self._header_bytes > max_bytes and not self.transport.is_closing():
+                # Still incomplete past the limit: the parser saw at most one read (<= 256 KB) more than it.
+                # (A parser that refused the request itself has closed the transport already.)
                 self._refuse_headers()
 
     HeaderLimitProtocol.__name__ = f"HeaderLimit{base.__name__}"
