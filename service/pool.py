@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from model.backends import OnnxRunner, TorchRunner
+from service.tuning import trim_malloc
 
 log = logging.getLogger("service.pool")
 
@@ -207,6 +208,7 @@ class ModelPool:
                     replica.backend.release_memory()
                 except Exception as exc:
                     log.warning("replica %s: could not release memory: %s", replica.name, exc)
+                trim_malloc()  # and what the requests' own buffers left in the C heap
                 continue
             replica.holding_memory = True
             group = [job for job in group if job.future.set_running_or_notify_cancel()]

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.live_service import REPO, wait_for
+from tests.live_service import REPO
 from tests.reliability.reliability_support import RealServer, check_error, check_image, encode, noise, png16, png_chunk
 
 URL = "/v1/superresolve"
@@ -87,10 +87,16 @@ def test_abandoned_requests_free_their_pictures(collector_off: RealServer) -> No
     finally:
         for client in clients:
             client.close()
-    assert peak >= baseline + 400, f"the burst never grew RSS ({baseline} -> {peak} MB): it tests nothing"
+    assert peak >= baseline + 250, f"the burst never grew RSS ({baseline} -> {peak} MB): it tests nothing"
     settled, trace = settles_near(server, baseline)
     assert settled, f"idle RSS stayed above {baseline} + {SLACK_MB} MB (peak {peak}): {trace}\n{server.log_tail()}"
-    wait_for(lambda: server.output().count("status=499") >= 4, 10, "four 499s in the access log")
+    def ended_by_their_clients() -> int:  # 499, or cut if its stream had begun (a heartbeat after 5 s)
+        return sum("client_closed" in line for line in server.output().splitlines() if "service.access" in line)
+
+    deadline = time.monotonic() + 10
+    while ended_by_their_clients() < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ended_by_their_clients() == 4, server.log_tail()
 
 
 def test_served_and_failed_requests_leave_nothing(collector_off: RealServer) -> None:
