@@ -11,12 +11,14 @@ import io
 import logging
 import re
 import struct
+import time
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model import bmp_rle
 from model.heif import decode_heif_deep, largest_claim
 from model.memory import ImageLayout, layout_from_mode
 from model.metadata import read_metadata
@@ -38,6 +40,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Pillow's own bomb guard is replaced by the explicit pixel limit in decode().
 Image.MAX_IMAGE_PIXELS = None
+# Pillow's one Python decoder among the formats read here, BMP's RLE, was quadratic in a row's width.
+bmp_rle.install()
 
 
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
@@ -50,6 +54,26 @@ MAX_JPEG_SCANS = 100
 
 class DecodeCancelledError(Exception):
     """The caller no longer wants the picture (its request ended); raised from inside the decoder."""
+
+
+class DecodeTimeoutError(ImageDecodeError):
+    """Decoding ran past its deadline (decode's `timeout_s`): the file costs more than it may (422)."""
+
+
+def with_deadline(check: Callable[[], None] | None, timeout_s: float | None) -> Callable[[], None] | None:
+    """`check`, then DecodeTimeoutError once `timeout_s` have passed from now (None: `check` alone)."""
+    if timeout_s is None:
+        return check
+    deadline = time.monotonic() + timeout_s
+
+    def checked() -> None:
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            raise DecodeTimeoutError(f"the image did not decode within {timeout_s:g} s (IMDN_DECODE_TIMEOUT_S): "
+                                     "its decoding costs more than this service allows")
+
+    return checked
 
 
 class _CheckedBytesIO(io.BytesIO):
@@ -328,14 +352,17 @@ def _with_metadata(picture: Picture, img: Image.Image, frames: int) -> Picture:
 
 
 def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | None = MAX_JPEG_SCANS,
-           check: Callable[[], None] | None = None, max_frames: int | None = None) -> Picture:
+           check: Callable[[], None] | None = None, max_frames: int | None = None,
+           timeout_s: float | None = None) -> Picture:
     """Encoded image bytes -> Picture (first frame of an animation, EXIF orientation applied).
 
     Raises ImageTooLargeError before decoding if width*height > max_pixels (bombs cost nothing),
     ImageDecodeError for anything unreadable: every decoding and colour-conversion step is inside
     that mapping. `check` is called before each block the decoder reads; whatever it raises
     (the request ended) stops the decode. More than `max_frames` frames: ImageDecodeError, before decoding.
+    Past `timeout_s` seconds: DecodeTimeoutError (an ImageDecodeError), at the next block read.
     """
+    check = with_deadline(check, timeout_s)
     img, fmt, frames = open_checked(data, max_pixels, max_jpeg_scans, check, max_frames)
     try:
         with warnings.catch_warnings():
@@ -355,6 +382,8 @@ def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | Non
             img.seek(0)
             _check_pixels(*img.size, max_pixels)  # a GIF frame larger than its screen grows the canvas
             img.load()
+            if check is not None:
+                check()  # a decoder that read all it needed at once (BMP RLE) is timed here
             metadata = read_metadata(img)  # as the file holds it, before the orientation is applied
             icc = img.info.get("icc_profile")
             img = ImageOps.exif_transpose(img) or img

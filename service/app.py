@@ -241,6 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=RESULT_HEADERS, max_age=600)
-    app.add_middleware(RequestGuard, allowed_origins=settings.cors_origins)
+    app.add_middleware(RequestGuard, allowed_origins=settings.cors_origins, max_headers=settings.max_headers,
+                       max_header_bytes=settings.max_header_bytes)
     app.add_middleware(RequestContextMiddleware, state=state)
     return app

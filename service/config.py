@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     min_client_rate: int = Field(16384, ge=0, description="bytes/s an upload must average after the grace period "
                                  "(else 408), and a download's pieces must go at (else cut); 0 = no minimum")
     header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a request's headers")
+    max_header_bytes: int = Field(65536, ge=4096, description="request line and headers, in bytes; more: 431 and "
+                                  "the connection closed (both parsers)")
+    max_headers: int = Field(100, ge=10, description="header fields of a request; more: 431 and the connection closed")
     # Several interpreters per port: upload, decode, PNG and HTTP stop sharing one GIL (docs/deploy.md).
     workers: int = Field(1, ge=1, le=64, description="worker processes on the one port, each with its own replicas")
 
@@ -86,6 +89,8 @@ class Settings(BaseSettings):
     max_output_pixels: int = Field(67_108_864, ge=1)
     max_scale: float = Field(DEFAULT_MAX_SCALE, gt=1, le=16)
     max_jpeg_scans: int = Field(100, ge=1, description="progressive JPEGs with more scans get 422")
+    decode_timeout_s: float = Field(30.0, gt=0, description="time an upload may take to decode; longer: 422 (a file "
+                                    "that costs more than it may), the decoding stopped")
     max_frames: int = Field(MAX_FRAMES, ge=1, description="animated or multi-page uploads with more frames (pages, "
                             "IFDs) get 422; frames are counted from the file's structure up to this")
     max_animation_pixels: int = Field(MAX_ANIMATION_PIXELS, ge=1, description="an animation's output pixels over "

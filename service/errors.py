@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from fastapi import FastAPI, Request
@@ -54,6 +55,10 @@ class UnprocessableImageError(ServiceError):
     status, kind, title = 422, "unprocessable-image", "Image could not be decoded"
 
 
+class HeadersTooLargeError(ServiceError):
+    status, kind, title = 431, "headers-too-large", "Request header fields too large"
+
+
 class QueueFullError(ServiceError):
     status, kind, title = 429, "queue-full", "Too many requests queued"
 
@@ -68,6 +73,10 @@ class NotReadyError(ServiceError):
 
 class OutOfMemoryError(ServiceError):
     status, kind, title = 503, "out-of-memory", "Not enough memory for this image right now"
+
+
+class InsufficientStorageError(ServiceError):
+    status, kind, title = 507, "insufficient-storage", "Not enough disk space right now"
 
 
 class RequestTimeoutError(ServiceError):
@@ -118,6 +127,10 @@ def problem(request: Request, status: int, title: str, detail: str, kind: str,
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
+# A write that failed for want of space (ENOSPC, a quota) or past a file size limit (EFBIG).
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 def as_service_error(exc: Exception) -> ServiceError:
     """Translate engine and image errors into their HTTP meaning."""
     if isinstance(exc, ServiceError):
@@ -130,6 +143,10 @@ def as_service_error(exc: Exception) -> ServiceError:
         return UnprocessableImageError(str(exc))
     if isinstance(exc, UpscaleError):
         return BadRequestError(str(exc))
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # the disk is the server's: retry, not a 500
+        log.warning("disk full: %s", exc)
+        return InsufficientStorageError("the server's disk is full right now; retry later",
+                                        headers={"Retry-After": "10"})
     if is_out_of_memory(exc):  # the engine already retried with smaller tiles; other requests may be holding it
         log.warning("out of memory: %s", exc)
         return OutOfMemoryError("the server ran out of memory for this image; retry later, or send a smaller "

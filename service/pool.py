@@ -18,7 +18,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from model.backends import OnnxRunner, TorchRunner
+from service.tuning import trim_malloc
 
 log = logging.getLogger("service.pool")
 
@@ -33,6 +35,25 @@ Backend = TorchRunner | OnnxRunner
 # A replica idle this long hands its backend's cached buffers back (ONNX Runtime's arena): a busy one keeps
 # them, so the tiles of a request reuse memory instead of having the kernel fault in fresh pages each run.
 IDLE_RELEASE_S = 1.0
+
+
+ABANDON_POLL_S = 0.1  # how often a waiting caller looks at its cancel flag
+
+
+class JobAbandonedError(CancelledError):
+    """The caller stopped waiting for its job (its cancel flag was set)."""
+
+
+def wait(future: Future[Any], abandon: threading.Event | None) -> Any:
+    """The job's result; once `abandon` is set, cancel the job (a queued one never runs) and raise."""
+    while abandon is not None:
+        try:
+            return future.result(ABANDON_POLL_S)
+        except FutureTimeout:
+            if abandon.is_set():
+                future.cancel()  # a running job cannot be: it finishes and its result is dropped
+                raise JobAbandonedError("the caller no longer waits for this job") from None
+    return future.result()
 
 
 @dataclass
@@ -84,18 +105,25 @@ class ModelPool:
 
     # --- Runner protocol --------------------------------------------------------------
 
-    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
-        return self.submit(Job(name, batch, cca_contrast)).result()
+    # `abandon`: the caller's cancel flag. Once it is set the caller stops waiting and its job, if still queued,
+    # is dropped: a request that ended frees its tiles (and the picture its thread holds) at once, instead of
+    # after every job it had queued has run for nobody.
+
+    def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None, *,
+                 abandon: threading.Event | None = None) -> torch.Tensor:
+        return wait(self.submit(Job(name, batch, cca_contrast)), abandon)
 
     def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
-                    cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
+                    cca_contrast: torch.Tensor | None = None, *,
+                    abandon: threading.Event | None = None) -> torch.Tensor:
         job = Job(name, windows, cca_contrast, call=lambda backend: backend.cca_moments(name, windows, mask,
                                                                                         cca_contrast))
-        return self.submit(job).result()
+        return wait(self.submit(job), abandon)
 
-    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor,
+                 abandon: threading.Event | None = None) -> tuple[torch.Tensor, ...]:
         job = Job(name, inputs[0], None, call=lambda backend: backend.run_part(name, kind, block, *inputs))
-        return self.submit(job).result()
+        return wait(self.submit(job), abandon)
 
     # --- queue -----------------------------------------------------------------------
 
@@ -180,6 +208,7 @@ class ModelPool:
                     replica.backend.release_memory()
                 except Exception as exc:
                     log.warning("replica %s: could not release memory: %s", replica.name, exc)
+                trim_malloc()  # and what the requests' own buffers left in the C heap
                 continue
             replica.holding_memory = True
             group = [job for job in group if job.future.set_running_or_notify_cancel()]

@@ -31,7 +31,6 @@ from model.engine import Upscaler
 from model.imageio import Picture
 from model.metadata import Metadata
 from model.plan import Plan
-from model.runner import Runner
 from service.errors import ClientDisconnectedError, NotReadyError, RequestCancelledError, RequestTimeoutError
 from service.pool import ModelPool
 from service.state import ServiceState
@@ -44,9 +43,10 @@ T = TypeVar("T")
 
 
 class RequestRunner:
-    """The pool as seen by one request: refuses further tiles once cancelled or past its deadline."""
+    """The pool as seen by one request: refuses further tiles once cancelled or past its deadline, and stops
+    waiting for (and drops) those it queued once cancelled."""
 
-    def __init__(self, pool: Runner, cancel: threading.Event, deadline: float) -> None:
+    def __init__(self, pool: ModelPool, cancel: threading.Event, deadline: float) -> None:
         self.pool, self.cancel, self.deadline = pool, cancel, deadline
 
     def _check(self) -> None:
@@ -57,16 +57,16 @@ class RequestRunner:
 
     def __call__(self, name: str, batch: torch.Tensor, cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
         self._check()
-        return self.pool(name, batch, cca_contrast)
+        return self.pool(name, batch, cca_contrast, abandon=self.cancel)
 
     def cca_moments(self, name: str, windows: torch.Tensor, mask: torch.Tensor,
                     cca_contrast: torch.Tensor | None = None) -> torch.Tensor:
         self._check()
-        return self.pool.cca_moments(name, windows, mask, cca_contrast)
+        return self.pool.cca_moments(name, windows, mask, cca_contrast, abandon=self.cancel)
 
     def run_part(self, name: str, kind: str, block: int, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._check()
-        return self.pool.run_part(name, kind, block, *inputs)
+        return self.pool.run_part(name, kind, block, *inputs, abandon=self.cancel)
 
 
 @dataclass
@@ -94,6 +94,9 @@ def produce_in_thread(items: Iterator[object], hand_over: Callable[[Message], No
                     return
             hand_over(("end", None))
         except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer, which decides what it means
+            if cancel.is_set():  # nobody is waiting: drop it, and with its traceback the frames (and picture) it holds
+                exc.__traceback__ = None
+                return
             hand_over(("error", exc))
 
     threading.Thread(target=produce, name=name, daemon=True).start()
@@ -104,7 +107,10 @@ def opened(message: Message) -> tuple[bool, object]:
     kind, value = message
     if kind == "error":
         assert isinstance(value, BaseException)
-        raise value
+        try:
+            raise value
+        finally:  # this frame is in the exception's traceback: holding it here would make a cycle
+            del value, message
     return kind == "end", value
 
 
@@ -267,6 +273,8 @@ async def watched(request: Request, work: Awaitable[T], cancel: threading.Event,
             with contextlib.suppress(asyncio.CancelledError, Exception):  # nobody wants the result now
                 await task
         raise
+    finally:  # this frame is in the traceback of what the task raised: holding the task would make a cycle
+        del task
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -302,7 +310,10 @@ async def unless_drain_ends(state: ServiceState, work: Awaitable[T]) -> T:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # its own cleanup ran; no result needed
                 await task
-    if task.cancelled():
-        raise DrainDeadlineError("the server is shutting down; retry (another instance will answer)",
-                                 headers={"Retry-After": "1", "Connection": "close"})
-    return task.result()
+    try:
+        if task.cancelled():
+            raise DrainDeadlineError("the server is shutting down; retry (another instance will answer)",
+                                     headers={"Retry-After": "1", "Connection": "close"})
+        return task.result()
+    finally:  # as in watched(): every stream ends with StopAsyncIteration raised from here
+        del task, waiter

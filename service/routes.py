@@ -21,6 +21,7 @@ from service.admission import client_of
 from service.errors import (
     BadRequestError,
     ForbiddenOriginError,
+    InsufficientStorageError,
     NotReadyError,
     PayloadTooLargeError,
     QueueFullError,
@@ -90,7 +91,8 @@ router = APIRouter()
         **problem_responses(BadRequestError, UnauthorizedError, ForbiddenOriginError, UploadTimeoutError,
                             PayloadTooLargeError,
                             UnsupportedMediaError, UnprocessableImageError, QueueFullError, NotReadyError,
-                            RequestTimeoutError, SourceForbiddenError, SourceFailedError, SourceTimeoutError),
+                            InsufficientStorageError, RequestTimeoutError, SourceForbiddenError, SourceFailedError,
+                            SourceTimeoutError),
     },
     openapi_extra={"requestBody": UPSCALE_BODY},
     dependencies=[Depends(require_api_key)],
@@ -198,7 +200,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         if animation is None:
             picture = await watched(request, admission.decode(decode, data, settings.max_input_pixels,
                                                               settings.max_jpeg_scans, still_wanted,
-                                                              settings.max_frames),
+                                                              settings.max_frames, settings.decode_timeout_s),
                                     cancel, "while its image was decoded")
             if picture.size != plan.in_size:  # an orientation the header did not show
                 plan = checked_plan(picture.size)

@@ -19,7 +19,14 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BadRequestError, ForbiddenOriginError, ServiceError, UnauthorizedError, problem
+from service.errors import (
+    BadRequestError,
+    ForbiddenOriginError,
+    HeadersTooLargeError,
+    ServiceError,
+    UnauthorizedError,
+    problem,
+)
 from service.state import StateDep
 
 # The service's own page; its inline <script> and <style> are allowed by their SHA-256, nothing else inline.
@@ -169,17 +176,28 @@ def same_origin(origin: str, host_header: str) -> bool:
 
 
 class RequestGuard:
-    """Refuse, before any work: ambiguous framing (Content-Length with Transfer-Encoding, repeated
-    Content-Length, a transfer coding other than chunked) and a Host header missing (HTTP/1.1) or repeated,
-    answered with Connection: close; and a
+    """Refuse, before any work: more than `max_headers` header fields or `max_header_bytes` (431), ambiguous
+    framing (Content-Length with Transfer-Encoding, repeated Content-Length, a transfer coding other than
+    chunked) and a Host header missing (HTTP/1.1) or repeated, answered with Connection: close; and a
     state-changing browser request from a foreign Origin (cross-site form POSTs and fetches)."""
 
-    def __init__(self, app: ASGIApp, allowed_origins: list[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: list[str], max_headers: int = 100,
+                 max_header_bytes: int = 65536) -> None:
         self.app = app
         self.allowed = frozenset(allowed_origins)
+        self.max_headers, self.max_header_bytes = max_headers, max_header_bytes
 
     def refusal(self, scope: Scope) -> tuple[ServiceError, bool] | None:
         headers = scope.get("headers", [])
+        if len(headers) > self.max_headers:
+            return HeadersTooLargeError(f"the request has {len(headers)} header fields; the limit is "
+                                        f"{self.max_headers} (IMDN_MAX_HEADERS)"), True
+        # Headers that arrived whole in one read; the protocol cuts those still arriving (service/connections.py).
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + len(scope["method"]) + 12 + \
+            sum(len(name) + len(value) + 4 for name, value in headers)
+        if size > self.max_header_bytes:
+            return HeadersTooLargeError(f"the request line and headers are over {self.max_header_bytes:,} bytes "
+                                        "(IMDN_MAX_HEADER_BYTES)"), True
         hosts = [value for name, value in headers if name == b"host"]
         if len(hosts) > 1 or (not hosts and scope.get("http_version") == "1.1"):
             # RFC 9112 3.2 (h11 refuses these itself; httptools passes them on).

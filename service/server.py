@@ -17,7 +17,7 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings
-from service.connections import with_header_timeout
+from service.connections import with_header_limits
 from service.metrics import serve_metrics
 from service.state import ServiceState
 
@@ -25,6 +25,8 @@ log = logging.getLogger("service")
 
 # Past the drain deadline, how long uvicorn still waits for connections before cancelling their tasks.
 DRAIN_BACKSTOP_S = 5.0
+# The header limit counts whole chunks the transport reads (up to 256 KB each) before the parser gives up.
+H11_HEADROOM = 2**20
 
 
 # SIGHUP (a closed terminal, `kill -HUP`, some process managers' "reload") drains like SIGTERM: there is no
@@ -80,9 +82,12 @@ def serve(settings: Settings, host: str, port: int, sock: socket.socket | None =
                             # X-Forwarded-For names the client (fairness) only from IMDN_TRUSTED_PROXIES;
                             # uvicorn's default trusts loopback.
                             proxy_headers=bool(settings.trusted_proxies),
-                            forwarded_allow_ips=settings.trusted_proxies or None)
+                            forwarded_allow_ips=settings.trusted_proxies or None,
+                            # h11's own limit past ours, so that both parsers answer 431 at the same size
+                            h11_max_incomplete_event_size=settings.max_header_bytes + H11_HEADROOM)
     config.load()
-    config.http_protocol_class = with_header_timeout(config.http_protocol_class, settings.header_timeout_s)
+    config.http_protocol_class = with_header_limits(config.http_protocol_class, settings.header_timeout_s,
+                                                    settings.max_header_bytes)
     server = DrainingServer(config, state)
 
     def stop() -> None:  # called from the event loop when the model pool cannot start

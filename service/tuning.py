@@ -48,3 +48,14 @@ def tune_malloc() -> None:
     for variable, (parameter, value) in MALLOC_SETTINGS.items():
         if variable not in os.environ:
             libc.mallopt(parameter, value)
+
+
+def trim_malloc() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim; elsewhere nothing). Buffers under
+    the mmap threshold are freed into the heap, and its free pages between blocks still in use stay in RSS:
+    after four cancelled 4 MP requests, 110 MB that nothing referenced. Called when the model pool goes idle."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)

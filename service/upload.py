@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -58,6 +59,16 @@ async def read_body(request: Request, limits: UploadLimits) -> bytes:
     started = loop.time()
     data = bytearray()
     chunks = request.stream().__aiter__()
+
+    async def next_chunk() -> bytes | None:
+        # The stream's end as a value, not as StopAsyncIteration through wait_for: that exception's traceback
+        # and wait_for's future made a cycle holding this frame, and `data` (the whole upload), until the cycle
+        # collector ran, after every request.
+        try:
+            return await chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+
     while True:
         elapsed = loop.time() - started
         # The next bytes must come before the total deadline and before the average rate falls below
@@ -69,10 +80,9 @@ async def read_body(request: Request, limits: UploadLimits) -> bytes:
             too_slow = by_rate < wait
             wait = min(wait, by_rate)
         try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.0))
-        except StopAsyncIteration:
-            return bytes(data)
+            chunk = await asyncio.wait_for(next_chunk(), max(wait, 0.0))
         except TimeoutError as exc:
+            exc.__traceback__ = None  # the same cycle as above: this frame, and `data`, would wait for the collector
             if too_slow:
                 raise UploadTimeoutError(
                     f"the upload is too slow: {len(data):,} bytes in {loop.time() - started:.1f} s; after the "
@@ -81,8 +91,11 @@ async def read_body(request: Request, limits: UploadLimits) -> bytes:
             raise UploadTimeoutError(f"the upload did not arrive within {limits.timeout:g} s",
                                      headers=CLOSE) from exc
         except ClientDisconnect as exc:
+            exc.__traceback__ = None
             raise ClientDisconnectedError(f"the client closed the connection during the upload, after "
                                           f"{len(data):,} bytes") from exc
+        if chunk is None:
+            return bytes(data)
         data += chunk
         if len(data) > limit:
             raise PayloadTooLargeError(f"the upload is over the limit of {limit:,} bytes", headers=CLOSE)
@@ -106,12 +119,20 @@ async def read_image(request: Request, limits: UploadLimits) -> tuple[bytes, dic
     )
 
 
+class InMemoryMultiPartParser(MultiPartParser):
+    """Starlette's parser with every file part kept in memory. The body is already here, within
+    IMDN_MAX_UPLOAD_BYTES; Starlette spools parts over 1 MB to TMPDIR, where a full disk (a Kubernetes
+    emptyDir of 1 GiB, 32 uploads of 32 MB at once) made a multipart upload fail with 500."""
+
+    spool_max_size = sys.maxsize  # SpooledTemporaryFile rolls over to disk past this: never
+
+
 async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[str, str]]:
     async def replay() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:
-        form = await MultiPartParser(request.headers, replay(), max_files=1, max_fields=16).parse()
+        form = await InMemoryMultiPartParser(request.headers, replay(), max_files=1, max_fields=16).parse()
     except MultiPartException as exc:
         raise BadRequestError(f"malformed multipart form: {exc.message}") from exc
     try:

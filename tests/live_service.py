@@ -74,9 +74,10 @@ def service_env(weights: Path | str | None = None, **env: str) -> dict[str, str]
 
 
 class ServiceProcess:
-    """`python -m service --host 127.0.0.1 --port <free>` started in `workdir` with environment `env`."""
+    """`python -m service --host 127.0.0.1 --port <free>` started in `workdir` with environment `env` (and
+    `preexec_fn` run in the child before it starts)."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], preexec_fn: Callable[[], None] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,8 @@ class ServiceProcess:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=workdir, env=env, stdout=self._sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            cwd=workdir, env=env, stdout=self._sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=preexec_fn)  # e.g. resource limits for the child alone
 
     @property
     def pid(self) -> int:

@@ -35,7 +35,7 @@ from service.config import Settings  # noqa: E402
 from tests.live_service import ServiceProcess, service_env  # noqa: E402
 
 # Every error status the service documents (plus the router's own 404/405). 500 is a bug, never "documented".
-DOCUMENTED_ERRORS = frozenset({400, 401, 404, 405, 408, 413, 415, 422, 429, 503, 504})
+DOCUMENTED_ERRORS = frozenset({400, 401, 404, 405, 408, 413, 415, 422, 429, 431, 503, 504, 507})
 PROBLEM_KEYS = ("type", "title", "status", "detail")
 REQUEST_TIMEOUT = 30.0
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from service.pool import ModelPool
+from service.pool import JobAbandonedError, ModelPool
 
 
 class RecordingBackend:
@@ -146,4 +146,38 @@ def test_an_idle_replica_releases_memory_once(monkeypatch):
         time.sleep(0.6)
         assert len(backend.released) == 2  # and again after the next burst
     finally:
+        pool.close()
+
+
+def test_an_abandoned_job_is_dropped_and_its_caller_freed() -> None:
+    """A caller whose cancel flag is set stops waiting at once, and its job, still queued behind a running one,
+    never runs: a request that ended holds neither its thread nor the replica (issue 30, item 2)."""
+    release = threading.Event()
+    ran: list[str] = []
+
+    class SlowBackend(RecordingBackend):
+        def __call__(self, name: str, batch: torch.Tensor, contrast: torch.Tensor | None = None) -> torch.Tensor:
+            ran.append(name)
+            if name == "busy":
+                release.wait(10)
+            return batch
+
+    pool = ModelPool([("slow#0", SlowBackend())], max_batch=1, max_wait_s=0)  # type: ignore[list-item]
+    try:
+        busy = threading.Thread(target=pool, args=("busy", torch.zeros(1, 3, 4, 4)))
+        busy.start()
+        while not ran:
+            time.sleep(0.01)
+        abandon = threading.Event()
+        abandon.set()
+        started = time.monotonic()
+        with pytest.raises(JobAbandonedError):
+            pool("abandoned", torch.zeros(1, 3, 4, 4), abandon=abandon)
+        assert time.monotonic() - started < 5  # not after the busy job
+        release.set()
+        busy.join(10)
+        assert pool("after", torch.zeros(1, 3, 4, 4)).shape == (1, 3, 4, 4)
+        assert ran == ["busy", "after"]
+    finally:
+        release.set()
         pool.close()

@@ -116,7 +116,7 @@ async def test_unless_drain_ends() -> None:
 
 
 def test_request_runner_refuses_once_cancelled_or_late() -> None:
-    def pool(name: str, batch: torch.Tensor, contrast: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(name: str, batch: torch.Tensor, contrast: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         return batch
 
     cancel = threading.Event()
