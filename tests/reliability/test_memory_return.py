@@ -37,11 +37,12 @@ def big_picture() -> bytes:
 
 @pytest.fixture(scope="module")
 def collector_off(weights_dir: Path, workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
-    """One slot, so requests queue with their pictures decoded; gc.disable() from a sitecustomize on the
-    child's path, so nothing is freed unless reference counting frees it."""
+    """Two slots, so two requests hold decoded pictures (one at work, one waiting for the model pool) while
+    the rest wait undecoded; gc.disable() from a sitecustomize on the child's path, so nothing is freed
+    unless reference counting frees it."""
     site = tmp_path_factory.mktemp("gc_off")
     (site / "sitecustomize.py").write_text("import gc\ngc.disable()\n")
-    server = RealServer(weights_dir, workdir, IMDN_MODELS="x2", IMDN_MAX_CONCURRENT="1",
+    server = RealServer(weights_dir, workdir, IMDN_MODELS="x2", IMDN_MAX_CONCURRENT="2",
                         # small batches: the one already running when its client leaves ends soon
                         IMDN_MEMORY_BUDGET_MB="64", PYTHONPATH=f"{site}:{REPO}")
     try:
@@ -68,8 +69,8 @@ def settles_near(server: RealServer, baseline: int) -> tuple[bool, list[int]]:
 
 
 def test_abandoned_requests_free_their_pictures(collector_off: RealServer) -> None:
-    """Four clients send a 2048x2048 16-bit RGBA PNG (one runs, three wait decoded) and hang up: the idle
-    server is back near where it started within 10 s."""
+    """Four clients send a 2048x2048 16-bit RGBA PNG (two decoded, one of them at work; two queued) and
+    hang up: the idle server is back near where it started within 10 s."""
     server = collector_off
     baseline = mb(server)
     image = big_picture()
@@ -80,7 +81,7 @@ def test_abandoned_requests_free_their_pictures(collector_off: RealServer) -> No
     try:
         for client in clients:
             client.sendall(head + image)
-        until = time.monotonic() + 5  # all four decoded, one at work in the model pool
+        until = time.monotonic() + 5  # two decoded, one at work in the model pool
         while time.monotonic() < until:
             peak = max(peak, mb(server))
             time.sleep(0.1)
