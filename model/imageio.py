@@ -336,6 +336,8 @@ def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | Non
             sixteen = _decode_png16_color(data) if fmt == "png" else None
             if sixteen is not None:
                 picture = picture_from_array(oriented(*sixteen), img.info.get("icc_profile"))
+                if check is not None:
+                    check()
                 picture.frames = frames
                 return picture
             img.seek(0)
@@ -348,6 +350,8 @@ def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | Non
             if icc and not img.info.get("icc_profile"):
                 img.info["icc_profile"] = icc
             picture = picture_from_pil(img)
+            if check is not None:
+                check()  # the conversion to float planes counts: it is the decode's cost too
     except (ImageDecodeError, ImageTooLargeError, DecodeCancelledError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a decoder or a conversion raises, the file is at fault
