@@ -375,10 +375,15 @@ def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | Non
                     orientation = Image.Exif()
                     orientation.load(exif)
                     array = oriented(array, orientation.get(EXIF_ORIENTATION, 1))
-                return _with_metadata(picture_from_array(array, img.info.get("icc_profile")), img, frames)
+                picture = picture_from_array(array, img.info.get("icc_profile"))
+                if check is not None:
+                    check()  # the conversion to float planes counts: it is the decode's cost too
+                return _with_metadata(picture, img, frames)
             if fmt == "heif" and int(img.info.get("bit_depth") or 8) > 8:  # libheif applies the orientation
-                deep = decode_heif_deep(data)
-                return _with_metadata(picture_from_array(deep, img.info.get("icc_profile")), img, frames)
+                picture = picture_from_array(decode_heif_deep(data), img.info.get("icc_profile"))
+                if check is not None:
+                    check()
+                return _with_metadata(picture, img, frames)
             img.seek(0)
             _check_pixels(*img.size, max_pixels)  # a GIF frame larger than its screen grows the canvas
             img.load()
@@ -391,6 +396,8 @@ def decode(data: bytes, max_pixels: int | None = None, max_jpeg_scans: int | Non
                 img.info["icc_profile"] = icc
             picture = picture_from_pil(img)
             picture.metadata = metadata
+            if check is not None:
+                check()  # the conversion to float planes counts: it is the decode's cost too
     except (ImageDecodeError, ImageTooLargeError, DecodeCancelledError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a decoder or a conversion raises, the file is at fault
