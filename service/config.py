@@ -12,11 +12,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.animation import MAX_ANIMATION_PIXELS
 from model.backends import Backend
-from model.imageio import MAX_FRAMES
 from model.imdn import MODEL_NAMES
 from model.links import MIN_KEY_CHARS
 from model.metadata import DEFAULT_METADATA, MetadataPolicy
 from model.plan import DEFAULT_ANY_SCALE, DEFAULT_CONTENT, DEFAULT_MAX_SCALE, AnyScale, Content
+from model.structure import MAX_FRAMES
 
 CommaList = Annotated[list[str], NoDecode]
 

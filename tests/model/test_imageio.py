@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.imageio import PNG_SIGNATURE, decode, gif_frames, header_size, probe, tiff_frames
+from model.imageio import PNG_SIGNATURE, decode, header_size, probe
 from model.picture import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -19,6 +19,7 @@ from model.picture import (
     to_array,
     unit_float,
 )
+from model.structure import gif_frames, tiff_frames
 from tests.model.png_support import SRGB_ICC, encode, pattern, reference_decode
 from tests.samples import many_frame_gif, many_ifd_tiff
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.imageio import MAX_FRAMES
+from model.structure import MAX_FRAMES
 from tests.reliability.reliability_support import RealServer, check_error, check_image
 from tests.samples import many_frame_gif, many_ifd_tiff
 
