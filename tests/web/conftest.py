@@ -25,9 +25,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = REPO / "artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
-    """The Debian chromium driven by Playwright (never `playwright install`'s download)."""
+    """The Debian chromium driven by Playwright (never `playwright install`'s download). Package scope:
+    Playwright's sync API keeps its event loop running until it stops, and tests outside this folder
+    (asyncio.run in the clients' tests) must not run inside it, whatever order they are collected in."""
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set CHROMIUM=/path/to/chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright missing: pip install playwright")
