@@ -222,7 +222,6 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         work = encoded_chunks(upscaler, picture, plan, params.format, params.quality, settings.png_compress_level,
                               timings, cancel, settings.stream_heartbeat_s, metadata)
     chunks = run_in_thread(while_in_use(pool, work), cancel)
-    frames_made = animation.frames if animation is not None else 1
 
     def finish() -> None:
         admission.leave(ticket)  # once: a second call does nothing
@@ -237,7 +236,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
     in_h, in_w = plan.in_size
     request.state.log_extra = {
         **getattr(request.state, "log_extra", {}), "model": model_names,
-        "in": f"{in_w}x{in_h}", "out": f"{out_w}x{out_h}", "format": params.format, "frames": frames_made,
+        "in": f"{in_w}x{in_h}", "out": f"{out_w}x{out_h}", "format": params.format, "frames": frames,
     }
     headers = {
         "X-Model": model_names,
@@ -251,7 +250,7 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
         **rate_headers,
     }
     if animation is not None:
-        headers["X-Frames"] = str(animation.frames)
+        headers["X-Frames"] = str(frames)
     elif picture is not None and picture.frames > 1:
         headers["X-Frames-Dropped"] = str(picture.frames - 1)
     if params.format == "jpeg" and picture is not None and picture.alpha is not None:
@@ -288,8 +287,8 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
             if recorder is not None:
                 recorder.complete()
             state.metrics.encode.labels(params.format).observe(timings.encode)
-            state.metrics.output_pixels.labels(model_names).inc(out_w * out_h * frames_made)
-            state.metrics.frames.labels(params.format).inc(frames_made)
+            state.metrics.output_pixels.labels(model_names).inc(out_w * out_h * frames)
+            state.metrics.frames.labels(params.format).inc(frames)
             request.state.log_extra.update(inference_s=round(timings.inference, 4), encode_s=round(timings.encode, 4),
                                            decode_s=round(timings.decode, 4), queue_s=round(timings.queue, 4),
                                            total_s=round(time.perf_counter() - started, 4))
