@@ -97,7 +97,9 @@ def test_memory_burst_waits_undecoded_within_the_budget(burst_server: RealServer
     rest_kb = server.rss_kb()
     sockets = [post_open(server, big_png16, "scale=1.01") for _ in range(10)]
     try:
-        refused = [status for status in (status_within(sock, 3) for sock in sockets) if status is not None]
+        statuses = [status_within(sock, 3) for sock in sockets]
+        # The one running may already have begun its streamed 200 (an idle machine); the rest must wait.
+        refused = [status for status in statuses if status not in (None, 200)]
         # The running one decodes (~670 MB at its peak) and starts its parts; the others stay undecoded.
         deadline = time.monotonic() + 20
         while server.rss_kb() - rest_kb < 300 * 1024 and time.monotonic() < deadline:
@@ -110,7 +112,7 @@ def test_memory_burst_waits_undecoded_within_the_budget(burst_server: RealServer
         for sock in sockets:
             sock.close()
     assert peak_mb < BURST_LIMIT_MB + 512, f"peak RSS {peak_mb:.0f} MB (at rest {rest_kb / 1024:.0f} MB)"
-    assert refused == [429] * 4, refused
+    assert refused == [429] * 4 and statuses.count(200) <= 1, statuses
     assert admitted == {"imdn_queue_depth": 5, "imdn_requests_in_flight": 6}, "not one running and five queued"
     wait_for(lambda: gauges(server) == {"imdn_queue_depth": 0, "imdn_requests_in_flight": 0}, 20,
              "the burst to leave once its clients closed")
