@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from model.imageio import DecodeCancelledError, open_checked, probe
+from model.imageio import DecodeCancelledError, layout_of, open_checked, probe
+from model.memory import ImageLayout
 from model.picture import ImageDecodeError, ImageTooLargeError, Picture, picture_from_pil, valid_icc
 
 ANIMATED_FORMATS = frozenset({"gif", "webp", "png"})
@@ -50,12 +51,24 @@ class Animation:
 def open_animation(data: bytes, max_pixels: int | None = None, max_frames: int | None = None) -> Animation | None:
     """The upload as an Animation when it is an animated GIF, WebP or PNG, else None (a still image, or a
     multi-page format whose first page is used); every header limit is checked as decode() checks it."""
-    img, fmt, frames = open_checked(data, max_pixels, None, None, max_frames)
+    return animation_of(data, *open_checked(data, max_pixels, None, None, max_frames))
+
+
+def animation_of(data: bytes, img: Image.Image, fmt: str, frames: int) -> Animation | None:
+    """open_animation's answer for an image open_checked() has opened from `data`."""
     if frames < 2 or fmt not in ANIMATED_FORMATS:
         return None
     loop = img.info.get("loop")
     return Animation(data, fmt, (img.height, img.width), frames, None if loop is None else int(loop),
                      valid_icc(img.info.get("icc_profile")))
+
+
+def read_header(data: bytes, max_pixels: int | None, max_jpeg_scans: int | None, max_frames: int | None,
+                animations: bool) -> tuple[ImageLayout, Animation | None]:
+    """Every header limit checked in one pass over the header -> the first frame's layout (its memory,
+    model/memory.py) and, if `animations` and the upload is one, the Animation (else None)."""
+    img, fmt, frames = open_checked(data, max_pixels, max_jpeg_scans, max_frames=max_frames)
+    return layout_of(img, fmt, data), animation_of(data, img, fmt, frames) if animations else None
 
 
 def check_output_pixels(animation: Animation, out_size: tuple[int, int], limit: int) -> None:

@@ -183,6 +183,11 @@ def header_layout(data: bytes, max_pixels: int | None = None, max_jpeg_scans: in
     """header_size's size with the samples the picture will have (channels, bits): what its memory is
     estimated from (model/memory.py) before anything is decoded."""
     img, fmt, _ = open_checked(data, max_pixels, max_jpeg_scans, max_frames=max_frames)
+    return layout_of(img, fmt, data)
+
+
+def layout_of(img: Image.Image, fmt: str, data: bytes) -> ImageLayout:
+    """The layout of an image open_checked() has opened from `data` (see header_layout)."""
     width, height = img.size
     sixteen = fmt == "png" and len(data) > 24 and data[24] == 16  # IHDR's bit depth; Pillow shows 8-bit modes
     exif_in_header = fmt != "png" or "exif" in img.info

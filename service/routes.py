@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from model.animation import ANIMATION_OUTPUTS, check_output_pixels, open_animation
+from model.animation import ANIMATION_OUTPUTS, check_output_pixels, read_header
 from model.engine import Upscaler
-from model.imageio import DecodeCancelledError, decode, header_layout
+from model.imageio import DecodeCancelledError, decode
 from model.memory import animation_bytes, request_bytes
 from model.metadata import metadata_for_output
 from model.plan import DEFAULT_SCALE, Plan, scale_policy
@@ -174,10 +174,9 @@ async def _superresolve(request: Request, params: UpscaleParams, state: ServiceS
 
         timings = Timings()
         # Every limit the header can decide, and the memory the request will need, before any pixel is decoded.
-        layout = await admission.read_header(header_layout, data, settings.max_input_pixels, settings.max_jpeg_scans,
-                                             settings.max_frames)
-        animation = None if params.frames == "first" else \
-            await admission.read_header(open_animation, data, settings.max_input_pixels, settings.max_frames)
+        layout, animation = await admission.read_header(read_header, data, settings.max_input_pixels,
+                                                        settings.max_jpeg_scans, settings.max_frames,
+                                                        params.frames == "all")
         plan = checked_plan((layout.height, layout.width))
         frames = 1
         if animation is not None:  # its frames are decoded one at a time as they are upscaled
