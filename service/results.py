@@ -20,8 +20,8 @@ from service.params import UpscaleParams
 from service.state import ServiceState
 
 # What a result's headers say about it, kept with a cached body (the rest belong to the request).
-KEPT_HEADERS = ("X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "X-Frames-Dropped", "X-Alpha-Flattened",
-                "Content-Disposition")
+KEPT_HEADERS = ("X-Model", "X-Scale", "X-Input-Size", "X-Output-Size", "X-Frames", "X-Frames-Dropped",
+                "X-Alpha-Flattened", "X-Metadata", "X-Metadata-Dropped", "Content-Disposition")
 PER_ENTRY = 4  # an entry may take at most a quarter of the cache: one huge result never empties it
 
 

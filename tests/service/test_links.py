@@ -118,7 +118,7 @@ async def test_a_second_identical_get_comes_from_the_cache(app_client: tuple[Fas
     second = await client.get(url)
     assert second.status_code == 200 and second.headers["x-cache"] == "hit"
     assert second.content == first.content
-    for name in ("etag", "x-model", "x-output-size", "cache-control", "content-type"):
+    for name in ("etag", "x-model", "x-output-size", "x-metadata", "cache-control", "content-type"):
         assert second.headers[name] == first.headers[name]
     after = await metrics(client, parse_metrics)
     assert inference_calls(after) == inference_calls(before)  # no network ran
